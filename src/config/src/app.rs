@@ -1,0 +1,332 @@
+//! `tls-sidecar.yml` as the app wrote it: every field optional, unknown keys rejected.
+
+use crate::error::{with_suggestion, ConfigError, Origin};
+use crate::value::{
+    CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector, Xfcc,
+};
+use crate::Env;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The whole file. Also the schema of the staged file, where every field is present.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Vec<ListenerSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogSpec>,
+}
+
+/// One TLS listener (ingress).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// TLS port, bound on 0.0.0.0. Default 8443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Where plaintext goes. Default `127.0.0.1:$PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<HostPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<Selector>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xfcc: Option<Xfcc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
+}
+
+/// One egress listener: plaintext on loopback, mTLS to `target`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<HostPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<HostPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<Selector>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_listen: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<CertificateSource>,
+    /// `files`: PEM certificate chain, relative to the app dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// `files`: PEM private key, relative to the app dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// `service` and `minted`: the bound service instance's name in `VCAP_SERVICES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `minted`: extra DNS names for the minted leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+    /// `minted`: route domains whose app routes become SANs. Default `[apps.internal]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_domains: Option<Vec<String>>,
+    /// `minted`: leaf lifetime. Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSpec {
+    /// Extra CA files (PEM), relative to the app dir or absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_files: Option<Vec<String>>,
+    /// Also trust every certificate in `$CF_SYSTEM_CERT_PATH`. Default true; false makes
+    /// `ca_files` replace the platform's trust anchors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_certs: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Loopback address of `/live`, `/ready`, `/metrics`. Default 127.0.0.1:8444.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<HostPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarSpec {
+    /// `limits.memory` of the sidecar process in launch.yml (MB). Default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryMb>,
+    /// The process types the sidecar runs beside. Default `[web]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    /// `error`, `warn`, `info` or `debug`. Default `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+impl AppConfig {
+    /// Parses YAML text. `file` names the source in errors. An empty file is the empty config.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let message = strip_location(&e.to_string());
+            let (line, column, message) = match e.location() {
+                Some(l) => {
+                    let (line, column, message) = refine(text, l.line(), l.column(), message);
+                    (Some(line), Some(column), message)
+                }
+                None => (None, None, message),
+            };
+            ConfigError::Syntax { file: file.to_owned(), line, column, message: with_suggestion(message) }
+        })
+    }
+
+    /// Reads `path` if it exists; a missing file is the empty config (every field optional).
+    pub fn load(path: &Path, display: &str) -> Result<Option<Self>, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, display).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ConfigError::Read { path: display.to_owned(), source: e }),
+        }
+    }
+
+    /// Applies the `TLS_SIDECAR_*` overrides from `env` to the first listener (creating it if
+    /// the file had none) and to the sidecar process. Returns the names of the variables used.
+    pub fn apply_env(&mut self, env: &Env) -> Result<Vec<&'static str>, ConfigError> {
+        let mut used = Vec::new();
+        let get = |name: &'static str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let parse_err = |name: &'static str, e: String| ConfigError::invalid(&Origin::Env(name.into()), name, e);
+
+        let touches_listener = crate::ENV_OVERRIDES[..5].iter().any(|n| get(n).is_some());
+        if touches_listener {
+            let listeners = self.listeners.get_or_insert_with(Vec::new);
+            if listeners.is_empty() {
+                listeners.push(ListenerSpec::default());
+            }
+            let first = &mut listeners[0];
+            if let Some(v) = get("TLS_SIDECAR_PORT") {
+                first.port = Some(parse_port(v).map_err(|e| parse_err("TLS_SIDECAR_PORT", e))?);
+                used.push("TLS_SIDECAR_PORT");
+            }
+            if let Some(v) = get("TLS_SIDECAR_UPSTREAM") {
+                first.upstream = Some(v.parse().map_err(|e| parse_err("TLS_SIDECAR_UPSTREAM", e))?);
+                used.push("TLS_SIDECAR_UPSTREAM");
+            }
+            if let Some(v) = get("TLS_SIDECAR_MODE") {
+                first.mode = Some(v.parse().map_err(|e| parse_err("TLS_SIDECAR_MODE", e))?);
+                used.push("TLS_SIDECAR_MODE");
+            }
+            if let Some(v) = get("TLS_SIDECAR_CLIENT_AUTH") {
+                first.client_auth = Some(v.parse().map_err(|e| parse_err("TLS_SIDECAR_CLIENT_AUTH", e))?);
+                used.push("TLS_SIDECAR_CLIENT_AUTH");
+            }
+            if let Some(v) = get("TLS_SIDECAR_ALLOW") {
+                let selectors = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<Vec<Selector>, _>>()
+                    .map_err(|e| parse_err("TLS_SIDECAR_ALLOW", e))?;
+                first.allow = Some(selectors);
+                used.push("TLS_SIDECAR_ALLOW");
+            }
+        }
+        if let Some(v) = get("TLS_SIDECAR_MEMORY") {
+            let mb = v.parse().map_err(|e| parse_err("TLS_SIDECAR_MEMORY", e))?;
+            self.sidecar.get_or_insert_with(SidecarSpec::default).memory = Some(mb);
+            used.push("TLS_SIDECAR_MEMORY");
+        }
+        Ok(used)
+    }
+}
+
+fn parse_port(v: &str) -> Result<u16, String> {
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("\"{v}\" is not a port number (expected 1-65535)")),
+    }
+}
+
+/// serde_yaml_ng reports an invalid value at the start of the mapping that holds it, and its
+/// path stops at that mapping (`listeners[0]: "tcpp" is not allowed`). Our value errors quote
+/// the bad value, so find it at or below the reported line, point at it, and complete the path
+/// with the key written on that line. Anything unexpected keeps serde's own place and text.
+fn refine(text: &str, line: usize, column: usize, message: String) -> (usize, usize, String) {
+    let Some(bad) = message.split('"').nth(1).filter(|b| !b.is_empty()) else {
+        return (line, column, message);
+    };
+    for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let Some(at) = l.find(bad) else { continue };
+        let key = l[..at]
+            .split(':')
+            .next()
+            .map(|k| k.trim().trim_start_matches('-').trim())
+            .filter(|k| !k.is_empty() && !k.contains(' ') && k.len() < at);
+        let message = match (key, message.split_once(": ")) {
+            (Some(key), Some((path, rest))) if !path.contains(' ') && !path.ends_with(key) => {
+                format!("{path}.{key}: {rest}")
+            }
+            _ => message,
+        };
+        return (i + 1, at + 1, message);
+    }
+    (line, column, message)
+}
+
+/// serde_yaml_ng appends " at line L column C"; the error carries the location separately.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_error_names_the_field_line_and_column() {
+        let e = AppConfig::parse("listeners:\n  - port: 8443\n    mode: tcpp\n", "tls-sidecar.yml")
+            .unwrap_err();
+        let ConfigError::Syntax { line, column, message, .. } = &e else { panic!("{e:?}") };
+        assert_eq!((*line, *column), (Some(3), Some(11)));
+        assert!(message.contains("listeners[0].mode") && message.contains("tcpp") && message.contains("tcp, http"), "{message}");
+        assert!(e.to_string().starts_with("tls-sidecar.yml line 3 column 11: "), "{e}");
+    }
+
+    #[test]
+    fn a_bad_selector_in_a_flow_list_points_at_the_selector() {
+        let e = AppConfig::parse("listeners:\n  - port: 8443\n    allow: [cf:same-space, cf:app:nope]\n", "f")
+            .unwrap_err();
+        let ConfigError::Syntax { line, column, message, .. } = &e else { panic!("{e:?}") };
+        assert_eq!((*line, *column), (Some(3), Some(28)), "{message}");
+        assert!(message.starts_with("listeners[0].allow: "), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected_with_a_suggestion() {
+        let e = AppConfig::parse("listners: []\n", "tls-sidecar.yml").unwrap_err();
+        assert!(e.to_string().contains("did you mean `listeners`?"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_or_comment_only_file_is_the_empty_config() {
+        assert_eq!(AppConfig::parse("", "f").unwrap(), AppConfig::default());
+        assert_eq!(AppConfig::parse("# nothing\n\n", "f").unwrap(), AppConfig::default());
+    }
+
+    #[test]
+    fn env_overrides_apply_to_the_first_listener_and_name_the_variable_on_error() {
+        let mut cfg = AppConfig::parse("listeners:\n  - port: 9443\n  - port: 9444\n", "f").unwrap();
+        let env: Env = [
+            ("TLS_SIDECAR_PORT", "7443"),
+            ("TLS_SIDECAR_ALLOW", "cf:same-space, cf:any"),
+            ("TLS_SIDECAR_MEMORY", "64M"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let used = cfg.apply_env(&env).unwrap();
+        assert_eq!(used, ["TLS_SIDECAR_PORT", "TLS_SIDECAR_ALLOW", "TLS_SIDECAR_MEMORY"]);
+        let l = cfg.listeners.as_ref().unwrap();
+        assert_eq!(l[0].port, Some(7443));
+        assert_eq!(l[1].port, Some(9444));
+        assert_eq!(l[0].allow.as_ref().unwrap(), &[Selector::SameSpace, Selector::Any]);
+        assert_eq!(cfg.sidecar.unwrap().memory, Some(MemoryMb(64)));
+
+        let bad: Env = [("TLS_SIDECAR_PORT".to_owned(), "84x3".to_owned())].into();
+        let e = AppConfig::default().apply_env(&bad).unwrap_err();
+        assert_eq!(e.to_string(), "TLS_SIDECAR_PORT: \"84x3\" is not a port number (expected 1-65535)");
+    }
+}

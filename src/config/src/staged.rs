@@ -1,0 +1,525 @@
+//! The validated configuration with every default filled in.
+
+use crate::app::{
+    AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
+    SidecarSpec, TrustSpec,
+};
+use crate::error::{ConfigError, Origin};
+use crate::value::{
+    valid_dns_name, CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode,
+    Selector, Xfcc,
+};
+
+/// CF's default `$PORT` (the first process port); used at staging, where `$PORT` is not set.
+pub const DEFAULT_APP_PORT: u16 = 8080;
+
+/// Ports a listener must never take, with the reason: Diego's sshd and Envoy own them.
+pub const RESERVED_PORTS: &[(u16, u16, &str)] = &[
+    (2222, 2222, "CF's SSH port (cf ssh)"),
+    (61001, 61099, "Diego's per-container Envoy (route integrity and admin ports)"),
+    (61443, 61443, "Diego's container-to-container TLS port"),
+    (61445, 61445, "reserved for Diego's proposed egress proxy"),
+    (62443, 62443, "reserved for Diego's proposed c2c mTLS port"),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedConfig {
+    pub listeners: Vec<Listener>,
+    pub egress: Vec<Egress>,
+    pub certificate: Certificate,
+    pub trust: Trust,
+    pub admin: Admin,
+    pub limits: Limits,
+    pub sidecar: Sidecar,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub port: u16,
+    /// `None` means `127.0.0.1:$PORT`, resolved at start.
+    pub upstream: Option<HostPort>,
+    pub mode: Mode,
+    pub client_auth: ClientAuth,
+    /// Empty means no access rules (anyone who completes the handshake).
+    pub allow: Vec<Selector>,
+    pub xfcc: Xfcc,
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Egress {
+    pub name: String,
+    pub listen: HostPort,
+    pub target: HostPort,
+    pub expect: Vec<Selector>,
+    pub unsafe_listen: bool,
+}
+
+impl Egress {
+    /// The variable the profile.d script exports for this entry, e.g.
+    /// `TLS_SIDECAR_EGRESS_BACKEND`.
+    pub fn env_var(&self) -> String {
+        format!("TLS_SIDECAR_EGRESS_{}", self.name.to_ascii_uppercase().replace('-', "_"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Certificate {
+    pub source: CertificateSource,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub service: Option<String>,
+    pub names: Vec<String>,
+    pub internal_domains: Vec<String>,
+    pub validity: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trust {
+    pub ca_files: Vec<String>,
+    pub system_certs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: HostPort,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub handshake_timeout: Millis,
+    pub idle_timeout: Millis,
+    pub drain_timeout: Millis,
+    pub connect_timeout: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sidecar {
+    pub memory: MemoryMb,
+    pub process_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Resolves which source a listener field came from, for error messages.
+struct Origins<'a> {
+    file: Origin,
+    env_used: &'a [&'static str],
+}
+
+impl Origins<'_> {
+    fn of(&self, field: &str) -> Origin {
+        let var = match field {
+            "listeners[0].port" => "TLS_SIDECAR_PORT",
+            "listeners[0].upstream" => "TLS_SIDECAR_UPSTREAM",
+            "listeners[0].mode" => "TLS_SIDECAR_MODE",
+            "listeners[0].client_auth" => "TLS_SIDECAR_CLIENT_AUTH",
+            "listeners[0].allow" => "TLS_SIDECAR_ALLOW",
+            "sidecar.memory" => "TLS_SIDECAR_MEMORY",
+            _ => return self.file.clone(),
+        };
+        if self.env_used.contains(&var) { Origin::Env(var.to_owned()) } else { self.file.clone() }
+    }
+}
+
+impl StagedConfig {
+    /// Validates `app` and fills defaults. `file` names the YAML source in errors; `env_used`
+    /// (from [`AppConfig::apply_env`]) attributes overridden fields to their variables;
+    /// `app_port` is `$PORT` (or [`DEFAULT_APP_PORT`] at staging). Returns warnings beside the
+    /// config: things that work but probably are not what the user meant.
+    pub fn from_app(
+        app: &AppConfig,
+        file: &str,
+        env_used: &[&'static str],
+        app_port: u16,
+    ) -> Result<(StagedConfig, Vec<String>), ConfigError> {
+        let o = Origins { file: Origin::File(file.to_owned()), env_used };
+        let mut warnings = Vec::new();
+
+        let admin_spec = app.admin.clone().unwrap_or_default();
+        let admin = Admin {
+            listen: admin_spec.listen.unwrap_or(HostPort { host: "127.0.0.1".into(), port: 8444 }),
+            enabled: admin_spec.enabled.unwrap_or(true),
+        };
+        if !admin.listen.is_loopback() {
+            return Err(ConfigError::invalid(&o.of("admin.listen"), "admin.listen",
+                format!("\"{}\" is not a loopback address (the admin endpoint must stay inside the container, e.g. 127.0.0.1:8444)", admin.listen)));
+        }
+
+        let specs = match &app.listeners {
+            None => vec![ListenerSpec::default()],
+            Some(l) => l.clone(),
+        };
+        let mut listeners = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            listeners.push(listener(spec, i, &o, &mut warnings)?);
+        }
+
+        let mut egress = Vec::new();
+        for (i, spec) in app.egress.clone().unwrap_or_default().iter().enumerate() {
+            egress.push(egress_entry(spec, i, &o)?);
+        }
+        if listeners.is_empty() && egress.is_empty() {
+            return Err(ConfigError::invalid(&o.file, "listeners",
+                "is empty and there is no egress entry: the sidecar would do nothing (remove `listeners: []` to get the default TLS listener on 8443)"));
+        }
+
+        check_ports(&listeners, &egress, &admin, app_port, &o)?;
+
+        let certificate = certificate(app.certificate.clone().unwrap_or_default(), &o)?;
+        let trust_spec = app.trust.clone().unwrap_or_default();
+        let trust = Trust {
+            ca_files: trust_spec.ca_files.unwrap_or_default(),
+            system_certs: trust_spec.system_certs.unwrap_or(true),
+        };
+        let verifies_peers = !egress.is_empty() || listeners.iter().any(|l| l.client_auth != ClientAuth::None);
+        if verifies_peers && !trust.system_certs && trust.ca_files.is_empty() {
+            return Err(ConfigError::invalid(&o.file, "trust",
+                "system_certs is false and ca_files is empty, so no peer certificate can be verified (list CA files in trust.ca_files)"));
+        }
+
+        let limits = limits(app.limits.clone().unwrap_or_default(), &o, &mut warnings)?;
+        let sidecar = sidecar(app.sidecar.clone().unwrap_or_default(), &o)?;
+        let log = log(app.log.clone().unwrap_or_default(), &o)?;
+
+        Ok((StagedConfig { listeners, egress, certificate, trust, admin, limits, sidecar, log }, warnings))
+    }
+
+    /// Parses a staged (or any) `tls-sidecar.yml`, applies run-time env overrides and validates.
+    pub fn load_with_env(
+        text: &str,
+        file: &str,
+        env: &crate::Env,
+        app_port: u16,
+    ) -> Result<(StagedConfig, Vec<String>, Vec<&'static str>), ConfigError> {
+        let mut app = AppConfig::parse(text, file)?;
+        let used = app.apply_env(env)?;
+        let (staged, warnings) = StagedConfig::from_app(&app, file, &used, app_port)?;
+        Ok((staged, warnings, used))
+    }
+
+    /// The file form: the same schema as an app's `tls-sidecar.yml`, every field explicit.
+    pub fn to_app(&self) -> AppConfig {
+        AppConfig {
+            listeners: Some(self.listeners.iter().map(|l| ListenerSpec {
+                port: Some(l.port),
+                upstream: l.upstream.clone(),
+                mode: Some(l.mode),
+                client_auth: Some(l.client_auth),
+                allow: Some(l.allow.clone()),
+                xfcc: Some(l.xfcc),
+                proxy_protocol: Some(l.proxy_protocol),
+            }).collect()),
+            egress: Some(self.egress.iter().map(|e| EgressSpec {
+                name: Some(e.name.clone()),
+                listen: Some(e.listen.clone()),
+                target: Some(e.target.clone()),
+                expect: Some(e.expect.clone()),
+                unsafe_listen: Some(e.unsafe_listen),
+            }).collect()),
+            certificate: Some(CertificateSpec {
+                source: Some(self.certificate.source),
+                cert_file: self.certificate.cert_file.clone(),
+                key_file: self.certificate.key_file.clone(),
+                service: self.certificate.service.clone(),
+                names: Some(self.certificate.names.clone()),
+                internal_domains: Some(self.certificate.internal_domains.clone()),
+                validity: Some(self.certificate.validity),
+            }),
+            trust: Some(TrustSpec { ca_files: Some(self.trust.ca_files.clone()), system_certs: Some(self.trust.system_certs) }),
+            admin: Some(AdminSpec { listen: Some(self.admin.listen.clone()), enabled: Some(self.admin.enabled) }),
+            limits: Some(LimitsSpec {
+                max_connections: Some(self.limits.max_connections),
+                handshake_timeout: Some(self.limits.handshake_timeout),
+                idle_timeout: Some(self.limits.idle_timeout),
+                drain_timeout: Some(self.limits.drain_timeout),
+                connect_timeout: Some(self.limits.connect_timeout),
+            }),
+            sidecar: Some(SidecarSpec { memory: Some(self.sidecar.memory), process_types: Some(self.sidecar.process_types.clone()) }),
+            log: Some(LogSpec { format: Some(self.log.format), level: Some(self.log.level.clone()) }),
+        }
+    }
+
+    /// YAML text of [`Self::to_app`].
+    pub fn to_yaml(&self) -> String {
+        // Serializing plain structs of strings, numbers and lists cannot fail.
+        serde_yaml_ng::to_string(&self.to_app()).unwrap_or_default()
+    }
+}
+
+fn listener(spec: &ListenerSpec, i: usize, o: &Origins, warnings: &mut Vec<String>) -> Result<Listener, ConfigError> {
+    let field = |f: &str| format!("listeners[{i}].{f}");
+    let port = spec.port.unwrap_or(8443);
+    if port == 0 {
+        return Err(ConfigError::invalid(&o.of(&field("port")), field("port"), "0 is not a port number (expected 1-65535)"));
+    }
+    let mode = spec.mode.unwrap_or(Mode::Tcp);
+    let allow = spec.allow.clone().unwrap_or_default();
+    if let Some(dns) = allow.iter().find(|s| matches!(s, Selector::Dns(_))) {
+        return Err(ConfigError::invalid(&o.of(&field("allow")), field("allow"),
+            format!("\"{dns}\" is an egress selector; callers are identified by cf:app:<guid>, cf:space:<guid>, cf:org:<guid>, cf:same-space, cf:same-org or cf:any")));
+    }
+    let client_auth = match (spec.client_auth, allow.is_empty()) {
+        (None, true) => ClientAuth::None,
+        (None, false) | (Some(ClientAuth::Required), _) => ClientAuth::Required,
+        (Some(other), false) => {
+            return Err(ConfigError::invalid(&o.of(&field("client_auth")), field("client_auth"),
+                format!("\"{other}\" contradicts `allow`: access rules need a verified caller (use client_auth: required, or leave it out)")));
+        }
+        (Some(other), true) => other,
+    };
+    if mode == Mode::Tcp && spec.xfcc.is_some() {
+        warnings.push(format!("{} is ignored in tcp mode: only http mode can add the X-Forwarded-Client-Cert header", field("xfcc")));
+    }
+    if mode == Mode::Http && spec.proxy_protocol == Some(true) {
+        warnings.push(format!("{} is ignored in http mode: the caller's address goes in X-Forwarded-For", field("proxy_protocol")));
+    }
+    Ok(Listener {
+        port,
+        upstream: spec.upstream.clone(),
+        mode,
+        client_auth,
+        allow,
+        xfcc: spec.xfcc.unwrap_or(Xfcc::Envoy),
+        proxy_protocol: spec.proxy_protocol.unwrap_or(false),
+    })
+}
+
+fn egress_entry(spec: &EgressSpec, i: usize, o: &Origins) -> Result<Egress, ConfigError> {
+    let field = |f: &str| format!("egress[{i}].{f}");
+    let missing = |f: &str, example: &str| ConfigError::invalid(&o.file, field(f), format!("is required (e.g. {f}: {example})"));
+    let name = spec.name.clone().ok_or_else(|| missing("name", "backend"))?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(ConfigError::invalid(&o.file, field("name"),
+            format!("\"{name}\" is not allowed (lower-case letters, digits, '-' and '_', starting with a letter; it names the TLS_SIDECAR_EGRESS_<NAME> variable)")));
+    }
+    let listen = spec.listen.clone().ok_or_else(|| missing("listen", "127.0.0.1:9001"))?;
+    let unsafe_listen = spec.unsafe_listen.unwrap_or(false);
+    if !listen.is_loopback() && !unsafe_listen {
+        return Err(ConfigError::invalid(&o.file, field("listen"),
+            format!("\"{listen}\" is not a loopback address: anyone who can reach it would borrow this app's identity (use 127.0.0.1:<port>, or set unsafe_listen: true)")));
+    }
+    let target = spec.target.clone().ok_or_else(|| missing("target", "backend.apps.internal:8443"))?;
+    let expect = spec.expect.clone().unwrap_or_default();
+    if expect.is_empty() {
+        return Err(ConfigError::invalid(&o.file, field("expect"),
+            "is required: say which server identity to accept (e.g. expect: [cf:app:<guid>] or [dns:backend.apps.internal])"));
+    }
+    Ok(Egress { name, listen, target, expect, unsafe_listen })
+}
+
+fn reserved(port: u16) -> Option<&'static str> {
+    RESERVED_PORTS.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&port)).map(|(_, _, why)| *why)
+}
+
+fn check_ports(listeners: &[Listener], egress: &[Egress], admin: &Admin, app_port: u16, o: &Origins) -> Result<(), ConfigError> {
+    let mut taken: Vec<(u16, String)> = Vec::new();
+    if admin.enabled {
+        taken.push((admin.listen.port, "admin.listen".to_owned()));
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        let field = format!("listeners[{i}].port");
+        let origin = o.of(&field);
+        if let Some(why) = reserved(l.port) {
+            return Err(ConfigError::invalid(&origin, field, format!("{} is reserved: {why} (pick another, e.g. 8443)", l.port)));
+        }
+        if l.port == app_port {
+            return Err(ConfigError::invalid(&origin, field,
+                format!("{} is the app's own $PORT: the sidecar forwards to it and cannot also listen on it (pick another, e.g. 8443)", l.port)));
+        }
+        if let Some((_, other)) = taken.iter().find(|(p, _)| *p == l.port) {
+            return Err(ConfigError::invalid(&origin, field, format!("{} is already used by {other}", l.port)));
+        }
+        taken.push((l.port, field));
+    }
+    for (i, e) in egress.iter().enumerate() {
+        let field = format!("egress[{i}].listen");
+        if e.listen.port == app_port {
+            return Err(ConfigError::invalid(&o.file, field, format!("port {} is the app's own $PORT", e.listen.port)));
+        }
+        if let Some((_, other)) = taken.iter().find(|(p, _)| *p == e.listen.port) {
+            return Err(ConfigError::invalid(&o.file, field, format!("port {} is already used by {other}", e.listen.port)));
+        }
+        taken.push((e.listen.port, field));
+        if egress[..i].iter().any(|p| p.name == e.name) {
+            return Err(ConfigError::invalid(&o.file, format!("egress[{i}].name"), format!("\"{}\" is used twice", e.name)));
+        }
+    }
+    if admin.enabled && admin.listen.port == app_port {
+        return Err(ConfigError::invalid(&o.file, "admin.listen", format!("port {} is the app's own $PORT", app_port)));
+    }
+    Ok(())
+}
+
+fn certificate(spec: CertificateSpec, o: &Origins) -> Result<Certificate, ConfigError> {
+    let source = spec.source.unwrap_or(CertificateSource::Instance);
+    let need = |v: &Option<String>, f: &str, why: &str| -> Result<(), ConfigError> {
+        if v.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            Err(ConfigError::invalid(&o.file, format!("certificate.{f}"), format!("is required when source is {source}: {why}")))
+        } else {
+            Ok(())
+        }
+    };
+    match source {
+        CertificateSource::Instance => {}
+        CertificateSource::Files => {
+            need(&spec.cert_file, "cert_file", "the PEM certificate chain, relative to the app dir")?;
+            need(&spec.key_file, "key_file", "the PEM private key, relative to the app dir")?;
+        }
+        CertificateSource::Service | CertificateSource::Minted => {
+            need(&spec.service, "service", "the name of a bound service instance (cf bind-service)")?;
+        }
+    }
+    let names = spec.names.unwrap_or_default();
+    if let Some(bad) = names.iter().find(|n| !valid_dns_name(n)) {
+        return Err(ConfigError::invalid(&o.file, "certificate.names", format!("\"{bad}\" is not a DNS name")));
+    }
+    let internal_domains = spec.internal_domains.unwrap_or_else(|| vec!["apps.internal".to_owned()]);
+    if let Some(bad) = internal_domains.iter().find(|n| !valid_dns_name(n)) {
+        return Err(ConfigError::invalid(&o.file, "certificate.internal_domains", format!("\"{bad}\" is not a DNS domain")));
+    }
+    let validity = spec.validity.unwrap_or(Millis::secs(24 * 3600));
+    if validity < Millis::secs(3600) {
+        return Err(ConfigError::invalid(&o.file, "certificate.validity", format!("\"{validity}\" is too short (at least 1h)")));
+    }
+    Ok(Certificate { source, cert_file: spec.cert_file, key_file: spec.key_file, service: spec.service, names, internal_domains, validity })
+}
+
+fn limits(spec: LimitsSpec, o: &Origins, warnings: &mut Vec<String>) -> Result<Limits, ConfigError> {
+    let positive = |v: Millis, f: &str| -> Result<Millis, ConfigError> {
+        if v.0 == 0 {
+            Err(ConfigError::invalid(&o.file, format!("limits.{f}"), "0 is not allowed (use a positive duration, e.g. 10s)"))
+        } else {
+            Ok(v)
+        }
+    };
+    let max_connections = spec.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        return Err(ConfigError::invalid(&o.file, "limits.max_connections", "0 would refuse every connection (e.g. 10000)"));
+    }
+    let drain_timeout = positive(spec.drain_timeout.unwrap_or(Millis::secs(8)), "drain_timeout")?;
+    if drain_timeout >= Millis::secs(10) {
+        warnings.push(format!("limits.drain_timeout {drain_timeout} is not below CF's 10 s stop timeout: CF kills the instance before the drain can finish"));
+    }
+    Ok(Limits {
+        max_connections,
+        handshake_timeout: positive(spec.handshake_timeout.unwrap_or(Millis::secs(10)), "handshake_timeout")?,
+        idle_timeout: positive(spec.idle_timeout.unwrap_or(Millis::secs(300)), "idle_timeout")?,
+        drain_timeout,
+        connect_timeout: positive(spec.connect_timeout.unwrap_or(Millis::secs(5)), "connect_timeout")?,
+    })
+}
+
+fn sidecar(spec: SidecarSpec, o: &Origins) -> Result<Sidecar, ConfigError> {
+    let process_types = spec.process_types.unwrap_or_else(|| vec!["web".to_owned()]);
+    if process_types.is_empty() {
+        return Err(ConfigError::invalid(&o.file, "sidecar.process_types", "is empty: name at least one process type (e.g. [web])"));
+    }
+    if let Some(bad) = process_types.iter().find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+        return Err(ConfigError::invalid(&o.file, "sidecar.process_types", format!("\"{bad}\" is not a process type name (e.g. web, worker)")));
+    }
+    Ok(Sidecar { memory: spec.memory.unwrap_or(MemoryMb(32)), process_types })
+}
+
+fn log(spec: LogSpec, o: &Origins) -> Result<Log, ConfigError> {
+    let level = spec.level.unwrap_or_else(|| "info".to_owned()).to_ascii_lowercase();
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        return Err(ConfigError::invalid(&o.file, "log.level", format!("\"{level}\" is not allowed (expected one of: error, warn, info, debug, trace)")));
+    }
+    Ok(Log { format: spec.format.unwrap_or(LogFormat::Logfmt), level })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Env;
+
+    fn stage(yaml: &str) -> Result<StagedConfig, ConfigError> {
+        let app = AppConfig::parse(yaml, "tls-sidecar.yml")?;
+        StagedConfig::from_app(&app, "tls-sidecar.yml", &[], DEFAULT_APP_PORT).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn no_file_gives_one_tcp_listener_on_8443_without_client_auth() {
+        let s = stage("").unwrap();
+        assert_eq!(s.listeners.len(), 1);
+        let l = &s.listeners[0];
+        assert_eq!((l.port, l.mode, l.client_auth, l.upstream.clone()), (8443, Mode::Tcp, ClientAuth::None, None));
+        assert_eq!(s.sidecar.memory, MemoryMb(32));
+        assert_eq!(s.sidecar.process_types, ["web"]);
+        assert_eq!(s.admin.listen.to_string(), "127.0.0.1:8444");
+        assert_eq!(s.limits.drain_timeout, Millis::secs(8));
+    }
+
+    #[test]
+    fn allow_implies_required_client_auth_and_contradictions_are_rejected() {
+        let s = stage("listeners:\n  - allow: [cf:same-space]\n").unwrap();
+        assert_eq!(s.listeners[0].client_auth, ClientAuth::Required);
+        let e = stage("listeners:\n  - allow: [cf:any]\n    client_auth: optional\n").unwrap_err();
+        assert!(e.to_string().contains("listeners[0].client_auth") && e.to_string().contains("contradicts"), "{e}");
+    }
+
+    #[test]
+    fn reserved_duplicate_and_app_ports_are_rejected_with_the_reason() {
+        for (yaml, want) in [
+            ("listeners:\n  - port: 61443\n", "61443 is reserved: Diego's container-to-container TLS port"),
+            ("listeners:\n  - port: 2222\n", "CF's SSH port"),
+            ("listeners:\n  - port: 61050\n", "Diego's per-container Envoy"),
+            ("listeners:\n  - port: 8080\n", "the app's own $PORT"),
+            ("listeners:\n  - port: 9443\n  - port: 9443\n", "listeners[1].port: 9443 is already used by listeners[0].port"),
+            ("listeners:\n  - port: 8444\n", "already used by admin.listen"),
+        ] {
+            let e = stage(yaml).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_env_override_error_is_attributed_to_the_variable() {
+        let env: Env = [("TLS_SIDECAR_PORT".to_owned(), "61443".to_owned())].into();
+        let e = StagedConfig::load_with_env("", "tls-sidecar.yml", &env, 8080).unwrap_err();
+        assert_eq!(e.origin(), Some(Origin::Env("TLS_SIDECAR_PORT".into())));
+    }
+
+    #[test]
+    fn egress_needs_loopback_listen_and_an_expected_identity() {
+        let e = stage("egress:\n  - name: backend\n    listen: 0.0.0.0:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n").unwrap_err();
+        assert!(e.to_string().contains("not a loopback address"), "{e}");
+        let e = stage("egress:\n  - name: backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n").unwrap_err();
+        assert!(e.to_string().contains("egress[0].expect: is required"), "{e}");
+        let s = stage("egress:\n  - name: my-backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [dns:b.apps.internal]\n").unwrap();
+        assert_eq!(s.egress[0].env_var(), "TLS_SIDECAR_EGRESS_MY_BACKEND");
+    }
+
+    #[test]
+    fn the_staged_file_reads_back_to_the_same_config() {
+        let s = stage(
+            "listeners:\n  - port: 9443\n    mode: http\n    allow: [cf:same-space]\n    upstream: 127.0.0.1:3000\n\
+             certificate:\n  source: files\n  cert_file: c.pem\n  key_file: k.pem\n\
+             limits:\n  idle_timeout: 90s\nsidecar:\n  memory: 48M\n",
+        )
+        .unwrap();
+        let text = s.to_yaml();
+        let back = stage(&text).unwrap();
+        assert_eq!(back, s, "{text}");
+        assert!(text.contains("memory: 48\n"), "{text}");
+    }
+
+    #[test]
+    fn a_drain_timeout_past_cf_kill_time_warns() {
+        let app = AppConfig::parse("limits:\n  drain_timeout: 12s\n", "f").unwrap();
+        let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
+        assert!(warnings[0].contains("10 s"), "{warnings:?}");
+    }
+}
