@@ -136,7 +136,8 @@ pub struct SidecarSpec {
     /// `limits.memory` of the sidecar process in launch.yml (MB). Default 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryMb>,
-    /// The process types the sidecar runs beside. Default `[web]`.
+    /// The process types the sidecar runs beside. Default `[web]`. `[]`: the buildpack only
+    /// installs the binary and the app manifest declares the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_types: Option<Vec<String>>,
 }

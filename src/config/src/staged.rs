@@ -99,7 +99,16 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sidecar {
     pub memory: MemoryMb,
+    /// Empty means the buildpack only installs the binary and the app manifest declares the
+    /// sidecar itself (`sidecars:`), so the two never run twice on one port.
     pub process_types: Vec<String>,
+}
+
+impl Sidecar {
+    /// Whether the buildpack declares the sidecar in `launch.yml`.
+    pub fn declared_by_buildpack(&self) -> bool {
+        !self.process_types.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -423,9 +432,6 @@ fn limits(spec: LimitsSpec, o: &Origins, warnings: &mut Vec<String>) -> Result<L
 
 fn sidecar(spec: SidecarSpec, o: &Origins) -> Result<Sidecar, ConfigError> {
     let process_types = spec.process_types.unwrap_or_else(|| vec!["web".to_owned()]);
-    if process_types.is_empty() {
-        return Err(ConfigError::invalid(&o.file, "sidecar.process_types", "is empty: name at least one process type (e.g. [web])"));
-    }
     if let Some(bad) = process_types.iter().find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
         return Err(ConfigError::invalid(&o.file, "sidecar.process_types", format!("\"{bad}\" is not a process type name (e.g. web, worker)")));
     }
@@ -514,6 +520,13 @@ mod tests {
         let back = stage(&text).unwrap();
         assert_eq!(back, s, "{text}");
         assert!(text.contains("memory: 48\n"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_process_type_list_leaves_the_declaration_to_the_app_manifest() {
+        let s = stage("sidecar:\n  process_types: []\n").unwrap();
+        assert!(!s.sidecar.declared_by_buildpack());
+        assert!(stage("").unwrap().sidecar.declared_by_buildpack());
     }
 
     #[test]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything CI runs: format, lints, unit tests, then the packaged buildpack end to end through
+# the local Cloud Foundry emulation. Needs root for the emulation's namespaces (CI runs as root).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step() { printf -- '-----> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Packaging the buildpack (cached and uncached)"
+zips="$root/target/test-zips"
+TLS_SIDECAR_BUILDPACK_ZIP="$(./scripts/package.sh --cached --output "$zips" | tail -n 1)"
+TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED="$(./scripts/package.sh --uncached --output "$zips" | tail -n 1)"
+export TLS_SIDECAR_BUILDPACK_ZIP TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED
+printf '       %s\n       %s\n' "$TLS_SIDECAR_BUILDPACK_ZIP" "$TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED"
+
+step "Unit and end-to-end tests"
+cargo test --workspace --locked -- --include-ignored
