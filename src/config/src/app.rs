@@ -1,10 +1,10 @@
 //! `tls-sidecar.yml` as the app wrote it: every field optional, unknown keys rejected.
 
-use crate::error::{with_suggestion, ConfigError, Origin};
+use crate::Env;
+use crate::error::{ConfigError, Origin, with_suggestion};
 use crate::value::{
     CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector, Xfcc,
 };
-use crate::Env;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -155,7 +155,11 @@ pub struct LogSpec {
 impl AppConfig {
     /// Parses YAML text. `file` names the source in errors. An empty file is the empty config.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        if text.trim().is_empty()
+            || text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             return Ok(Self::default());
         }
         serde_yaml_ng::from_str(text).map_err(|e| {
@@ -167,7 +171,12 @@ impl AppConfig {
                 }
                 None => (None, None, message),
             };
-            ConfigError::Syntax { file: file.to_owned(), line, column, message: with_suggestion(message) }
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message: with_suggestion(message),
+            }
         })
     }
 
@@ -176,7 +185,10 @@ impl AppConfig {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, display).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ConfigError::Read { path: display.to_owned(), source: e }),
+            Err(e) => Err(ConfigError::Read {
+                path: display.to_owned(),
+                source: e,
+            }),
         }
     }
 
@@ -185,7 +197,9 @@ impl AppConfig {
     pub fn apply_env(&mut self, env: &Env) -> Result<Vec<&'static str>, ConfigError> {
         let mut used = Vec::new();
         let get = |name: &'static str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let parse_err = |name: &'static str, e: String| ConfigError::invalid(&Origin::Env(name.into()), name, e);
+        let parse_err = |name: &'static str, e: String| {
+            ConfigError::invalid(&Origin::Env(name.into()), name, e)
+        };
 
         let touches_listener = crate::ENV_OVERRIDES[..5].iter().any(|n| get(n).is_some());
         if touches_listener {
@@ -199,7 +213,10 @@ impl AppConfig {
                 used.push("TLS_SIDECAR_PORT");
             }
             if let Some(v) = get("TLS_SIDECAR_UPSTREAM") {
-                first.upstream = Some(v.parse().map_err(|e| parse_err("TLS_SIDECAR_UPSTREAM", e))?);
+                first.upstream = Some(
+                    v.parse()
+                        .map_err(|e| parse_err("TLS_SIDECAR_UPSTREAM", e))?,
+                );
                 used.push("TLS_SIDECAR_UPSTREAM");
             }
             if let Some(v) = get("TLS_SIDECAR_MODE") {
@@ -207,7 +224,10 @@ impl AppConfig {
                 used.push("TLS_SIDECAR_MODE");
             }
             if let Some(v) = get("TLS_SIDECAR_CLIENT_AUTH") {
-                first.client_auth = Some(v.parse().map_err(|e| parse_err("TLS_SIDECAR_CLIENT_AUTH", e))?);
+                first.client_auth = Some(
+                    v.parse()
+                        .map_err(|e| parse_err("TLS_SIDECAR_CLIENT_AUTH", e))?,
+                );
                 used.push("TLS_SIDECAR_CLIENT_AUTH");
             }
             if let Some(v) = get("TLS_SIDECAR_ALLOW") {
@@ -278,19 +298,50 @@ mod tests {
 
     #[test]
     fn a_type_error_names_the_field_line_and_column() {
-        let e = AppConfig::parse("listeners:\n  - port: 8443\n    mode: tcpp\n", "tls-sidecar.yml")
-            .unwrap_err();
-        let ConfigError::Syntax { line, column, message, .. } = &e else { panic!("{e:?}") };
+        let e = AppConfig::parse(
+            "listeners:\n  - port: 8443\n    mode: tcpp\n",
+            "tls-sidecar.yml",
+        )
+        .unwrap_err();
+        let ConfigError::Syntax {
+            line,
+            column,
+            message,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
         assert_eq!((*line, *column), (Some(3), Some(11)));
-        assert!(message.contains("listeners[0].mode") && message.contains("tcpp") && message.contains("tcp, http"), "{message}");
-        assert!(e.to_string().starts_with("tls-sidecar.yml line 3 column 11: "), "{e}");
+        assert!(
+            message.contains("listeners[0].mode")
+                && message.contains("tcpp")
+                && message.contains("tcp, http"),
+            "{message}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("tls-sidecar.yml line 3 column 11: "),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_bad_selector_in_a_flow_list_points_at_the_selector() {
-        let e = AppConfig::parse("listeners:\n  - port: 8443\n    allow: [cf:same-space, cf:app:nope]\n", "f")
-            .unwrap_err();
-        let ConfigError::Syntax { line, column, message, .. } = &e else { panic!("{e:?}") };
+        let e = AppConfig::parse(
+            "listeners:\n  - port: 8443\n    allow: [cf:same-space, cf:app:nope]\n",
+            "f",
+        )
+        .unwrap_err();
+        let ConfigError::Syntax {
+            line,
+            column,
+            message,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
         assert_eq!((*line, *column), (Some(3), Some(28)), "{message}");
         assert!(message.starts_with("listeners[0].allow: "), "{message}");
     }
@@ -304,12 +355,16 @@ mod tests {
     #[test]
     fn an_empty_or_comment_only_file_is_the_empty_config() {
         assert_eq!(AppConfig::parse("", "f").unwrap(), AppConfig::default());
-        assert_eq!(AppConfig::parse("# nothing\n\n", "f").unwrap(), AppConfig::default());
+        assert_eq!(
+            AppConfig::parse("# nothing\n\n", "f").unwrap(),
+            AppConfig::default()
+        );
     }
 
     #[test]
     fn env_overrides_apply_to_the_first_listener_and_name_the_variable_on_error() {
-        let mut cfg = AppConfig::parse("listeners:\n  - port: 9443\n  - port: 9444\n", "f").unwrap();
+        let mut cfg =
+            AppConfig::parse("listeners:\n  - port: 9443\n  - port: 9444\n", "f").unwrap();
         let env: Env = [
             ("TLS_SIDECAR_PORT", "7443"),
             ("TLS_SIDECAR_ALLOW", "cf:same-space, cf:any"),
@@ -319,15 +374,28 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let used = cfg.apply_env(&env).unwrap();
-        assert_eq!(used, ["TLS_SIDECAR_PORT", "TLS_SIDECAR_ALLOW", "TLS_SIDECAR_MEMORY"]);
+        assert_eq!(
+            used,
+            [
+                "TLS_SIDECAR_PORT",
+                "TLS_SIDECAR_ALLOW",
+                "TLS_SIDECAR_MEMORY"
+            ]
+        );
         let l = cfg.listeners.as_ref().unwrap();
         assert_eq!(l[0].port, Some(7443));
         assert_eq!(l[1].port, Some(9444));
-        assert_eq!(l[0].allow.as_ref().unwrap(), &[Selector::SameSpace, Selector::Any]);
+        assert_eq!(
+            l[0].allow.as_ref().unwrap(),
+            &[Selector::SameSpace, Selector::Any]
+        );
         assert_eq!(cfg.sidecar.unwrap().memory, Some(MemoryMb(64)));
 
         let bad: Env = [("TLS_SIDECAR_PORT".to_owned(), "84x3".to_owned())].into();
         let e = AppConfig::default().apply_env(&bad).unwrap_err();
-        assert_eq!(e.to_string(), "TLS_SIDECAR_PORT: \"84x3\" is not a port number (expected 1-65535)");
+        assert_eq!(
+            e.to_string(),
+            "TLS_SIDECAR_PORT: \"84x3\" is not a port number (expected 1-65535)"
+        );
     }
 }

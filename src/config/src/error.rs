@@ -51,8 +51,16 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(origin: &Origin, field: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError::Invalid { origin: origin.clone(), field: field.into(), problem: problem.into() }
+    pub(crate) fn invalid(
+        origin: &Origin,
+        field: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            origin: origin.clone(),
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// The origin of the bad value, when it is a single file or variable.
@@ -86,7 +94,9 @@ pub(crate) fn with_suggestion(message: String) -> String {
     let Some(rest) = message.find("unknown field `").map(|i| &message[i + 15..]) else {
         return message;
     };
-    let Some(unknown) = rest.split('`').next() else { return message };
+    let Some(unknown) = rest.split('`').next() else {
+        return message;
+    };
     let candidates: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
     let best = candidates
         .iter()
@@ -105,7 +115,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

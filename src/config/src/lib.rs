@@ -20,13 +20,13 @@ mod value;
 mod vcap;
 
 pub use app::{
-    AdminSpec, AppConfig, CertificateSpec, EgressSpec, ListenerSpec, LimitsSpec, LogSpec,
+    AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
     SidecarSpec, TrustSpec,
 };
 pub use error::{ConfigError, Origin};
 pub use staged::{
-    Admin, Certificate, Egress, Limits, Listener, Log, Sidecar, StagedConfig, Trust,
-    DEFAULT_APP_PORT, RESERVED_PORTS,
+    Admin, Certificate, DEFAULT_APP_PORT, Egress, Limits, Listener, Log, RESERVED_PORTS, Sidecar,
+    StagedConfig, Trust,
 };
 pub use value::{
     CertificateSource, ClientAuth, Guid, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,

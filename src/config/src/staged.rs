@@ -6,8 +6,8 @@ use crate::app::{
 };
 use crate::error::{ConfigError, Origin};
 use crate::value::{
-    valid_dns_name, CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode,
-    Selector, Xfcc,
+    CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector, Xfcc,
+    valid_dns_name,
 };
 
 /// CF's default `$PORT` (the first process port); used at staging, where `$PORT` is not set.
@@ -16,7 +16,11 @@ pub const DEFAULT_APP_PORT: u16 = 8080;
 /// Ports a listener must never take, with the reason: Diego's sshd and Envoy own them.
 pub const RESERVED_PORTS: &[(u16, u16, &str)] = &[
     (2222, 2222, "CF's SSH port (cf ssh)"),
-    (61001, 61099, "Diego's per-container Envoy (route integrity and admin ports)"),
+    (
+        61001,
+        61099,
+        "Diego's per-container Envoy (route integrity and admin ports)",
+    ),
     (61443, 61443, "Diego's container-to-container TLS port"),
     (61445, 61445, "reserved for Diego's proposed egress proxy"),
     (62443, 62443, "reserved for Diego's proposed c2c mTLS port"),
@@ -60,7 +64,10 @@ impl Egress {
     /// The variable the profile.d script exports for this entry, e.g.
     /// `TLS_SIDECAR_EGRESS_BACKEND`.
     pub fn env_var(&self) -> String {
-        format!("TLS_SIDECAR_EGRESS_{}", self.name.to_ascii_uppercase().replace('-', "_"))
+        format!(
+            "TLS_SIDECAR_EGRESS_{}",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
     }
 }
 
@@ -134,7 +141,11 @@ impl Origins<'_> {
             "sidecar.memory" => "TLS_SIDECAR_MEMORY",
             _ => return self.file.clone(),
         };
-        if self.env_used.contains(&var) { Origin::Env(var.to_owned()) } else { self.file.clone() }
+        if self.env_used.contains(&var) {
+            Origin::Env(var.to_owned())
+        } else {
+            self.file.clone()
+        }
     }
 }
 
@@ -149,17 +160,29 @@ impl StagedConfig {
         env_used: &[&'static str],
         app_port: u16,
     ) -> Result<(StagedConfig, Vec<String>), ConfigError> {
-        let o = Origins { file: Origin::File(file.to_owned()), env_used };
+        let o = Origins {
+            file: Origin::File(file.to_owned()),
+            env_used,
+        };
         let mut warnings = Vec::new();
 
         let admin_spec = app.admin.clone().unwrap_or_default();
         let admin = Admin {
-            listen: admin_spec.listen.unwrap_or(HostPort { host: "127.0.0.1".into(), port: 8444 }),
+            listen: admin_spec.listen.unwrap_or(HostPort {
+                host: "127.0.0.1".into(),
+                port: 8444,
+            }),
             enabled: admin_spec.enabled.unwrap_or(true),
         };
         if !admin.listen.is_loopback() {
-            return Err(ConfigError::invalid(&o.of("admin.listen"), "admin.listen",
-                format!("\"{}\" is not a loopback address (the admin endpoint must stay inside the container, e.g. 127.0.0.1:8444)", admin.listen)));
+            return Err(ConfigError::invalid(
+                &o.of("admin.listen"),
+                "admin.listen",
+                format!(
+                    "\"{}\" is not a loopback address (the admin endpoint must stay inside the container, e.g. 127.0.0.1:8444)",
+                    admin.listen
+                ),
+            ));
         }
 
         let specs = match &app.listeners {
@@ -176,8 +199,11 @@ impl StagedConfig {
             egress.push(egress_entry(spec, i, &o)?);
         }
         if listeners.is_empty() && egress.is_empty() {
-            return Err(ConfigError::invalid(&o.file, "listeners",
-                "is empty and there is no egress entry: the sidecar would do nothing (remove `listeners: []` to get the default TLS listener on 8443)"));
+            return Err(ConfigError::invalid(
+                &o.file,
+                "listeners",
+                "is empty and there is no egress entry: the sidecar would do nothing (remove `listeners: []` to get the default TLS listener on 8443)",
+            ));
         }
 
         check_ports(&listeners, &egress, &admin, app_port, &o)?;
@@ -188,17 +214,33 @@ impl StagedConfig {
             ca_files: trust_spec.ca_files.unwrap_or_default(),
             system_certs: trust_spec.system_certs.unwrap_or(true),
         };
-        let verifies_peers = !egress.is_empty() || listeners.iter().any(|l| l.client_auth != ClientAuth::None);
+        let verifies_peers =
+            !egress.is_empty() || listeners.iter().any(|l| l.client_auth != ClientAuth::None);
         if verifies_peers && !trust.system_certs && trust.ca_files.is_empty() {
-            return Err(ConfigError::invalid(&o.file, "trust",
-                "system_certs is false and ca_files is empty, so no peer certificate can be verified (list CA files in trust.ca_files)"));
+            return Err(ConfigError::invalid(
+                &o.file,
+                "trust",
+                "system_certs is false and ca_files is empty, so no peer certificate can be verified (list CA files in trust.ca_files)",
+            ));
         }
 
         let limits = limits(app.limits.clone().unwrap_or_default(), &o, &mut warnings)?;
         let sidecar = sidecar(app.sidecar.clone().unwrap_or_default(), &o)?;
         let log = log(app.log.clone().unwrap_or_default(), &o)?;
 
-        Ok((StagedConfig { listeners, egress, certificate, trust, admin, limits, sidecar, log }, warnings))
+        Ok((
+            StagedConfig {
+                listeners,
+                egress,
+                certificate,
+                trust,
+                admin,
+                limits,
+                sidecar,
+                log,
+            },
+            warnings,
+        ))
     }
 
     /// Parses a staged (or any) `tls-sidecar.yml`, applies run-time env overrides and validates.
@@ -217,22 +259,32 @@ impl StagedConfig {
     /// The file form: the same schema as an app's `tls-sidecar.yml`, every field explicit.
     pub fn to_app(&self) -> AppConfig {
         AppConfig {
-            listeners: Some(self.listeners.iter().map(|l| ListenerSpec {
-                port: Some(l.port),
-                upstream: l.upstream.clone(),
-                mode: Some(l.mode),
-                client_auth: Some(l.client_auth),
-                allow: Some(l.allow.clone()),
-                xfcc: Some(l.xfcc),
-                proxy_protocol: Some(l.proxy_protocol),
-            }).collect()),
-            egress: Some(self.egress.iter().map(|e| EgressSpec {
-                name: Some(e.name.clone()),
-                listen: Some(e.listen.clone()),
-                target: Some(e.target.clone()),
-                expect: Some(e.expect.clone()),
-                unsafe_listen: Some(e.unsafe_listen),
-            }).collect()),
+            listeners: Some(
+                self.listeners
+                    .iter()
+                    .map(|l| ListenerSpec {
+                        port: Some(l.port),
+                        upstream: l.upstream.clone(),
+                        mode: Some(l.mode),
+                        client_auth: Some(l.client_auth),
+                        allow: Some(l.allow.clone()),
+                        xfcc: Some(l.xfcc),
+                        proxy_protocol: Some(l.proxy_protocol),
+                    })
+                    .collect(),
+            ),
+            egress: Some(
+                self.egress
+                    .iter()
+                    .map(|e| EgressSpec {
+                        name: Some(e.name.clone()),
+                        listen: Some(e.listen.clone()),
+                        target: Some(e.target.clone()),
+                        expect: Some(e.expect.clone()),
+                        unsafe_listen: Some(e.unsafe_listen),
+                    })
+                    .collect(),
+            ),
             certificate: Some(CertificateSpec {
                 source: Some(self.certificate.source),
                 cert_file: self.certificate.cert_file.clone(),
@@ -242,8 +294,14 @@ impl StagedConfig {
                 internal_domains: Some(self.certificate.internal_domains.clone()),
                 validity: Some(self.certificate.validity),
             }),
-            trust: Some(TrustSpec { ca_files: Some(self.trust.ca_files.clone()), system_certs: Some(self.trust.system_certs) }),
-            admin: Some(AdminSpec { listen: Some(self.admin.listen.clone()), enabled: Some(self.admin.enabled) }),
+            trust: Some(TrustSpec {
+                ca_files: Some(self.trust.ca_files.clone()),
+                system_certs: Some(self.trust.system_certs),
+            }),
+            admin: Some(AdminSpec {
+                listen: Some(self.admin.listen.clone()),
+                enabled: Some(self.admin.enabled),
+            }),
             limits: Some(LimitsSpec {
                 max_connections: Some(self.limits.max_connections),
                 handshake_timeout: Some(self.limits.handshake_timeout),
@@ -251,8 +309,14 @@ impl StagedConfig {
                 drain_timeout: Some(self.limits.drain_timeout),
                 connect_timeout: Some(self.limits.connect_timeout),
             }),
-            sidecar: Some(SidecarSpec { memory: Some(self.sidecar.memory), process_types: Some(self.sidecar.process_types.clone()) }),
-            log: Some(LogSpec { format: Some(self.log.format), level: Some(self.log.level.clone()) }),
+            sidecar: Some(SidecarSpec {
+                memory: Some(self.sidecar.memory),
+                process_types: Some(self.sidecar.process_types.clone()),
+            }),
+            log: Some(LogSpec {
+                format: Some(self.log.format),
+                level: Some(self.log.level.clone()),
+            }),
         }
     }
 
@@ -263,32 +327,57 @@ impl StagedConfig {
     }
 }
 
-fn listener(spec: &ListenerSpec, i: usize, o: &Origins, warnings: &mut Vec<String>) -> Result<Listener, ConfigError> {
+fn listener(
+    spec: &ListenerSpec,
+    i: usize,
+    o: &Origins,
+    warnings: &mut Vec<String>,
+) -> Result<Listener, ConfigError> {
     let field = |f: &str| format!("listeners[{i}].{f}");
     let port = spec.port.unwrap_or(8443);
     if port == 0 {
-        return Err(ConfigError::invalid(&o.of(&field("port")), field("port"), "0 is not a port number (expected 1-65535)"));
+        return Err(ConfigError::invalid(
+            &o.of(&field("port")),
+            field("port"),
+            "0 is not a port number (expected 1-65535)",
+        ));
     }
     let mode = spec.mode.unwrap_or(Mode::Tcp);
     let allow = spec.allow.clone().unwrap_or_default();
     if let Some(dns) = allow.iter().find(|s| matches!(s, Selector::Dns(_))) {
-        return Err(ConfigError::invalid(&o.of(&field("allow")), field("allow"),
-            format!("\"{dns}\" is an egress selector; callers are identified by cf:app:<guid>, cf:space:<guid>, cf:org:<guid>, cf:same-space, cf:same-org or cf:any")));
+        return Err(ConfigError::invalid(
+            &o.of(&field("allow")),
+            field("allow"),
+            format!(
+                "\"{dns}\" is an egress selector; callers are identified by cf:app:<guid>, cf:space:<guid>, cf:org:<guid>, cf:same-space, cf:same-org or cf:any"
+            ),
+        ));
     }
     let client_auth = match (spec.client_auth, allow.is_empty()) {
         (None, true) => ClientAuth::None,
         (None, false) | (Some(ClientAuth::Required), _) => ClientAuth::Required,
         (Some(other), false) => {
-            return Err(ConfigError::invalid(&o.of(&field("client_auth")), field("client_auth"),
-                format!("\"{other}\" contradicts `allow`: access rules need a verified caller (use client_auth: required, or leave it out)")));
+            return Err(ConfigError::invalid(
+                &o.of(&field("client_auth")),
+                field("client_auth"),
+                format!(
+                    "\"{other}\" contradicts `allow`: access rules need a verified caller (use client_auth: required, or leave it out)"
+                ),
+            ));
         }
         (Some(other), true) => other,
     };
     if mode == Mode::Tcp && spec.xfcc.is_some() {
-        warnings.push(format!("{} is ignored in tcp mode: only http mode can add the X-Forwarded-Client-Cert header", field("xfcc")));
+        warnings.push(format!(
+            "{} is ignored in tcp mode: only http mode can add the X-Forwarded-Client-Cert header",
+            field("xfcc")
+        ));
     }
     if mode == Mode::Http && spec.proxy_protocol == Some(true) {
-        warnings.push(format!("{} is ignored in http mode: the caller's address goes in X-Forwarded-For", field("proxy_protocol")));
+        warnings.push(format!(
+            "{} is ignored in http mode: the caller's address goes in X-Forwarded-For",
+            field("proxy_protocol")
+        ));
     }
     Ok(Listener {
         port,
@@ -303,36 +392,81 @@ fn listener(spec: &ListenerSpec, i: usize, o: &Origins, warnings: &mut Vec<Strin
 
 fn egress_entry(spec: &EgressSpec, i: usize, o: &Origins) -> Result<Egress, ConfigError> {
     let field = |f: &str| format!("egress[{i}].{f}");
-    let missing = |f: &str, example: &str| ConfigError::invalid(&o.file, field(f), format!("is required (e.g. {f}: {example})"));
-    let name = spec.name.clone().ok_or_else(|| missing("name", "backend"))?;
+    let missing = |f: &str, example: &str| {
+        ConfigError::invalid(
+            &o.file,
+            field(f),
+            format!("is required (e.g. {f}: {example})"),
+        )
+    };
+    let name = spec
+        .name
+        .clone()
+        .ok_or_else(|| missing("name", "backend"))?;
     let name_ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !name_ok {
-        return Err(ConfigError::invalid(&o.file, field("name"),
-            format!("\"{name}\" is not allowed (lower-case letters, digits, '-' and '_', starting with a letter; it names the TLS_SIDECAR_EGRESS_<NAME> variable)")));
+        return Err(ConfigError::invalid(
+            &o.file,
+            field("name"),
+            format!(
+                "\"{name}\" is not allowed (lower-case letters, digits, '-' and '_', starting with a letter; it names the TLS_SIDECAR_EGRESS_<NAME> variable)"
+            ),
+        ));
     }
-    let listen = spec.listen.clone().ok_or_else(|| missing("listen", "127.0.0.1:9001"))?;
+    let listen = spec
+        .listen
+        .clone()
+        .ok_or_else(|| missing("listen", "127.0.0.1:9001"))?;
     let unsafe_listen = spec.unsafe_listen.unwrap_or(false);
     if !listen.is_loopback() && !unsafe_listen {
-        return Err(ConfigError::invalid(&o.file, field("listen"),
-            format!("\"{listen}\" is not a loopback address: anyone who can reach it would borrow this app's identity (use 127.0.0.1:<port>, or set unsafe_listen: true)")));
+        return Err(ConfigError::invalid(
+            &o.file,
+            field("listen"),
+            format!(
+                "\"{listen}\" is not a loopback address: anyone who can reach it would borrow this app's identity (use 127.0.0.1:<port>, or set unsafe_listen: true)"
+            ),
+        ));
     }
-    let target = spec.target.clone().ok_or_else(|| missing("target", "backend.apps.internal:8443"))?;
+    let target = spec
+        .target
+        .clone()
+        .ok_or_else(|| missing("target", "backend.apps.internal:8443"))?;
     let expect = spec.expect.clone().unwrap_or_default();
     if expect.is_empty() {
-        return Err(ConfigError::invalid(&o.file, field("expect"),
-            "is required: say which server identity to accept (e.g. expect: [cf:app:<guid>] or [dns:backend.apps.internal])"));
+        return Err(ConfigError::invalid(
+            &o.file,
+            field("expect"),
+            "is required: say which server identity to accept (e.g. expect: [cf:app:<guid>] or [dns:backend.apps.internal])",
+        ));
     }
-    Ok(Egress { name, listen, target, expect, unsafe_listen })
+    Ok(Egress {
+        name,
+        listen,
+        target,
+        expect,
+        unsafe_listen,
+    })
 }
 
 fn reserved(port: u16) -> Option<&'static str> {
-    RESERVED_PORTS.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&port)).map(|(_, _, why)| *why)
+    RESERVED_PORTS
+        .iter()
+        .find(|(lo, hi, _)| (*lo..=*hi).contains(&port))
+        .map(|(_, _, why)| *why)
 }
 
-fn check_ports(listeners: &[Listener], egress: &[Egress], admin: &Admin, app_port: u16, o: &Origins) -> Result<(), ConfigError> {
+fn check_ports(
+    listeners: &[Listener],
+    egress: &[Egress],
+    admin: &Admin,
+    app_port: u16,
+    o: &Origins,
+) -> Result<(), ConfigError> {
     let mut taken: Vec<(u16, String)> = Vec::new();
     if admin.enabled {
         taken.push((admin.listen.port, "admin.listen".to_owned()));
@@ -341,32 +475,62 @@ fn check_ports(listeners: &[Listener], egress: &[Egress], admin: &Admin, app_por
         let field = format!("listeners[{i}].port");
         let origin = o.of(&field);
         if let Some(why) = reserved(l.port) {
-            return Err(ConfigError::invalid(&origin, field, format!("{} is reserved: {why} (pick another, e.g. 8443)", l.port)));
+            return Err(ConfigError::invalid(
+                &origin,
+                field,
+                format!("{} is reserved: {why} (pick another, e.g. 8443)", l.port),
+            ));
         }
         if l.port == app_port {
-            return Err(ConfigError::invalid(&origin, field,
-                format!("{} is the app's own $PORT: the sidecar forwards to it and cannot also listen on it (pick another, e.g. 8443)", l.port)));
+            return Err(ConfigError::invalid(
+                &origin,
+                field,
+                format!(
+                    "{} is the app's own $PORT: the sidecar forwards to it and cannot also listen on it (pick another, e.g. 8443)",
+                    l.port
+                ),
+            ));
         }
         if let Some((_, other)) = taken.iter().find(|(p, _)| *p == l.port) {
-            return Err(ConfigError::invalid(&origin, field, format!("{} is already used by {other}", l.port)));
+            return Err(ConfigError::invalid(
+                &origin,
+                field,
+                format!("{} is already used by {other}", l.port),
+            ));
         }
         taken.push((l.port, field));
     }
     for (i, e) in egress.iter().enumerate() {
         let field = format!("egress[{i}].listen");
         if e.listen.port == app_port {
-            return Err(ConfigError::invalid(&o.file, field, format!("port {} is the app's own $PORT", e.listen.port)));
+            return Err(ConfigError::invalid(
+                &o.file,
+                field,
+                format!("port {} is the app's own $PORT", e.listen.port),
+            ));
         }
         if let Some((_, other)) = taken.iter().find(|(p, _)| *p == e.listen.port) {
-            return Err(ConfigError::invalid(&o.file, field, format!("port {} is already used by {other}", e.listen.port)));
+            return Err(ConfigError::invalid(
+                &o.file,
+                field,
+                format!("port {} is already used by {other}", e.listen.port),
+            ));
         }
         taken.push((e.listen.port, field));
         if egress[..i].iter().any(|p| p.name == e.name) {
-            return Err(ConfigError::invalid(&o.file, format!("egress[{i}].name"), format!("\"{}\" is used twice", e.name)));
+            return Err(ConfigError::invalid(
+                &o.file,
+                format!("egress[{i}].name"),
+                format!("\"{}\" is used twice", e.name),
+            ));
         }
     }
     if admin.enabled && admin.listen.port == app_port {
-        return Err(ConfigError::invalid(&o.file, "admin.listen", format!("port {} is the app's own $PORT", app_port)));
+        return Err(ConfigError::invalid(
+            &o.file,
+            "admin.listen",
+            format!("port {} is the app's own $PORT", app_port),
+        ));
     }
     Ok(())
 }
@@ -375,7 +539,11 @@ fn certificate(spec: CertificateSpec, o: &Origins) -> Result<Certificate, Config
     let source = spec.source.unwrap_or(CertificateSource::Instance);
     let need = |v: &Option<String>, f: &str, why: &str| -> Result<(), ConfigError> {
         if v.as_deref().is_none_or(|s| s.trim().is_empty()) {
-            Err(ConfigError::invalid(&o.file, format!("certificate.{f}"), format!("is required when source is {source}: {why}")))
+            Err(ConfigError::invalid(
+                &o.file,
+                format!("certificate.{f}"),
+                format!("is required when source is {source}: {why}"),
+            ))
         } else {
             Ok(())
         }
@@ -383,67 +551,149 @@ fn certificate(spec: CertificateSpec, o: &Origins) -> Result<Certificate, Config
     match source {
         CertificateSource::Instance => {}
         CertificateSource::Files => {
-            need(&spec.cert_file, "cert_file", "the PEM certificate chain, relative to the app dir")?;
-            need(&spec.key_file, "key_file", "the PEM private key, relative to the app dir")?;
+            need(
+                &spec.cert_file,
+                "cert_file",
+                "the PEM certificate chain, relative to the app dir",
+            )?;
+            need(
+                &spec.key_file,
+                "key_file",
+                "the PEM private key, relative to the app dir",
+            )?;
         }
         CertificateSource::Service | CertificateSource::Minted => {
-            need(&spec.service, "service", "the name of a bound service instance (cf bind-service)")?;
+            need(
+                &spec.service,
+                "service",
+                "the name of a bound service instance (cf bind-service)",
+            )?;
         }
     }
     let names = spec.names.unwrap_or_default();
     if let Some(bad) = names.iter().find(|n| !valid_dns_name(n)) {
-        return Err(ConfigError::invalid(&o.file, "certificate.names", format!("\"{bad}\" is not a DNS name")));
+        return Err(ConfigError::invalid(
+            &o.file,
+            "certificate.names",
+            format!("\"{bad}\" is not a DNS name"),
+        ));
     }
-    let internal_domains = spec.internal_domains.unwrap_or_else(|| vec!["apps.internal".to_owned()]);
+    let internal_domains = spec
+        .internal_domains
+        .unwrap_or_else(|| vec!["apps.internal".to_owned()]);
     if let Some(bad) = internal_domains.iter().find(|n| !valid_dns_name(n)) {
-        return Err(ConfigError::invalid(&o.file, "certificate.internal_domains", format!("\"{bad}\" is not a DNS domain")));
+        return Err(ConfigError::invalid(
+            &o.file,
+            "certificate.internal_domains",
+            format!("\"{bad}\" is not a DNS domain"),
+        ));
     }
     let validity = spec.validity.unwrap_or(Millis::secs(24 * 3600));
     if validity < Millis::secs(3600) {
-        return Err(ConfigError::invalid(&o.file, "certificate.validity", format!("\"{validity}\" is too short (at least 1h)")));
+        return Err(ConfigError::invalid(
+            &o.file,
+            "certificate.validity",
+            format!("\"{validity}\" is too short (at least 1h)"),
+        ));
     }
-    Ok(Certificate { source, cert_file: spec.cert_file, key_file: spec.key_file, service: spec.service, names, internal_domains, validity })
+    Ok(Certificate {
+        source,
+        cert_file: spec.cert_file,
+        key_file: spec.key_file,
+        service: spec.service,
+        names,
+        internal_domains,
+        validity,
+    })
 }
 
-fn limits(spec: LimitsSpec, o: &Origins, warnings: &mut Vec<String>) -> Result<Limits, ConfigError> {
+fn limits(
+    spec: LimitsSpec,
+    o: &Origins,
+    warnings: &mut Vec<String>,
+) -> Result<Limits, ConfigError> {
     let positive = |v: Millis, f: &str| -> Result<Millis, ConfigError> {
         if v.0 == 0 {
-            Err(ConfigError::invalid(&o.file, format!("limits.{f}"), "0 is not allowed (use a positive duration, e.g. 10s)"))
+            Err(ConfigError::invalid(
+                &o.file,
+                format!("limits.{f}"),
+                "0 is not allowed (use a positive duration, e.g. 10s)",
+            ))
         } else {
             Ok(v)
         }
     };
     let max_connections = spec.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
-        return Err(ConfigError::invalid(&o.file, "limits.max_connections", "0 would refuse every connection (e.g. 10000)"));
+        return Err(ConfigError::invalid(
+            &o.file,
+            "limits.max_connections",
+            "0 would refuse every connection (e.g. 10000)",
+        ));
     }
-    let drain_timeout = positive(spec.drain_timeout.unwrap_or(Millis::secs(8)), "drain_timeout")?;
+    let drain_timeout = positive(
+        spec.drain_timeout.unwrap_or(Millis::secs(8)),
+        "drain_timeout",
+    )?;
     if drain_timeout >= Millis::secs(10) {
         warnings.push(format!("limits.drain_timeout {drain_timeout} is not below CF's 10 s stop timeout: CF kills the instance before the drain can finish"));
     }
     Ok(Limits {
         max_connections,
-        handshake_timeout: positive(spec.handshake_timeout.unwrap_or(Millis::secs(10)), "handshake_timeout")?,
-        idle_timeout: positive(spec.idle_timeout.unwrap_or(Millis::secs(300)), "idle_timeout")?,
+        handshake_timeout: positive(
+            spec.handshake_timeout.unwrap_or(Millis::secs(10)),
+            "handshake_timeout",
+        )?,
+        idle_timeout: positive(
+            spec.idle_timeout.unwrap_or(Millis::secs(300)),
+            "idle_timeout",
+        )?,
         drain_timeout,
-        connect_timeout: positive(spec.connect_timeout.unwrap_or(Millis::secs(5)), "connect_timeout")?,
+        connect_timeout: positive(
+            spec.connect_timeout.unwrap_or(Millis::secs(5)),
+            "connect_timeout",
+        )?,
     })
 }
 
 fn sidecar(spec: SidecarSpec, o: &Origins) -> Result<Sidecar, ConfigError> {
     let process_types = spec.process_types.unwrap_or_else(|| vec!["web".to_owned()]);
-    if let Some(bad) = process_types.iter().find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
-        return Err(ConfigError::invalid(&o.file, "sidecar.process_types", format!("\"{bad}\" is not a process type name (e.g. web, worker)")));
+    if let Some(bad) = process_types.iter().find(|t| {
+        t.is_empty()
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) {
+        return Err(ConfigError::invalid(
+            &o.file,
+            "sidecar.process_types",
+            format!("\"{bad}\" is not a process type name (e.g. web, worker)"),
+        ));
     }
-    Ok(Sidecar { memory: spec.memory.unwrap_or(MemoryMb(32)), process_types })
+    Ok(Sidecar {
+        memory: spec.memory.unwrap_or(MemoryMb(32)),
+        process_types,
+    })
 }
 
 fn log(spec: LogSpec, o: &Origins) -> Result<Log, ConfigError> {
-    let level = spec.level.unwrap_or_else(|| "info".to_owned()).to_ascii_lowercase();
+    let level = spec
+        .level
+        .unwrap_or_else(|| "info".to_owned())
+        .to_ascii_lowercase();
     if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
-        return Err(ConfigError::invalid(&o.file, "log.level", format!("\"{level}\" is not allowed (expected one of: error, warn, info, debug, trace)")));
+        return Err(ConfigError::invalid(
+            &o.file,
+            "log.level",
+            format!(
+                "\"{level}\" is not allowed (expected one of: error, warn, info, debug, trace)"
+            ),
+        ));
     }
-    Ok(Log { format: spec.format.unwrap_or(LogFormat::Logfmt), level })
+    Ok(Log {
+        format: spec.format.unwrap_or(LogFormat::Logfmt),
+        level,
+    })
 }
 
 #[cfg(test)]
@@ -461,7 +711,10 @@ mod tests {
         let s = stage("").unwrap();
         assert_eq!(s.listeners.len(), 1);
         let l = &s.listeners[0];
-        assert_eq!((l.port, l.mode, l.client_auth, l.upstream.clone()), (8443, Mode::Tcp, ClientAuth::None, None));
+        assert_eq!(
+            (l.port, l.mode, l.client_auth, l.upstream.clone()),
+            (8443, Mode::Tcp, ClientAuth::None, None)
+        );
         assert_eq!(s.sidecar.memory, MemoryMb(32));
         assert_eq!(s.sidecar.process_types, ["web"]);
         assert_eq!(s.admin.listen.to_string(), "127.0.0.1:8444");
@@ -473,18 +726,34 @@ mod tests {
         let s = stage("listeners:\n  - allow: [cf:same-space]\n").unwrap();
         assert_eq!(s.listeners[0].client_auth, ClientAuth::Required);
         let e = stage("listeners:\n  - allow: [cf:any]\n    client_auth: optional\n").unwrap_err();
-        assert!(e.to_string().contains("listeners[0].client_auth") && e.to_string().contains("contradicts"), "{e}");
+        assert!(
+            e.to_string().contains("listeners[0].client_auth")
+                && e.to_string().contains("contradicts"),
+            "{e}"
+        );
     }
 
     #[test]
     fn reserved_duplicate_and_app_ports_are_rejected_with_the_reason() {
         for (yaml, want) in [
-            ("listeners:\n  - port: 61443\n", "61443 is reserved: Diego's container-to-container TLS port"),
+            (
+                "listeners:\n  - port: 61443\n",
+                "61443 is reserved: Diego's container-to-container TLS port",
+            ),
             ("listeners:\n  - port: 2222\n", "CF's SSH port"),
-            ("listeners:\n  - port: 61050\n", "Diego's per-container Envoy"),
+            (
+                "listeners:\n  - port: 61050\n",
+                "Diego's per-container Envoy",
+            ),
             ("listeners:\n  - port: 8080\n", "the app's own $PORT"),
-            ("listeners:\n  - port: 9443\n  - port: 9443\n", "listeners[1].port: 9443 is already used by listeners[0].port"),
-            ("listeners:\n  - port: 8444\n", "already used by admin.listen"),
+            (
+                "listeners:\n  - port: 9443\n  - port: 9443\n",
+                "listeners[1].port: 9443 is already used by listeners[0].port",
+            ),
+            (
+                "listeners:\n  - port: 8444\n",
+                "already used by admin.listen",
+            ),
         ] {
             let e = stage(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");
@@ -503,7 +772,10 @@ mod tests {
         let e = stage("egress:\n  - name: backend\n    listen: 0.0.0.0:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n").unwrap_err();
         assert!(e.to_string().contains("not a loopback address"), "{e}");
         let e = stage("egress:\n  - name: backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n").unwrap_err();
-        assert!(e.to_string().contains("egress[0].expect: is required"), "{e}");
+        assert!(
+            e.to_string().contains("egress[0].expect: is required"),
+            "{e}"
+        );
         let s = stage("egress:\n  - name: my-backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [dns:b.apps.internal]\n").unwrap();
         assert_eq!(s.egress[0].env_var(), "TLS_SIDECAR_EGRESS_MY_BACKEND");
     }
@@ -534,5 +806,133 @@ mod tests {
         let app = AppConfig::parse("limits:\n  drain_timeout: 12s\n", "f").unwrap();
         let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
         assert!(warnings[0].contains("10 s"), "{warnings:?}");
+    }
+}
+
+/// The published JSON Schema (`docs/tls-sidecar.schema.json`) must describe exactly the fields,
+/// enum values and defaults of these types; editors complete from it.
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    fn schema() -> Value {
+        let text = include_str!("../../../docs/tls-sidecar.schema.json");
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// Every key a fully populated config serializes, as dotted paths (`listeners[].port`).
+    fn rust_paths(v: &serde_yaml_ng::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match v {
+            serde_yaml_ng::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let k = k.as_str().unwrap();
+                    let p = if prefix.is_empty() {
+                        k.to_owned()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.insert(p.clone());
+                    rust_paths(v, &p, out);
+                }
+            }
+            serde_yaml_ng::Value::Sequence(s) if s.first().is_some_and(|f| f.is_mapping()) => {
+                rust_paths(&s[0], &format!("{prefix}[]"), out);
+            }
+            _ => {}
+        }
+    }
+
+    fn schema_paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (k, sub) in props {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(p.clone());
+                schema_paths(sub, &p, out);
+            }
+        }
+        if let Some(items) = v.get("items").filter(|i| i.get("properties").is_some()) {
+            schema_paths(items, &format!("{prefix}[]"), out);
+        }
+    }
+
+    fn full_config() -> StagedConfig {
+        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}]\n\
+            egress: [{name: b, listen: 127.0.0.1:9001, target: b.apps.internal:8443, expect: [cf:any]}]\n\
+            certificate: {source: files, cert_file: c, key_file: k, service: s}\n";
+        let app = AppConfig::parse(yaml, "f").unwrap();
+        StagedConfig::from_app(&app, "f", &[], DEFAULT_APP_PORT)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn the_json_schema_has_exactly_the_fields_of_the_config_types() {
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&full_config().to_yaml()).unwrap();
+        let mut from_rust = BTreeSet::new();
+        rust_paths(&yaml, "", &mut from_rust);
+        let mut from_schema = BTreeSet::new();
+        schema_paths(&schema(), "", &mut from_schema);
+        assert_eq!(
+            from_schema, from_rust,
+            "docs/tls-sidecar.schema.json is out of step with src/config"
+        );
+    }
+
+    #[test]
+    fn the_json_schema_lists_the_allowed_values_and_defaults_of_the_config_types() {
+        let s = schema();
+        let l = &s["properties"]["listeners"]["items"]["properties"];
+        let enum_of = |v: &Value| -> Vec<String> {
+            v["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(enum_of(&l["mode"]), Mode::ALLOWED);
+        assert_eq!(enum_of(&l["client_auth"]), ClientAuth::ALLOWED);
+        assert_eq!(enum_of(&l["xfcc"]), Xfcc::ALLOWED);
+        assert_eq!(
+            enum_of(&s["properties"]["certificate"]["properties"]["source"]),
+            CertificateSource::ALLOWED
+        );
+        assert_eq!(
+            enum_of(&s["properties"]["log"]["properties"]["format"]),
+            LogFormat::ALLOWED
+        );
+
+        // Defaults in the schema are what an empty file stages to.
+        let d = StagedConfig::from_app(&AppConfig::default(), "f", &[], DEFAULT_APP_PORT)
+            .unwrap()
+            .0;
+        let lim = &s["properties"]["limits"]["properties"];
+        let dur = |v: &Value| v["default"].as_str().unwrap().parse::<Millis>().unwrap();
+        assert_eq!(dur(&lim["handshake_timeout"]), d.limits.handshake_timeout);
+        assert_eq!(dur(&lim["idle_timeout"]), d.limits.idle_timeout);
+        assert_eq!(dur(&lim["drain_timeout"]), d.limits.drain_timeout);
+        assert_eq!(dur(&lim["connect_timeout"]), d.limits.connect_timeout);
+        assert_eq!(lim["max_connections"]["default"], d.limits.max_connections);
+        assert_eq!(l["port"]["default"], d.listeners[0].port);
+        assert_eq!(l["mode"]["default"], d.listeners[0].mode.as_str());
+        assert_eq!(
+            l["client_auth"]["default"],
+            d.listeners[0].client_auth.as_str()
+        );
+        assert_eq!(l["xfcc"]["default"], d.listeners[0].xfcc.as_str());
+        assert_eq!(
+            s["properties"]["admin"]["properties"]["listen"]["default"],
+            d.admin.listen.to_string()
+        );
+        assert_eq!(
+            s["properties"]["sidecar"]["properties"]["memory"]["default"],
+            d.sidecar.memory.0
+        );
     }
 }

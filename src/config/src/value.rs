@@ -115,7 +115,10 @@ impl Selector {
 impl FromStr for Selector {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let guid = |g: &str| g.parse::<Guid>().map_err(|e| format!("in selector \"{s}\": {e}"));
+        let guid = |g: &str| {
+            g.parse::<Guid>()
+                .map_err(|e| format!("in selector \"{s}\": {e}"))
+        };
         match s.trim() {
             "cf:same-space" => Ok(Selector::SameSpace),
             "cf:same-org" => Ok(Selector::SameOrg),
@@ -241,7 +244,9 @@ impl HostPort {
 impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("\"{s}\" is not host:port (e.g. 127.0.0.1:8080 or backend.apps.internal:8443)");
+        let bad = || {
+            format!("\"{s}\" is not host:port (e.g. 127.0.0.1:8080 or backend.apps.internal:8443)")
+        };
         let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port: u16 = port.parse().map_err(|_| bad())?;
@@ -249,7 +254,10 @@ impl FromStr for HostPort {
         if !host_ok || port == 0 {
             return Err(bad());
         }
-        Ok(HostPort { host: host.to_owned(), port })
+        Ok(HostPort {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -291,7 +299,11 @@ impl FromStr for Millis {
             "s" => 1000,
             "m" => 60_000,
             "h" => 3_600_000,
-            _ => return Err(format!("\"{s}\" is not a duration (use a unit: ms, s, m or h, e.g. 10s)")),
+            _ => {
+                return Err(format!(
+                    "\"{s}\" is not a duration (use a unit: ms, s, m or h, e.g. 10s)"
+                ));
+            }
         };
         Ok(Millis(n.saturating_mul(factor)))
     }
@@ -332,7 +344,9 @@ impl FromStr for MemoryMb {
         let n: u32 = num.trim().parse().map_err(|_| bad())?;
         let mb = n.checked_mul(mult).ok_or_else(bad)?;
         if mb == 0 {
-            return Err(format!("\"{s}\" is not allowed: the sidecar needs at least 1 MB"));
+            return Err(format!(
+                "\"{s}\" is not allowed: the sidecar needs at least 1 MB"
+            ));
         }
         Ok(MemoryMb(mb))
     }
@@ -346,7 +360,10 @@ impl fmt::Display for MemoryMb {
 
 impl<'de> Deserialize<'de> for MemoryMb {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ScalarString::deserialize(d)?.0.parse().map_err(de::Error::custom)
+        ScalarString::deserialize(d)?
+            .0
+            .parse()
+            .map_err(de::Error::custom)
     }
 }
 
@@ -363,9 +380,16 @@ mod tests {
 
     #[test]
     fn selectors_round_trip_and_normalise_guid_case() {
-        let s: Selector = "cf:app:ABCDEF01-2345-6789-abcd-ef0123456789".parse().unwrap();
+        let s: Selector = "cf:app:ABCDEF01-2345-6789-abcd-ef0123456789"
+            .parse()
+            .unwrap();
         assert_eq!(s.to_string(), "cf:app:abcdef01-2345-6789-abcd-ef0123456789");
-        for t in ["cf:same-space", "cf:same-org", "cf:any", "dns:backend.apps.internal"] {
+        for t in [
+            "cf:same-space",
+            "cf:same-org",
+            "cf:any",
+            "dns:backend.apps.internal",
+        ] {
             assert_eq!(t.parse::<Selector>().unwrap().to_string(), t);
         }
     }
@@ -373,7 +397,10 @@ mod tests {
     #[test]
     fn a_selector_with_a_bad_guid_names_the_selector() {
         let e = "cf:space:1234".parse::<Selector>().unwrap_err();
-        assert!(e.contains("cf:space:1234") && e.contains("8-4-4-4-12"), "{e}");
+        assert!(
+            e.contains("cf:space:1234") && e.contains("8-4-4-4-12"),
+            "{e}"
+        );
         let e = "app:x".parse::<Selector>().unwrap_err();
         assert!(e.contains("cf:same-space"), "{e}");
     }
@@ -401,8 +428,17 @@ mod tests {
     #[test]
     fn host_port_accepts_ips_and_names_and_rejects_port_zero() {
         assert_eq!("127.0.0.1:8080".parse::<HostPort>().unwrap().port, 8080);
-        assert_eq!("backend.apps.internal:8443".parse::<HostPort>().unwrap().host, "backend.apps.internal");
-        assert_eq!("[::1]:9000".parse::<HostPort>().unwrap().to_string(), "[::1]:9000");
+        assert_eq!(
+            "backend.apps.internal:8443"
+                .parse::<HostPort>()
+                .unwrap()
+                .host,
+            "backend.apps.internal"
+        );
+        assert_eq!(
+            "[::1]:9000".parse::<HostPort>().unwrap().to_string(),
+            "[::1]:9000"
+        );
         assert!("127.0.0.1:0".parse::<HostPort>().is_err());
         assert!("127.0.0.1".parse::<HostPort>().is_err());
         assert!("bad host:80".parse::<HostPort>().is_err());
@@ -412,6 +448,9 @@ mod tests {
     fn enums_list_what_is_allowed() {
         let e = "tcpp".parse::<Mode>().unwrap_err();
         assert_eq!(e, "\"tcpp\" is not allowed (expected one of: tcp, http)");
-        assert_eq!("REQUIRED".parse::<ClientAuth>().unwrap(), ClientAuth::Required);
+        assert_eq!(
+            "REQUIRED".parse::<ClientAuth>().unwrap(),
+            ClientAuth::Required
+        );
     }
 }

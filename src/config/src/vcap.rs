@@ -30,7 +30,10 @@ impl VcapApplication {
             None => (Self::default(), None),
             Some(raw) => match serde_json::from_str(raw) {
                 Ok(v) => (v, None),
-                Err(e) => (Self::default(), Some(format!("VCAP_APPLICATION is not valid JSON: {e}"))),
+                Err(e) => (
+                    Self::default(),
+                    Some(format!("VCAP_APPLICATION is not valid JSON: {e}")),
+                ),
             },
         }
     }
