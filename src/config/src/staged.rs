@@ -268,8 +268,10 @@ impl StagedConfig {
                         mode: Some(l.mode),
                         client_auth: Some(l.client_auth),
                         allow: Some(l.allow.clone()),
-                        xfcc: Some(l.xfcc),
-                        proxy_protocol: Some(l.proxy_protocol),
+                        // Only the field the mode uses: the other would read back as "set" and warn at
+                        // every start that it is ignored.
+                        xfcc: (l.mode == Mode::Http).then_some(l.xfcc),
+                        proxy_protocol: (l.mode == Mode::Tcp).then_some(l.proxy_protocol),
                     })
                     .collect(),
             ),
@@ -802,6 +804,16 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_default_config_reads_back_without_warnings() {
+        let s = stage("listeners:\n  - port: 9443\n  - port: 9444\n    mode: http\n").unwrap();
+        let app = AppConfig::parse(&s.to_yaml(), "staged").unwrap();
+        let (back, warnings) =
+            StagedConfig::from_app(&app, "staged", &[], DEFAULT_APP_PORT).unwrap();
+        assert_eq!(back, s);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
     fn a_drain_timeout_past_cf_kill_time_warns() {
         let app = AppConfig::parse("limits:\n  drain_timeout: 12s\n", "f").unwrap();
         let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
@@ -837,8 +849,10 @@ mod schema_tests {
                     rust_paths(v, &p, out);
                 }
             }
-            serde_yaml_ng::Value::Sequence(s) if s.first().is_some_and(|f| f.is_mapping()) => {
-                rust_paths(&s[0], &format!("{prefix}[]"), out);
+            serde_yaml_ng::Value::Sequence(items) => {
+                for item in items.iter().filter(|i| i.is_mapping()) {
+                    rust_paths(item, &format!("{prefix}[]"), out);
+                }
             }
             _ => {}
         }
@@ -862,7 +876,7 @@ mod schema_tests {
     }
 
     fn full_config() -> StagedConfig {
-        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}]\n\
+        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http}]\n\
             egress: [{name: b, listen: 127.0.0.1:9001, target: b.apps.internal:8443, expect: [cf:any]}]\n\
             certificate: {source: files, cert_file: c, key_file: k, service: s}\n";
         let app = AppConfig::parse(yaml, "f").unwrap();
