@@ -1,0 +1,502 @@
+//! A fake Diego cell identity, made with the `openssl` CLI exactly as cf-deployment and the rep
+//! make it (`cf-instance-identity.md` §1–§4):
+//!
+//! - `appRootCA` (self-signed), written as `trusted-ca-1.crt` into a `CF_SYSTEM_CERT_PATH` dir;
+//! - `instanceIdentityCA`, an intermediate signed by it (CA:true critical, keyCertSign + cRLSign,
+//!   SKI and AKI, PKCS#1 RSA key: the rep refuses any other key type);
+//! - instance certificates: RSA-3072 PKCS#1 key, subject
+//!   `/OU=organization:<g>+OU=space:<g>+OU=app:<g>/CN=<instance guid>` (one multi-valued RDN),
+//!   SANs `DNS:<instance guid>, IP:<container ip>`, EKU serverAuth + clientAuth, keyUsage
+//!   digitalSignature + keyEncipherment + keyAgreement, a random 16-byte serial, notBefore = now
+//!   (not backdated); `instance.crt` = leaf + intermediate.
+//!
+//! Rotation follows the executor's `instance_identity_handler.go`: write `instance.key.tmp` and
+//! `instance.crt.tmp`, then rename the key first and the cert second.
+
+use crate::util::{
+    asn1_generalized_time, host_tool, random_guid, random_hex, random_instance_guid, run,
+};
+use crate::{Context, Result, bail};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// Diego's default `instance_identity_validity_period_in_hours`.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// Diego's instance key size since the 2025 executor change (RSA 2048 before).
+pub const INSTANCE_KEY_BITS: u32 = 3072;
+
+/// The CA pair of a (fake) cf-deployment: root and instance-identity intermediate.
+#[derive(Debug)]
+pub struct CellCa {
+    /// Set when the CA lives in its own temp dir (deleted on drop); `None` for the shared one.
+    _temp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    root_cert: PathBuf,
+    root_key: PathBuf,
+    intermediate_cert: PathBuf,
+    intermediate_key: PathBuf,
+    system_certs: PathBuf,
+}
+
+/// Who a certificate says its holder is: the OUs and CN Diego writes, and the IP SAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppIdentity {
+    pub org_guid: String,
+    pub space_guid: String,
+    pub app_guid: String,
+    /// The CN and the DNS SAN (for an LRP: the instance GUID).
+    pub instance_guid: String,
+    /// The IP SAN (the container's internal IP).
+    pub ip: IpAddr,
+}
+
+/// A key pair issued by the CA, as PEM files.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// Leaf followed by the intermediate, like `instance.crt`.
+    pub cert: PathBuf,
+    /// PKCS#1 (`BEGIN RSA PRIVATE KEY`).
+    pub key: PathBuf,
+    /// Upper-case hex serial as `openssl x509 -serial` prints it.
+    pub serial: String,
+}
+
+/// What `/etc/cf-instance-credentials` holds for one instance, on the host.
+#[derive(Debug)]
+pub struct InstanceCredentials {
+    ca: Arc<CellCa>,
+    identity: AppIdentity,
+    dir: tempfile::TempDir,
+    serial: Mutex<String>,
+}
+
+impl AppIdentity {
+    /// A fresh app in a fresh space in a fresh org, instance IP in 192.0.2.0/24 (TEST-NET-1).
+    pub fn random() -> Self {
+        AppIdentity {
+            org_guid: random_guid(),
+            space_guid: random_guid(),
+            app_guid: random_guid(),
+            instance_guid: random_instance_guid(),
+            ip: random_test_net_ip(),
+        }
+    }
+
+    /// Another instance of the same app.
+    pub fn another_instance(&self) -> Self {
+        AppIdentity {
+            instance_guid: random_instance_guid(),
+            ip: random_test_net_ip(),
+            ..self.clone()
+        }
+    }
+
+    /// An instance of another app in the same space.
+    pub fn another_app_same_space(&self) -> Self {
+        AppIdentity {
+            app_guid: random_guid(),
+            ..self.another_instance()
+        }
+    }
+
+    /// An instance of an app in another space of the same org.
+    pub fn app_in_other_space(&self) -> Self {
+        AppIdentity {
+            space_guid: random_guid(),
+            ..self.another_app_same_space()
+        }
+    }
+
+    /// An instance of an app in another org.
+    pub fn app_in_other_org(&self) -> Self {
+        AppIdentity {
+            org_guid: random_guid(),
+            ..self.app_in_other_space()
+        }
+    }
+
+    /// The `-subj` argument: the three OUs in one multi-valued RDN, then the CN.
+    pub fn openssl_subject(&self) -> String {
+        format!(
+            "/OU=organization:{}+OU=space:{}+OU=app:{}/CN={}",
+            self.org_guid, self.space_guid, self.app_guid, self.instance_guid
+        )
+    }
+
+    /// The subject as `openssl x509 -noout -subject -nameopt RFC2253` prints it.
+    pub fn rfc2253_subject(&self) -> String {
+        format!(
+            "CN={},OU=organization:{}+OU=space:{}+OU=app:{}",
+            self.instance_guid, self.org_guid, self.space_guid, self.app_guid
+        )
+    }
+}
+
+fn random_test_net_ip() -> IpAddr {
+    let b = crate::util::random_bytes(1)[0];
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2 + b % 250))
+}
+
+fn openssl() -> Result<Command> {
+    Ok(Command::new(host_tool("openssl")?))
+}
+
+static SHARED: OnceLock<Result<Arc<CellCa>, String>> = OnceLock::new();
+
+impl CellCa {
+    /// A new CA pair in its own temp dir (RSA keygen: about a second).
+    pub fn generate() -> Result<Self> {
+        let temp = tempfile::Builder::new().prefix("tsb-cell-ca-").tempdir()?;
+        let mut ca = Self::generate_in(temp.path())?;
+        ca._temp = Some(temp);
+        Ok(ca)
+    }
+
+    /// The file names inside a CA dir.
+    fn at(d: &Path) -> Self {
+        CellCa {
+            _temp: None,
+            dir: d.to_path_buf(),
+            root_cert: d.join("appRootCA.crt"),
+            root_key: d.join("appRootCA.key"),
+            intermediate_cert: d.join("instanceIdentityCA.crt"),
+            intermediate_key: d.join("instanceIdentityCA.key"),
+            system_certs: d.join("cf-system-certificates"),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        [
+            &self.root_cert,
+            &self.root_key,
+            &self.intermediate_cert,
+            &self.intermediate_key,
+        ]
+        .iter()
+        .all(|p| p.is_file())
+            && self.system_certs.join("trusted-ca-1.crt").is_file()
+    }
+
+    /// Generates a CA pair into the existing dir `d`.
+    pub fn generate_in(d: &Path) -> Result<Self> {
+        // Readable by vcap: the system cert dir is bind-mounted into instances.
+        set_mode(d, 0o755)?;
+        let root_key = d.join("appRootCA.key");
+        let root_cert = d.join("appRootCA.crt");
+        run(openssl()?
+            .args([
+                "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256",
+            ])
+            .args(["-subj", "/CN=appRootCA", "-days", "3650"])
+            .args(["-addext", "basicConstraints=critical,CA:true"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .args(["-addext", "subjectKeyIdentifier=hash"])
+            .arg("-keyout")
+            .arg(&root_key)
+            .arg("-out")
+            .arg(&root_cert))
+        .context("cannot make the appRootCA")?;
+
+        let intermediate_key = d.join("instanceIdentityCA.key");
+        let intermediate_cert = d.join("instanceIdentityCA.crt");
+        let csr = d.join("instanceIdentityCA.csr");
+        run(openssl()?
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&intermediate_key)
+            .arg("2048"))
+        .context("cannot make the instanceIdentityCA key")?;
+        run(openssl()?
+            .args(["req", "-new", "-subj", "/CN=instanceIdentityCA", "-key"])
+            .arg(&intermediate_key)
+            .arg("-out")
+            .arg(&csr))?;
+        let ext = d.join("instanceIdentityCA.ext");
+        std::fs::write(
+            &ext,
+            "basicConstraints = critical,CA:true\n\
+             keyUsage = critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid:always\n",
+        )?;
+        run(openssl()?
+            .args(["x509", "-req", "-sha256", "-days", "3650", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&root_cert)
+            .arg("-CAkey")
+            .arg(&root_key)
+            .args(["-set_serial", &format!("0x{}", random_hex(16))])
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&intermediate_cert))
+        .context("cannot sign the instanceIdentityCA")?;
+
+        let system_certs = d.join("cf-system-certificates");
+        std::fs::create_dir(&system_certs)?;
+        set_mode(&system_certs, 0o755)?;
+        let trusted = system_certs.join("trusted-ca-1.crt");
+        std::fs::copy(&root_cert, &trusted)?;
+        set_mode(&trusted, 0o644)?;
+        for f in [&root_key, &intermediate_key] {
+            set_mode(f, 0o600)?;
+        }
+        Ok(Self::at(d))
+    }
+
+    /// The CA pair shared by every test: made once into `target/integration-ca/ca` (under an
+    /// flock, so parallel test binaries agree) and reused by later runs; the CAs are valid for
+    /// ten years and hold nothing secret.
+    pub fn shared() -> Result<Arc<CellCa>> {
+        SHARED
+            .get_or_init(|| {
+                Self::load_or_generate_shared()
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(crate::Error::msg)
+    }
+
+    fn load_or_generate_shared() -> Result<Self> {
+        let base = crate::util::workspace_root()
+            .join("target")
+            .join("integration-ca");
+        std::fs::create_dir_all(&base)?;
+        let lock = std::fs::File::create(base.join(".lock"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .context("cannot lock target/integration-ca/.lock")?;
+        let dir = base.join("ca");
+        let existing = Self::at(&dir);
+        if existing.complete() {
+            return Ok(existing);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let fresh = base.join(format!(".ca-{}", random_hex(6)));
+        std::fs::create_dir(&fresh)?;
+        Self::generate_in(&fresh)?;
+        std::fs::rename(&fresh, &dir)?;
+        Ok(Self::at(&dir))
+    }
+
+    /// `appRootCA` (PEM): what clients trust.
+    pub fn root_cert(&self) -> &Path {
+        &self.root_cert
+    }
+
+    pub fn root_key(&self) -> &Path {
+        &self.root_key
+    }
+
+    /// `instanceIdentityCA` (PEM): the intermediate in every `instance.crt`.
+    pub fn intermediate_cert(&self) -> &Path {
+        &self.intermediate_cert
+    }
+
+    /// The host dir mounted at `/etc/cf-system-certificates` (holds `trusted-ca-1.crt`).
+    pub fn system_cert_dir(&self) -> &Path {
+        &self.system_certs
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Issues an instance-identity key pair for `id` into `out_dir` as `<stem>.crt` (leaf +
+    /// intermediate) and `<stem>.key`. Valid from now for `validity`.
+    pub fn issue(
+        &self,
+        id: &AppIdentity,
+        validity: Duration,
+        out_dir: &Path,
+        stem: &str,
+    ) -> Result<IssuedCert> {
+        let work = tempfile::Builder::new().prefix("tsb-issue-").tempdir()?;
+        let w = work.path();
+        let key = w.join("leaf.key");
+        run(openssl()?
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&key)
+            .arg(INSTANCE_KEY_BITS.to_string()))
+        .context("cannot make an instance key")?;
+        let csr = w.join("leaf.csr");
+        run(openssl()?
+            .args([
+                "req",
+                "-new",
+                "-multivalue-rdn",
+                "-subj",
+                &id.openssl_subject(),
+                "-key",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr))?;
+
+        // `openssl ca` (not `x509 -req`) because it takes exact start and end times: Diego's
+        // notBefore is "now", and validity is set in hours, not days.
+        let db = w.join("db");
+        std::fs::create_dir(&db)?;
+        std::fs::write(db.join("index.txt"), "")?;
+        std::fs::write(db.join("serial"), format!("{}\n", random_hex(16)))?;
+        let cnf = w.join("ca.cnf");
+        std::fs::write(
+            &cnf,
+            format!(
+                "[ca]\ndefault_ca = cell\n\
+                 [cell]\ndatabase = {db}/index.txt\nserial = {db}/serial\nnew_certs_dir = {db}\n\
+                 default_md = sha256\npolicy = anything\nunique_subject = no\n\
+                 copy_extensions = none\n\
+                 [anything]\norganizationalUnitName = optional\ncommonName = supplied\n\
+                 [leaf]\nkeyUsage = critical,digitalSignature,keyEncipherment,keyAgreement\n\
+                 extendedKeyUsage = serverAuth,clientAuth\n\
+                 subjectAltName = DNS:{guid},IP:{ip}\nauthorityKeyIdentifier = keyid\n\
+                 subjectKeyIdentifier = none\n",
+                db = db.display(),
+                guid = id.instance_guid,
+                ip = id.ip,
+            ),
+        )?;
+        let now = SystemTime::now();
+        let leaf = w.join("leaf.crt");
+        run(openssl()?
+            .args(["ca", "-batch", "-notext", "-preserveDN", "-multivalue-rdn"])
+            .args(["-extensions", "leaf", "-config"])
+            .arg(&cnf)
+            .arg("-cert")
+            .arg(&self.intermediate_cert)
+            .arg("-keyfile")
+            .arg(&self.intermediate_key)
+            .args(["-startdate", &asn1_generalized_time(now)])
+            .args(["-enddate", &asn1_generalized_time(now + validity)])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-out")
+            .arg(&leaf))
+        .context("cannot sign an instance certificate")?;
+
+        let serial = cert_serial(&leaf)?;
+        let mut chain = std::fs::read(&leaf)?;
+        chain.extend(std::fs::read(&self.intermediate_cert)?);
+        let cert_out = out_dir.join(format!("{stem}.crt"));
+        let key_out = out_dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_out, chain)?;
+        std::fs::copy(&key, &key_out)?;
+        set_mode(&cert_out, 0o644)?;
+        set_mode(&key_out, 0o644)?;
+        Ok(IssuedCert {
+            cert: cert_out,
+            key: key_out,
+            serial,
+        })
+    }
+
+    /// A client identity for another app (e.g. [`AppIdentity::app_in_other_space`]), in its own
+    /// temp dir that lives as long as the returned guard.
+    pub fn issue_client(&self, id: &AppIdentity) -> Result<(tempfile::TempDir, IssuedCert)> {
+        let dir = tempfile::Builder::new().prefix("tsb-client-").tempdir()?;
+        set_mode(dir.path(), 0o755)?;
+        let cert = self.issue(id, DEFAULT_VALIDITY, dir.path(), "client")?;
+        Ok((dir, cert))
+    }
+}
+
+impl InstanceCredentials {
+    /// Issues `instance.crt`/`instance.key` for `identity` into a new host dir (mode 0755, files
+    /// 0644, owned by root: vcap can read but not change them, as with Diego's read-only mount).
+    pub fn new(ca: Arc<CellCa>, identity: AppIdentity, validity: Duration) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("tsb-creds-").tempdir()?;
+        set_mode(dir.path(), 0o755)?;
+        let issued = ca.issue(&identity, validity, dir.path(), "instance")?;
+        Ok(InstanceCredentials {
+            ca,
+            identity,
+            dir,
+            serial: Mutex::new(issued.serial),
+        })
+    }
+
+    pub fn identity(&self) -> &AppIdentity {
+        &self.identity
+    }
+
+    pub fn ca(&self) -> &Arc<CellCa> {
+        &self.ca
+    }
+
+    /// The host dir mounted read-only at `/etc/cf-instance-credentials`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("instance.crt")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("instance.key")
+    }
+
+    /// Serial of the current leaf (upper-case hex).
+    pub fn serial(&self) -> String {
+        self.serial.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Rotates the way the executor does: new key and cert written as `.tmp` files, then the key
+    /// renamed into place first and the cert second. Returns the new serial.
+    pub fn rotate(&self, validity: Duration) -> Result<String> {
+        let staging = tempfile::Builder::new().prefix("tsb-rotate-").tempdir()?;
+        let issued = self
+            .ca
+            .issue(&self.identity, validity, staging.path(), "next")?;
+        let d = self.dir.path();
+        let (key_tmp, crt_tmp) = (d.join("instance.key.tmp"), d.join("instance.crt.tmp"));
+        std::fs::write(&key_tmp, std::fs::read(&issued.key)?)?;
+        std::fs::write(&crt_tmp, std::fs::read(&issued.cert)?)?;
+        set_mode(&key_tmp, 0o644)?;
+        set_mode(&crt_tmp, 0o644)?;
+        std::fs::rename(&key_tmp, self.key_path())?;
+        std::fs::rename(&crt_tmp, self.cert_path())?;
+        if let Ok(mut s) = self.serial.lock() {
+            s.clone_from(&issued.serial);
+        }
+        Ok(issued.serial)
+    }
+}
+
+/// `openssl x509 -noout -serial` of the first certificate in `pem`, upper-case hex.
+pub fn cert_serial(pem: &Path) -> Result<String> {
+    let out = run(openssl()?
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(pem))?;
+    let text = String::from_utf8(out.stdout)?;
+    match text.trim().strip_prefix("serial=") {
+        Some(s) => Ok(s.to_owned()),
+        None => bail!("unexpected `openssl x509 -serial` output: {text}"),
+    }
+}
+
+/// `openssl x509 -noout -subject -nameopt RFC2253` of the first certificate in `pem`.
+pub fn cert_subject_rfc2253(pem: &Path) -> Result<String> {
+    let out = run(openssl()?
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(pem))?;
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text.trim().trim_start_matches("subject=").to_owned())
+}
+
+/// `openssl x509 -noout -text` of the first certificate in `pem`.
+pub fn cert_text(pem: &Path) -> Result<String> {
+    let out = run(openssl()?.args(["x509", "-noout", "-text", "-in"]).arg(pem))?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
