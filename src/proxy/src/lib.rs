@@ -1,1 +1,72 @@
-//! placeholder
+//! `tls-sidecar`: terminates TLS (the Diego instance identity certificate) in front of a Cloud
+//! Foundry app and forwards plaintext to it on `127.0.0.1:$PORT`.
+//!
+//! In CF a sidecar exit kills the whole app instance, so only an invalid configuration stops
+//! it at start (exit 64, see [`StartError`]); once serving, missing certificates, busy ports,
+//! failed accepts and failed connections are retried and logged, never fatal.
+//!
+//! - [`load`]: `tls-sidecar.yml` + environment → [`SidecarConfig`] (tests build one directly).
+//! - [`start`] → [`Running`]: bound addresses, readiness, reload, [`Running::shutdown`] (drain).
+//! - [`run`]: start, wait for a shutdown future, drain. [`run_until_signalled`] is `run` driven
+//!   by SIGTERM/SIGINT, with SIGHUP reloading the certificate.
+
+mod admin;
+mod cli;
+pub mod config;
+mod errors;
+mod forward;
+pub mod logging;
+mod reload;
+mod retry;
+mod server;
+pub mod signal;
+mod tls;
+
+pub use cli::Cli;
+pub use config::{
+    CertificatePaths, Limits, ListenerConfig, Loaded, ReloadTiming, SidecarConfig, load,
+};
+pub use errors::{EX_SOFTWARE, EX_USAGE, StartError};
+pub use server::{Running, start};
+pub use tls_sidecar_config::Env;
+
+use std::future::Future;
+
+/// Most worker threads the runtime gets, whatever the CPU count: forwarding bytes needs few,
+/// and each thread costs memory the sidecar's small `limits.memory` must cover.
+const MAX_WORKER_THREADS: usize = 8;
+
+/// Starts the sidecar, waits for `shutdown`, then drains.
+pub async fn run(
+    config: SidecarConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// [`run`] until SIGTERM or SIGINT; SIGHUP re-reads the certificate.
+pub async fn run_until_signalled(config: SidecarConfig) -> Result<(), StartError> {
+    let signals = signal::Signals::install().map_err(StartError::Signals)?;
+    let running = start(config).await?;
+    signals.wait_for_shutdown(&running).await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// A multi-threaded runtime sized to the CPUs this process may use
+/// (`available_parallelism` honours cgroup quotas), capped at [`MAX_WORKER_THREADS`].
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_WORKER_THREADS);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        // Only certificate file reads block; a few threads are plenty.
+        .max_blocking_threads(4)
+        .thread_name("tls-sidecar")
+        .enable_all()
+        .build()
+}

@@ -1,0 +1,395 @@
+//! Listeners, admission, readiness and the drain.
+
+use crate::config::{ListenerConfig, SidecarConfig};
+use crate::errors::StartError;
+use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
+use crate::tls::{self, CertStore};
+use crate::{admin, forward, reload};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tls_sidecar_config::HostPort;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+/// Retry pacing when a port cannot be bound (e.g. still held by a previous process).
+const BIND_RETRY_MIN: Duration = Duration::from_millis(250);
+const BIND_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (EMFILE and friends): retrying at once would spin.
+const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// After the drain timeout, how long closed connections get to log their line.
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What every connection task needs.
+pub(crate) struct Shared {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) store: Arc<CertStore>,
+    pub(crate) limits: crate::Limits,
+    /// Turns true when the drain timeout ends: every connection still open closes.
+    pub(crate) close_all: watch::Receiver<bool>,
+    /// One permit per open connection.
+    permits: Arc<Semaphore>,
+    /// `max_connections`, within what a semaphore and `acquire_many` can count.
+    capacity: u32,
+}
+
+impl Shared {
+    fn in_flight(&self) -> usize {
+        (self.capacity as usize).saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// What `/ready` reports.
+pub(crate) struct Health {
+    store: Arc<CertStore>,
+    cert_path: PathBuf,
+    listeners: Vec<Slot>,
+    draining: AtomicBool,
+}
+
+struct Slot {
+    configured: SocketAddr,
+    bound: OnceLock<SocketAddr>,
+}
+
+impl Health {
+    /// `Ok` when the sidecar can serve; otherwise one line saying why not.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: the sidecar is shutting down".to_owned());
+        }
+        if !self.store.is_loaded() {
+            return Err(format!(
+                "no certificate loaded yet (waiting for {})",
+                self.cert_path.display()
+            ));
+        }
+        match self.listeners.iter().find(|s| s.bound.get().is_none()) {
+            Some(slot) => Err(format!("not listening on {} yet", slot.configured)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A started sidecar. Dropping it leaves the tasks running; call [`Running::shutdown`].
+pub struct Running {
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    admin_addr: Arc<OnceLock<SocketAddr>>,
+    reload_now: Arc<Notify>,
+    stop_accepting: watch::Sender<bool>,
+    close_all: watch::Sender<bool>,
+    stop_background: watch::Sender<bool>,
+    listener_tasks: Vec<JoinHandle<()>>,
+    background_tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts everything and returns without waiting for a certificate or a port: a missing
+/// certificate or a busy port is retried in the background (and reported by `/ready`), because
+/// in CF a sidecar exit kills the app instance. Each port is tried once before this returns,
+/// so with free ports [`Running::tls_addrs`] is complete at once.
+pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
+    let provider = tls::provider();
+    let store = Arc::new(CertStore::default());
+    let server_config =
+        tls::server_config(provider.clone(), store.clone()).map_err(StartError::Tls)?;
+
+    let (stop_accepting, _) = watch::channel(false);
+    let (close_all, close_all_rx) = watch::channel(false);
+    let (stop_background, _) = watch::channel(false);
+    let reload_now = Arc::new(Notify::new());
+
+    let capacity = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
+    let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(server_config),
+        store: store.clone(),
+        limits: config.limits,
+        close_all: close_all_rx,
+        permits: Arc::new(Semaphore::new(capacity as usize)),
+        capacity,
+    });
+    let health = Arc::new(Health {
+        store: store.clone(),
+        cert_path: config.certificate.cert.clone(),
+        listeners: config
+            .listeners
+            .iter()
+            .map(|l| Slot {
+                configured: l.bind,
+                bound: OnceLock::new(),
+            })
+            .collect(),
+        draining: AtomicBool::new(false),
+    });
+
+    let reloader =
+        reload::Reloader::new(config.certificate.clone(), store, provider, config.reload);
+    let mut background_tasks = vec![tokio::spawn(
+        reloader.run(reload_now.clone(), stop_background.subscribe()),
+    )];
+
+    let mut listener_tasks = Vec::with_capacity(config.listeners.len());
+    for (index, listener) in config.listeners.into_iter().enumerate() {
+        let first = TcpListener::bind(listener.bind).await.ok();
+        if let Some(bound) = &first {
+            announce(bound, &health.listeners[index].bound, "tls");
+        }
+        let task = tls_listener(
+            index,
+            listener,
+            first,
+            shared.clone(),
+            health.clone(),
+            stop_accepting.subscribe(),
+        );
+        listener_tasks.push(tokio::spawn(task));
+    }
+
+    let admin_addr = Arc::new(OnceLock::new());
+    if let Some(addr) = config.admin {
+        let first = TcpListener::bind(addr).await.ok();
+        if let Some(bound) = &first {
+            announce(bound, &admin_addr, "admin");
+        }
+        let (health, admin_addr, mut stop) = (
+            health.clone(),
+            admin_addr.clone(),
+            stop_background.subscribe(),
+        );
+        background_tasks.push(tokio::spawn(async move {
+            let Some(listener) = bound_or_retry(first, addr, "admin", &admin_addr, &mut stop).await
+            else {
+                return;
+            };
+            admin::serve(listener, health, stop).await;
+        }));
+    }
+
+    Ok(Running {
+        shared,
+        health,
+        admin_addr,
+        reload_now,
+        stop_accepting,
+        close_all,
+        stop_background,
+        listener_tasks,
+        background_tasks,
+    })
+}
+
+impl Running {
+    /// The bound address of each TLS listener, in config order; `None` while its port is
+    /// still being retried.
+    pub fn tls_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.health
+            .listeners
+            .iter()
+            .map(|s| s.bound.get().copied())
+            .collect()
+    }
+
+    /// The bound admin address; `None` when disabled or while its port is being retried.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr.get().copied()
+    }
+
+    /// What `/ready` says: `Ok` once a certificate is loaded and every listener is bound.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.health.readiness()
+    }
+
+    /// Connections open right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// Re-reads the certificate now (what SIGHUP does).
+    pub fn reload_certificates(&self) {
+        self.reload_now.notify_one();
+    }
+
+    /// Drains: `/ready` turns 503, the listeners close (new connections are refused), open
+    /// connections get up to `limits.drain_timeout` to finish, then the rest are closed.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        self.health.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop_accepting.send(true);
+        // Once these return every listening socket is closed.
+        for task in self.listener_tasks {
+            let _ = task.await;
+        }
+        let in_flight = self.shared.in_flight();
+        let drain_timeout = self.shared.limits.drain_timeout;
+        info!(
+            in_flight,
+            drain_timeout_ms = millis(drain_timeout),
+            "draining: stopped accepting connections"
+        );
+
+        let everyone = self.shared.capacity;
+        let permits = self.shared.permits.clone();
+        let closed = match timeout(drain_timeout, permits.acquire_many(everyone)).await {
+            Ok(_) => 0,
+            Err(_) => {
+                let left = self.shared.in_flight();
+                let _ = self.close_all.send(true);
+                let _ = timeout(FORCED_CLOSE_GRACE, permits.acquire_many(everyone)).await;
+                left
+            }
+        };
+        info!(
+            finished = in_flight.saturating_sub(closed),
+            closed,
+            duration_ms = millis(started.elapsed()),
+            "drain finished"
+        );
+        let _ = self.stop_background.send(true);
+        for task in self.background_tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). Holds no borrow of the value, so
+/// it can sit in a `select!` beside branches that await.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Marks `listener` bound and logs the line tests and operators wait for.
+fn announce(listener: &TcpListener, slot: &OnceLock<SocketAddr>, kind: &'static str) {
+    if let Ok(addr) = listener.local_addr() {
+        let _ = slot.set(addr);
+        info!(listener = kind, "listening on {addr}");
+    }
+}
+
+/// `first` if the first bind worked, else binds `addr` with backoff until it works or `stop`.
+async fn bound_or_retry(
+    first: Option<TcpListener>,
+    addr: SocketAddr,
+    kind: &'static str,
+    slot: &OnceLock<SocketAddr>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<TcpListener> {
+    if first.is_some() {
+        return first;
+    }
+    let mut backoff = Backoff::new(BIND_RETRY_MIN, BIND_RETRY_MAX);
+    let mut throttle = LogThrottle::new(LOG_REPEAT);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                announce(&listener, slot, kind);
+                return Some(listener);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if throttle.allow(&e.to_string()).is_some() {
+                    let hint = match e.kind() {
+                        std::io::ErrorKind::AddrInUse => "another process holds the port; retrying",
+                        _ => "retrying",
+                    };
+                    warn!(
+                        listener = kind, %addr, error = %e, retry_ms = millis(delay),
+                        "cannot listen on {addr}: {hint}"
+                    );
+                }
+                tokio::select! {
+                    () = sleep(delay) => {}
+                    () = stopped(stop) => return None,
+                }
+            }
+        }
+    }
+}
+
+async fn tls_listener(
+    index: usize,
+    config: ListenerConfig,
+    first: Option<TcpListener>,
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slot = &health.listeners[index].bound;
+    let Some(listener) = bound_or_retry(first, config.bind, "tls", slot, &mut stop).await else {
+        return;
+    };
+    let port = slot.get().map_or(config.bind.port(), SocketAddr::port);
+    let upstream = Arc::new(config.upstream);
+    accept_loop(&listener, port, &upstream, &shared, &mut stop).await;
+    // Returning drops the listener: the port now refuses connections.
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    port: u16,
+    upstream: &Arc<HostPort>,
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
+    let mut accept_errors = LogThrottle::new(LOG_REPEAT);
+    let mut refusals = LogThrottle::new(LOG_REPEAT);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stopped(stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff.reset();
+                match shared.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let task = forward::serve(
+                            tcp,
+                            peer,
+                            port,
+                            upstream.clone(),
+                            shared.clone(),
+                            permit,
+                        );
+                        tokio::spawn(task);
+                    }
+                    Err(_) => {
+                        // Closed before the handshake: cheaper than any TLS work.
+                        drop(tcp);
+                        if let Some(held_back) = refusals.allow("max_connections") {
+                            let max_connections = shared.limits.max_connections;
+                            warn!(
+                                listener = port, peer = %peer, max_connections, held_back,
+                                "connection refused: max_connections reached"
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if let Some(held_back) = accept_errors.allow(&e.to_string()) {
+                    let retry_ms = millis(delay);
+                    warn!(listener = port, error = %e, held_back, retry_ms, "accept failed");
+                }
+                tokio::select! {
+                    () = sleep(delay) => {}
+                    () = stopped(stop) => return,
+                }
+            }
+        }
+    }
+}

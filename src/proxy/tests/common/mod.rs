@@ -1,0 +1,549 @@
+//! Test kit: Diego-shaped certificates made with the `openssl` CLI, the instance credential
+//! directory and its rotation, a rustls client, tiny apps to forward to, log capture, and
+//! waiting under one generous deadline (never a fixed sleep).
+
+#![allow(dead_code)]
+// each test binary uses a different part
+// Tests may unwrap (clippy.toml); the lint exempts only #[test] fns, not their helpers.
+#![allow(clippy::unwrap_used)]
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::time::Duration;
+use tempfile::TempDir;
+use tls_sidecar::{ReloadTiming, SidecarConfig};
+use tls_sidecar_config::{Env, HostPort, StagedConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Everything a test waits for must happen within this; generous for a loaded 2-core box.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+pub const ALL_VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+/// A root (appRootCA) and an intermediate (instanceIdentityCA) like cf-deployment's, shared by
+/// every test in a binary.
+pub struct Pki {
+    dir: TempDir,
+    pub root_der: CertificateDer<'static>,
+    pub intermediate_pem: String,
+    pub intermediate_der: CertificateDer<'static>,
+    next: AtomicU32,
+}
+
+/// A Diego instance identity: `chain_pem` is `instance.crt` (leaf + intermediate), `key_pem`
+/// is `instance.key` (PKCS#1).
+pub struct Leaf {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub leaf_der: CertificateDer<'static>,
+    pub guid: String,
+}
+
+const OPENSSL_CNF: &str = "\
+[req]
+distinguished_name = dn
+[dn]
+[root]
+basicConstraints = critical,CA:true
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[intermediate]
+basicConstraints = critical,CA:true
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+";
+
+impl Pki {
+    pub fn shared() -> &'static Pki {
+        static PKI: OnceLock<Pki> = OnceLock::new();
+        PKI.get_or_init(Pki::generate)
+    }
+
+    fn generate() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("openssl.cnf"), OPENSSL_CNF).unwrap();
+        let serial = format!("0x{}", hex::encode(random_bytes()));
+        for command in [
+            "genrsa -traditional -out root.key 2048".to_owned(),
+            "req -x509 -new -key root.key -subj /CN=appRootCA -days 3650 -sha256 \
+             -config openssl.cnf -extensions root -out root.crt"
+                .to_owned(),
+            "genrsa -traditional -out intermediate.key 2048".to_owned(),
+            "req -new -key intermediate.key -subj /CN=instanceIdentityCA -config openssl.cnf \
+             -out intermediate.csr"
+                .to_owned(),
+            format!(
+                "x509 -req -in intermediate.csr -CA root.crt -CAkey root.key -set_serial {serial} \
+                 -days 3650 -sha256 -extfile openssl.cnf -extensions intermediate \
+                 -out intermediate.crt"
+            ),
+        ] {
+            openssl(d, &command);
+        }
+        let intermediate_pem = std::fs::read_to_string(d.join("intermediate.crt")).unwrap();
+        Pki {
+            root_der: CertificateDer::from_pem_file(d.join("root.crt")).unwrap(),
+            intermediate_der: CertificateDer::from_pem_slice(intermediate_pem.as_bytes()).unwrap(),
+            intermediate_pem,
+            dir,
+            next: AtomicU32::new(0),
+        }
+    }
+
+    /// A new leaf with a new RSA key of `bits` in PKCS#1, shaped like Diego's (see
+    /// cf-instance-identity.md §1): CN = instance GUID, the three OUs in one multi-valued RDN,
+    /// SANs DNS:<guid> and IP:127.0.0.1, serverAuth + clientAuth.
+    pub fn leaf(&self, bits: u32) -> Leaf {
+        self.leaf_with_key(&format!("genrsa -traditional -out {{key}} {bits}"))
+    }
+
+    /// Like [`Pki::leaf`] with a P-256 key in SEC1 (`EC PRIVATE KEY`).
+    pub fn ec_leaf(&self) -> Leaf {
+        self.leaf_with_key("ecparam -name prime256v1 -genkey -noout -out {key}")
+    }
+
+    /// `keygen` is an openssl command writing the key to `{key}`.
+    fn leaf_with_key(&self, keygen: &str) -> Leaf {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let d = self.dir.path();
+        let guid = new_guid();
+        let (key, csr, crt, ext) = (
+            format!("leaf{n}.key"),
+            format!("leaf{n}.csr"),
+            format!("leaf{n}.crt"),
+            format!("leaf{n}.ext"),
+        );
+        let extensions = format!(
+            "[leaf]\nkeyUsage = critical,digitalSignature,keyEncipherment,keyAgreement\n\
+             extendedKeyUsage = serverAuth,clientAuth\n\
+             subjectAltName = DNS:{guid},IP:127.0.0.1\nauthorityKeyIdentifier = keyid\n"
+        );
+        std::fs::write(d.join(&ext), extensions).unwrap();
+        let (org, space, app) = (new_guid(), new_guid(), new_guid());
+        let subject = format!("/OU=organization:{org}+OU=space:{space}+OU=app:{app}/CN={guid}");
+        let serial = format!("0x{}", hex::encode(random_bytes()));
+        openssl(d, &keygen.replace("{key}", &key));
+        openssl(
+            d,
+            &format!("req -new -key {key} -subj {subject} -config openssl.cnf -out {csr}"),
+        );
+        openssl(
+            d,
+            &format!(
+                "x509 -req -in {csr} -CA intermediate.crt -CAkey intermediate.key \
+                 -set_serial {serial} -days 1 -sha256 -extfile {ext} -extensions leaf -out {crt}"
+            ),
+        );
+        let leaf_pem = std::fs::read_to_string(d.join(&crt)).unwrap();
+        Leaf {
+            leaf_der: CertificateDer::from_pem_slice(leaf_pem.as_bytes()).unwrap(),
+            chain_pem: format!("{leaf_pem}{}", self.intermediate_pem),
+            key_pem: std::fs::read_to_string(d.join(&key)).unwrap(),
+            guid,
+        }
+    }
+
+    /// `leaf` with its key rewritten as PKCS#8 (`PRIVATE KEY`).
+    pub fn as_pkcs8(&self, leaf: &Leaf) -> Leaf {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let d = self.dir.path();
+        std::fs::write(d.join(format!("in{n}.key")), &leaf.key_pem).unwrap();
+        openssl(d, &format!("pkey -in in{n}.key -out pkcs8-{n}.key"));
+        Leaf {
+            chain_pem: leaf.chain_pem.clone(),
+            key_pem: std::fs::read_to_string(d.join(format!("pkcs8-{n}.key"))).unwrap(),
+            leaf_der: leaf.leaf_der.clone(),
+            guid: leaf.guid.clone(),
+        }
+    }
+}
+
+/// The production shape (RSA-3072, PKCS#1), made once per test binary because it is slow.
+pub fn leaf_3072() -> &'static Leaf {
+    static LEAF: OnceLock<Leaf> = OnceLock::new();
+    LEAF.get_or_init(|| Pki::shared().leaf(3072))
+}
+
+/// Runs `openssl` with `command` split on whitespace (no argument here contains any).
+fn openssl(dir: &Path, command: &str) {
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let out = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    bytes[0] &= 0x7f; // a positive serial
+    bytes
+}
+
+fn new_guid() -> String {
+    let h = hex::encode(random_bytes());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The credential directory (what Diego mounts at /etc/cf-instance-credentials)
+
+pub struct Creds {
+    pub dir: TempDir,
+}
+
+impl Creds {
+    pub fn empty() -> Creds {
+        Creds {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn with(leaf: &Leaf) -> Creds {
+        let creds = Creds::empty();
+        creds.rotate_the_diego_way(leaf);
+        creds
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("instance.crt")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("instance.key")
+    }
+
+    /// Diego's order: write both `.tmp` files, rename the key, then the certificate.
+    pub fn rotate_the_diego_way(&self, leaf: &Leaf) {
+        self.write_tmp(leaf);
+        self.rename_key();
+        self.rename_cert();
+    }
+
+    pub fn write_tmp(&self, leaf: &Leaf) {
+        std::fs::write(self.dir.path().join("instance.key.tmp"), &leaf.key_pem).unwrap();
+        std::fs::write(self.dir.path().join("instance.crt.tmp"), &leaf.chain_pem).unwrap();
+    }
+
+    pub fn rename_key(&self) {
+        std::fs::rename(self.dir.path().join("instance.key.tmp"), self.key()).unwrap();
+    }
+
+    pub fn rename_cert(&self) {
+        std::fs::rename(self.dir.path().join("instance.crt.tmp"), self.cert()).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sidecar
+
+/// The built-in defaults resolved for `creds`, on 127.0.0.1 port 0, forwarding to `app`, with
+/// quick reload retries.
+pub fn sidecar_config(creds: &Creds, app: SocketAddr) -> SidecarConfig {
+    let env: Env = [
+        (
+            "CF_INSTANCE_CERT".to_owned(),
+            creds.cert().display().to_string(),
+        ),
+        (
+            "CF_INSTANCE_KEY".to_owned(),
+            creds.key().display().to_string(),
+        ),
+    ]
+    .into();
+    let (staged, _, _) = StagedConfig::load_with_env("", "test", &env, 8080).unwrap();
+    let (mut config, warnings) = SidecarConfig::resolve(&staged, &env).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    config.listeners[0].bind = loopback(0);
+    config.listeners[0].upstream = HostPort {
+        host: "127.0.0.1".to_owned(),
+        port: app.port(),
+    };
+    config.admin = Some(loopback(0));
+    config.reload = ReloadTiming {
+        debounce: Duration::from_millis(50),
+        recheck: Duration::from_secs(30),
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(500),
+    };
+    config
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+pub struct Addrs {
+    pub tls: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub fn addrs(running: &tls_sidecar::Running) -> Addrs {
+    let tls = running.tls_addrs()[0].expect("port 0 binds at once");
+    Addrs {
+        tls,
+        admin: running.admin_addr().expect("port 0 binds at once"),
+    }
+}
+
+/// Waits for `GET /ready` to answer 200.
+pub async fn until_ready(admin: SocketAddr) {
+    eventually("/ready to answer 200", || async {
+        matches!(get(admin, "/ready").await, Ok((200, _)))
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// A client that trusts only the root, so a chain without the intermediate fails. A fresh
+/// config has an empty session cache: every connection made with it is a full handshake.
+pub fn client_config(versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(Pki::shared().root_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Connects and verifies the server as 127.0.0.1 (the IP SAN of every test leaf).
+pub async fn connect_with(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+pub async fn connect(addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
+    connect_with(addr, client_config(ALL_VERSIONS)).await
+}
+
+pub fn served_leaf(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("a server certificate")[0]
+        .clone()
+}
+
+/// Writes `message` and reads the same number of bytes back (through an echo app).
+pub async fn echo(tls: &mut TlsStream<TcpStream>, message: &[u8]) -> Vec<u8> {
+    tls.write_all(message).await.unwrap();
+    let mut back = vec![0; message.len()];
+    tls.read_exact(&mut back).await.unwrap();
+    back
+}
+
+/// Reads until the connection ends; `true` when it ended (cleanly or not) within the deadline.
+pub async fn closes(tls: &mut TlsStream<TcpStream>) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+/// `GET path` on the admin port: status and body.
+pub async fn get(admin: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(
+        admin,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
+    .await
+}
+
+pub async fn request(admin: SocketAddr, raw: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(admin).await?;
+    stream.write_all(raw.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apps to forward to
+
+/// Echoes every byte, and half-closes when the client does.
+pub async fn echo_app() -> SocketAddr {
+    app(|stream| async move {
+        let (mut r, mut w) = stream.into_split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Reads until the client's FIN, then answers `got <n> bytes: <data>` and closes.
+pub async fn answer_after_eof_app() -> SocketAddr {
+    app(|mut stream| async move {
+        let mut data = Vec::new();
+        if stream.read_to_end(&mut data).await.is_ok() {
+            let answer = format!(
+                "got {} bytes: {}",
+                data.len(),
+                String::from_utf8_lossy(&data)
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    })
+    .await
+}
+
+/// Sends `hello`, half-closes, then reports everything the client sends until its FIN.
+pub async fn greet_then_listen_app() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = app(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            let _ = stream.write_all(b"hello").await;
+            let _ = stream.shutdown().await;
+            let mut data = Vec::new();
+            let _ = stream.read_to_end(&mut data).await;
+            let _ = tx.send(data);
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// An address where nothing listens.
+pub async fn dead_app() -> SocketAddr {
+    let listener = TcpListener::bind(loopback(0)).await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn app<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(loopback(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+
+/// Polls `check` until it is true; fails the test after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LINES
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(buf).into_owned());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the library's log events (of every test in this binary) to memory.
+pub fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+/// Waits for a captured log line containing every one of `parts` (tests running in parallel
+/// share the log: include something unique, such as this test's credential path).
+pub async fn log_line(parts: &[&str]) -> String {
+    let mut found = None;
+    eventually(&format!("a log line with {parts:?}"), || {
+        found = LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned();
+        let done = found.is_some();
+        async move { done }
+    })
+    .await;
+    found.unwrap_or_default()
+}
