@@ -15,12 +15,15 @@ mod cli;
 pub mod config;
 mod errors;
 mod forward;
+pub mod identity;
 pub mod logging;
+pub mod metrics;
 mod reload;
 mod retry;
 mod server;
 pub mod signal;
 mod tls;
+pub mod xfcc;
 
 pub use cli::Cli;
 pub use config::{

@@ -1,0 +1,327 @@
+//! Who is calling: the CF instance identity in a verified client certificate, and the
+//! listener's `allow` rules over it.
+//!
+//! Diego writes `OU=organization:<g>`, `OU=space:<g>` and `OU=app:<g>` into ONE multi-valued
+//! RDN (Go's `pkix.Name` encoding), DER-sorted by length; other CAs may use one RDN per OU, in
+//! any order. So the OUs are collected from every RDN and matched by prefix, never by position.
+//! A certificate carrying two different values for the same prefix is ambiguous and has no
+//! identity for that part: authorization must not pick one.
+
+use std::fmt;
+use tls_sidecar_config::{Guid, Selector, VcapApplication};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The CF identity of a peer certificate. Fields are `None` when the certificate does not carry
+/// them (or carries conflicting values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CfIdentity {
+    /// Subject CN: the instance GUID for Diego certificates.
+    pub instance: Option<String>,
+    pub app: Option<Guid>,
+    pub space: Option<Guid>,
+    pub org: Option<Guid>,
+}
+
+impl CfIdentity {
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("certificate does not parse: {e}"))?;
+        let subject = cert.subject();
+        let instance = subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        let ous: Vec<&str> = subject
+            .iter_organizational_unit()
+            .filter_map(|ou| ou.as_str().ok())
+            .collect();
+        Ok(CfIdentity {
+            instance,
+            app: unique_guid(&ous, "app:"),
+            space: unique_guid(&ous, "space:"),
+            org: unique_guid(&ous, "organization:"),
+        })
+    }
+
+    /// A full CF instance identity: app, space and org are all known.
+    pub fn is_instance_identity(&self) -> bool {
+        self.app.is_some() && self.space.is_some() && self.org.is_some()
+    }
+}
+
+fn unique_guid(ous: &[&str], prefix: &str) -> Option<Guid> {
+    let mut found: Option<Guid> = None;
+    for ou in ous {
+        if let Some(v) = ou.strip_prefix(prefix) {
+            let g: Guid = v.parse().ok()?;
+            match &found {
+                Some(prev) if *prev != g => return None,
+                _ => found = Some(g),
+            }
+        }
+    }
+    found
+}
+
+impl fmt::Display for CfIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let show = |g: &Option<Guid>| g.as_ref().map_or("-".to_owned(), Guid::to_string);
+        write!(
+            f,
+            "app={} space={} org={} instance={}",
+            show(&self.app),
+            show(&self.space),
+            show(&self.org),
+            self.instance.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// A listener's resolved `allow` rules (OR'd). Empty means no rules: every caller that
+/// completes the handshake is let through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    rules: Vec<Rule>,
+    /// The selectors as written, for messages.
+    written: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    App(Guid),
+    Space(Guid),
+    Org(Guid),
+    AnyInstance,
+}
+
+/// Why a caller was refused; the text is one line, safe to send back in a 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial(pub String);
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AccessPolicy {
+    /// Resolves `cf:same-space`/`cf:same-org` against this app's `VCAP_APPLICATION`. A relative
+    /// selector without the GUID it needs is an error: silently dropping it would change who
+    /// may call.
+    pub fn resolve(selectors: &[Selector], me: &VcapApplication) -> Result<Self, String> {
+        let mine = |v: &Option<String>, what: &str, sel: &Selector| -> Result<Guid, String> {
+            v.as_deref()
+                .ok_or_else(|| format!("{sel} needs VCAP_APPLICATION.{what}, which is not set"))?
+                .parse::<Guid>()
+                .map_err(|e| format!("{sel}: VCAP_APPLICATION.{what}: {e}"))
+        };
+        let mut rules = Vec::with_capacity(selectors.len());
+        for sel in selectors {
+            rules.push(match sel {
+                Selector::App(g) => Rule::App(g.clone()),
+                Selector::Space(g) => Rule::Space(g.clone()),
+                Selector::Org(g) => Rule::Org(g.clone()),
+                Selector::SameSpace => Rule::Space(mine(&me.space_id, "space_id", sel)?),
+                Selector::SameOrg => Rule::Org(mine(&me.organization_id, "organization_id", sel)?),
+                Selector::Any => Rule::AnyInstance,
+                Selector::Dns(_) => {
+                    return Err(format!(
+                        "{sel} is an egress selector and cannot authorize callers"
+                    ));
+                }
+            });
+        }
+        Ok(AccessPolicy {
+            rules,
+            written: selectors.iter().map(Selector::to_string).collect(),
+        })
+    }
+
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Default deny once rules exist: the caller passes if any rule matches.
+    pub fn check(&self, caller: Option<&CfIdentity>) -> Result<(), Denial> {
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        let Some(id) = caller else {
+            return Err(Denial("a client certificate is required".to_owned()));
+        };
+        let hit = self.rules.iter().any(|r| match r {
+            Rule::App(g) => id.app.as_ref() == Some(g),
+            Rule::Space(g) => id.space.as_ref() == Some(g),
+            Rule::Org(g) => id.org.as_ref() == Some(g),
+            Rule::AnyInstance => id.is_instance_identity(),
+        });
+        if hit {
+            Ok(())
+        } else if !id.is_instance_identity() {
+            Err(Denial(
+                "the client certificate carries no CF app/space/org identity".to_owned(),
+            ))
+        } else {
+            Err(Denial(format!(
+                "caller {id} is not allowed (allow: {})",
+                self.written.join(", ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    const APP: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
+    const SPACE: &str = "5c4d1b0e-2a3f-4e5d-9c8b-7a6f5e4d3c2b";
+    const ORG: &str = "0f8a4d6e-6c61-4c39-a6d0-2b0d6c1f8b11";
+    const INSTANCE: &str = "4e0a8b9c-1d2e-4f3a-5b6c-7d8e9f0a1b2c";
+
+    fn cert(dir: &Path, subj: &str) -> Vec<u8> {
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "k.pem",
+                "-outform",
+                "DER",
+                "-out",
+                "c.der",
+                "-days",
+                "1",
+                "-subj",
+                subj,
+            ])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        std::fs::read(dir.join("c.der")).unwrap()
+    }
+
+    fn diego(dir: &Path) -> CfIdentity {
+        CfIdentity::from_der(&cert(
+            dir,
+            &format!("/OU=organization:{ORG}+OU=space:{SPACE}+OU=app:{APP}/CN={INSTANCE}"),
+        ))
+        .unwrap()
+    }
+
+    fn vcap() -> VcapApplication {
+        VcapApplication {
+            space_id: Some(SPACE.into()),
+            organization_id: Some(ORG.into()),
+            ..Default::default()
+        }
+    }
+
+    fn policy(sels: &[&str]) -> AccessPolicy {
+        let sels: Vec<Selector> = sels.iter().map(|s| s.parse().unwrap()).collect();
+        AccessPolicy::resolve(&sels, &vcap()).unwrap()
+    }
+
+    #[test]
+    fn reads_the_three_ous_from_diegos_multi_valued_rdn() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = diego(dir.path());
+        assert_eq!(id.app.unwrap().as_str(), APP);
+        assert_eq!(id.space.unwrap().as_str(), SPACE);
+        assert_eq!(id.org.unwrap().as_str(), ORG);
+        assert_eq!(id.instance.as_deref(), Some(INSTANCE));
+    }
+
+    #[test]
+    fn reads_ous_from_separate_rdns_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = CfIdentity::from_der(&cert(
+            dir.path(),
+            &format!("/CN=x/OU=app:{APP}/OU=organization:{ORG}/OU=space:{SPACE}"),
+        ))
+        .unwrap();
+        assert!(id.is_instance_identity());
+        assert_eq!(id.app.unwrap().as_str(), APP);
+    }
+
+    #[test]
+    fn conflicting_app_ous_give_no_app_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = "11111111-2222-4333-8444-555555555555";
+        let id = CfIdentity::from_der(&cert(
+            dir.path(),
+            &format!("/OU=app:{APP}+OU=app:{other}+OU=space:{SPACE}+OU=organization:{ORG}/CN=x"),
+        ))
+        .unwrap();
+        assert_eq!(id.app, None);
+        assert!(policy(&["cf:any"]).check(Some(&id)).is_err());
+    }
+
+    #[test]
+    fn selectors_are_ored_and_relative_ones_resolve_from_vcap_application() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = diego(dir.path());
+        assert!(policy(&["cf:same-space"]).check(Some(&id)).is_ok());
+        assert!(policy(&["cf:same-org"]).check(Some(&id)).is_ok());
+        assert!(policy(&["cf:any"]).check(Some(&id)).is_ok());
+        assert!(policy(&[&format!("cf:app:{APP}")]).check(Some(&id)).is_ok());
+        let other = "11111111-2222-4333-8444-555555555555";
+        let e = policy(&[&format!("cf:app:{other}"), &format!("cf:space:{other}")])
+            .check(Some(&id))
+            .unwrap_err();
+        assert!(
+            e.0.contains(&format!("app={APP}")) && e.0.contains("allow: cf:app:"),
+            "{e}"
+        );
+        assert!(
+            policy(&[&format!("cf:app:{other}"), &format!("cf:org:{ORG}")])
+                .check(Some(&id))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn rules_deny_a_caller_without_a_certificate_or_without_ous_and_no_rules_allow_anyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain =
+            CfIdentity::from_der(&cert(dir.path(), "/CN=gorouter.service.cf.internal")).unwrap();
+        assert!(
+            policy(&["cf:any"])
+                .check(None)
+                .unwrap_err()
+                .0
+                .contains("required")
+        );
+        assert!(
+            policy(&["cf:any"])
+                .check(Some(&plain))
+                .unwrap_err()
+                .0
+                .contains("no CF app/space/org identity")
+        );
+        assert!(AccessPolicy::default().check(None).is_ok());
+    }
+
+    #[test]
+    fn a_relative_selector_without_vcap_application_is_an_error() {
+        let e = AccessPolicy::resolve(
+            &["cf:same-space".parse().unwrap()],
+            &VcapApplication::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("VCAP_APPLICATION.space_id"), "{e}");
+    }
+}

@@ -1,0 +1,390 @@
+//! Counters for `/metrics`, in the Prometheus text exposition format (0.0.4).
+//!
+//! Plain atomics, no registry crate: the set of series is fixed at start (one block per
+//! listener), updates are one relaxed atomic add on the hot path, and the format is small
+//! enough that hand-rendering it is simpler than tracking a client library's breaking changes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Why a TLS handshake did not complete. The label values are part of the metrics contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// `limits.handshake_timeout` passed first.
+    Timeout,
+    /// The peer sent something that is not TLS, an old version, or broke off.
+    Protocol,
+    /// This instance has no certificate loaded yet.
+    NoCertificate,
+    /// A client certificate was required and none was sent.
+    ClientCertMissing,
+    /// The client certificate did not verify (unknown CA, expired, not yet valid, bad usage).
+    ClientCertInvalid,
+    /// The verified caller is not in `allow` (tcp mode refuses in the handshake).
+    Denied,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::ClientCertMissing,
+        HandshakeFailure::ClientCertInvalid,
+        HandshakeFailure::Denied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::ClientCertMissing => "client_cert_missing",
+            HandshakeFailure::ClientCertInvalid => "client_cert_invalid",
+            HandshakeFailure::Denied => "denied",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds, so it stays an integer atomic.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
+/// Per-listener series; `port` is the label.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    pub port: u16,
+    pub active: AtomicI64,
+    pub accepted: AtomicU64,
+    /// Refused at once because `limits.max_connections` was reached.
+    pub refused: AtomicU64,
+    handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    /// Callers refused by `allow` (in the handshake in tcp mode, with a 403 in http mode).
+    pub denials: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// http mode: finished requests and their latency.
+    pub requests: AtomicU64,
+    pub latency: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn new(port: u16) -> Self {
+        ListenerMetrics {
+            port,
+            ..Default::default()
+        }
+    }
+
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn handshake_failures(&self, why: HandshakeFailure) -> u64 {
+        self.handshake_failures[why as usize].load(Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub listeners: Vec<ListenerMetrics>,
+    /// notAfter of the serving certificate, Unix seconds; 0 until one is loaded.
+    pub cert_not_after: AtomicI64,
+    pub reloads_succeeded: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(ports: impl IntoIterator<Item = u16>) -> Self {
+        Metrics {
+            listeners: ports.into_iter().map(ListenerMetrics::new).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn listener(&self, port: u16) -> Option<&ListenerMetrics> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn FnMut(&mut String)| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            rows(&mut out);
+        };
+        let per_listener =
+            |out: &mut String, name: &str, f: &dyn Fn(&ListenerMetrics) -> String| {
+                for l in &self.listeners {
+                    let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", l.port, f(l));
+                }
+            };
+        family(
+            "tls_sidecar_connections_active",
+            "gauge",
+            "TLS connections open now.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_connections_active", &|l| {
+                    l.active.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_connections_total",
+            "counter",
+            "TCP connections accepted.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_connections_total", &|l| {
+                    l.accepted.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_connections_refused_total",
+            "counter",
+            "Connections refused because max_connections was reached.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_connections_refused_total", &|l| {
+                    l.refused.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_handshake_failures_total",
+            "counter",
+            "TLS handshakes that did not complete, by reason.",
+            &mut |o| {
+                for l in &self.listeners {
+                    for why in HandshakeFailure::ALL {
+                        let _ = writeln!(
+                            o,
+                            "tls_sidecar_handshake_failures_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                            l.port,
+                            why.as_str(),
+                            l.handshake_failures(why)
+                        );
+                    }
+                }
+            },
+        );
+        family(
+            "tls_sidecar_authorization_denials_total",
+            "counter",
+            "Verified callers refused by the allow rules.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_authorization_denials_total", &|l| {
+                    l.denials.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_received_bytes_total",
+            "counter",
+            "Bytes received from clients (decrypted).",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_received_bytes_total", &|l| {
+                    l.bytes_in.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_sent_bytes_total",
+            "counter",
+            "Bytes sent to clients (before encryption).",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_sent_bytes_total", &|l| {
+                    l.bytes_out.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_request_duration_seconds",
+            "histogram",
+            "HTTP request latency through the sidecar (http mode).",
+            &mut |o| {
+                for l in &self.listeners {
+                    let mut cumulative = 0;
+                    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                        cumulative += l.latency.buckets[i].load(Relaxed);
+                        let _ = writeln!(
+                            o,
+                            "tls_sidecar_request_duration_seconds_bucket{{listener=\"{}\",le=\"{le}\"}} {cumulative}",
+                            l.port
+                        );
+                    }
+                    let count = l.latency.count.load(Relaxed);
+                    let _ = writeln!(
+                        o,
+                        "tls_sidecar_request_duration_seconds_bucket{{listener=\"{}\",le=\"+Inf\"}} {count}",
+                        l.port
+                    );
+                    let sum = l.latency.sum_micros.load(Relaxed) as f64 / 1e6;
+                    let _ = writeln!(
+                        o,
+                        "tls_sidecar_request_duration_seconds_sum{{listener=\"{}\"}} {sum}",
+                        l.port
+                    );
+                    let _ = writeln!(
+                        o,
+                        "tls_sidecar_request_duration_seconds_count{{listener=\"{}\"}} {count}",
+                        l.port
+                    );
+                }
+            },
+        );
+        family(
+            "tls_sidecar_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of the serving certificate (Unix time); 0 until one is loaded.",
+            &mut |o| {
+                let _ = writeln!(
+                    o,
+                    "tls_sidecar_certificate_expiry_timestamp_seconds {}",
+                    self.cert_not_after.load(Relaxed)
+                );
+            },
+        );
+        family(
+            "tls_sidecar_certificate_reloads_total",
+            "counter",
+            "Certificate reloads by result.",
+            &mut |o| {
+                let _ = writeln!(
+                    o,
+                    "tls_sidecar_certificate_reloads_total{{result=\"success\"}} {}",
+                    self.reloads_succeeded.load(Relaxed)
+                );
+                let _ = writeln!(
+                    o,
+                    "tls_sidecar_certificate_reloads_total{{result=\"failure\"}} {}",
+                    self.reloads_failed.load(Relaxed)
+                );
+            },
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn value(text: &str, series: &str) -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn renders_every_family_with_help_type_and_per_listener_labels() {
+        let m = Metrics::new([8443, 9443]);
+        let l = m.listener(9443).unwrap();
+        l.accepted.fetch_add(3, Relaxed);
+        l.active.fetch_add(2, Relaxed);
+        l.handshake_failed(HandshakeFailure::Denied);
+        m.cert_not_after.store(1_900_000_000, Relaxed);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "tls_sidecar_connections_total{listener=\"9443\"}"),
+            "3"
+        );
+        assert_eq!(
+            value(&text, "tls_sidecar_connections_total{listener=\"8443\"}"),
+            "0"
+        );
+        assert_eq!(
+            value(&text, "tls_sidecar_connections_active{listener=\"9443\"}"),
+            "2"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_handshake_failures_total{listener=\"9443\",reason=\"denied\"}"
+            ),
+            "1"
+        );
+        assert_eq!(
+            value(&text, "tls_sidecar_certificate_expiry_timestamp_seconds"),
+            "1900000000"
+        );
+        for family in [
+            "connections_active",
+            "handshake_failures_total",
+            "request_duration_seconds",
+            "certificate_reloads_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE tls_sidecar_{family} ")),
+                "{family}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_latency_histogram_is_cumulative_and_counts_every_observation() {
+        let m = Metrics::new([8443]);
+        let l = m.listener(8443).unwrap();
+        l.latency.observe(Duration::from_micros(500));
+        l.latency.observe(Duration::from_millis(30));
+        l.latency.observe(Duration::from_secs(60));
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"0.001\"}"
+            ),
+            "1"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"0.05\"}"
+            ),
+            "2"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"10\"}"
+            ),
+            "2"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"+Inf\"}"
+            ),
+            "3"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_request_duration_seconds_count{listener=\"8443\"}"
+            ),
+            "3"
+        );
+    }
+}
