@@ -1,0 +1,2 @@
+//! Placeholder until the bench engineer lands the load generator.
+fn main() {}
