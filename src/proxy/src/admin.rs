@@ -1,4 +1,5 @@
-//! The loopback admin endpoint: `GET /live` and `GET /ready`, one request per connection.
+//! The loopback admin endpoint: `GET /live`, `GET /ready` and `GET /metrics` (Prometheus text
+//! format 0.0.4), one request per connection.
 //!
 //! A deliberately tiny HTTP/1.1 server: it reads one request head (bounded in size and time),
 //! answers, and closes. Enough for `curl`, CF health checks and the tests; HTTP mode brings a
@@ -18,6 +19,8 @@ use tracing::{debug, warn};
 const MAX_HEAD: usize = 8 * 1024;
 /// A client gets this long to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The Prometheus text exposition format's content type.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Concurrent admin connections; more are closed at once. It is loopback-only, but a stuck
 /// local client must not pile up tasks.
 const MAX_CONNECTIONS: usize = 32;
@@ -90,7 +93,7 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 fn route(request: &RequestHead<'_>, health: &Health) -> Response {
-    let known = matches!(request.path, "/live" | "/ready");
+    let known = matches!(request.path, "/live" | "/ready" | "/metrics");
     if !known {
         return Response::text(404, "not found");
     }
@@ -102,6 +105,11 @@ fn route(request: &RequestHead<'_>, health: &Health) -> Response {
     }
     let mut response = match request.path {
         "/live" => Response::text(200, "ok"),
+        "/metrics" => Response {
+            content_type: PROMETHEUS_TEXT,
+            body: health.metrics.render(),
+            ..Response::text(200, "")
+        },
         _ => match health.readiness() {
             Ok(()) => Response::text(200, "ready"),
             Err(reason) => Response::text(503, &reason),
@@ -191,6 +199,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Response {
     status: u16,
+    content_type: &'static str,
     body: String,
     allow: bool,
     head_only: bool,
@@ -200,6 +209,7 @@ impl Response {
     fn text(status: u16, body: &str) -> Self {
         Response {
             status,
+            content_type: "text/plain; charset=utf-8",
             body: format!("{body}\n"),
             allow: false,
             head_only: false,
@@ -224,8 +234,9 @@ impl Response {
             ""
         };
         let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{allow}Connection: close\r\n\r\n",
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{allow}Connection: close\r\n\r\n",
             self.status,
+            self.content_type,
             self.body.len()
         )
         .into_bytes();

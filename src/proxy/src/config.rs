@@ -1,13 +1,16 @@
 //! The sidecar's run-time configuration: a [`StagedConfig`] resolved against this container
-//! (`$PORT`, the instance credential paths). Everything the server needs is in
-//! [`SidecarConfig`], so tests build one directly and never touch the process environment.
+//! (`$PORT`, `$HOME`, the instance credential paths, `CF_SYSTEM_CERT_PATH`, `VCAP_APPLICATION`,
+//! `VCAP_SERVICES`). Everything the server needs is in [`SidecarConfig`], so tests build one
+//! directly and never touch the process environment.
 
 use crate::errors::{StartError, app_name};
+use crate::identity::AccessPolicy;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tls_sidecar_config::{
-    CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, StagedConfig,
+    CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, Selector,
+    StagedConfig, VcapApplication, Xfcc,
 };
 use tracing::{info, warn};
 
@@ -15,14 +18,24 @@ use tracing::{info, warn};
 pub const DEFAULT_CERT_PATH: &str = "/etc/cf-instance-credentials/instance.crt";
 /// See [`DEFAULT_CERT_PATH`].
 pub const DEFAULT_KEY_PATH: &str = "/etc/cf-instance-credentials/instance.key";
+/// How the warning about a missing `CF_SYSTEM_CERT_PATH` starts (`check` reports it as a
+/// problem instead).
+pub(crate) const SYSTEM_CERT_PATH_UNSET: &str = "CF_SYSTEM_CERT_PATH is not set";
+/// The app directory when `$HOME` is unset: where CF puts the app's files.
+pub const DEFAULT_APP_DIR: &str = "/home/vcap/app";
 
 /// Everything the running sidecar needs.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
     /// One TLS listener per entry, in config order (index = `listeners[i]`).
     pub listeners: Vec<ListenerConfig>,
-    pub certificate: CertificatePaths,
-    /// Address of `/live` and `/ready`; `None` when `admin.enabled` is false.
+    /// Where the serving certificate comes from.
+    pub certificate: CertificateConfig,
+    /// What client certificates are verified against.
+    pub trust: TrustConfig,
+    /// This app's `VCAP_APPLICATION`: `cf:same-space`/`cf:same-org` resolve against it.
+    pub app: VcapApplication,
+    /// Address of `/live`, `/ready` and `/metrics`; `None` when `admin.enabled` is false.
     pub admin: Option<SocketAddr>,
     pub limits: Limits,
     pub reload: ReloadTiming,
@@ -36,6 +49,78 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Where plaintext goes (a name is resolved per connection).
     pub upstream: HostPort,
+    pub mode: Mode,
+    pub client_auth: ClientAuth,
+    /// Who may call (OR'd); empty means anyone who completes the handshake.
+    pub allow: Vec<Selector>,
+    /// http mode: how the caller's certificate reaches the app.
+    pub xfcc: Xfcc,
+    /// tcp mode: send a PROXY protocol v2 header to the app first.
+    pub proxy_protocol: bool,
+}
+
+impl ListenerConfig {
+    /// A tcp listener without client authentication (what the defaults give).
+    pub fn tcp(bind: SocketAddr, upstream: HostPort) -> Self {
+        ListenerConfig {
+            bind,
+            upstream,
+            mode: Mode::Tcp,
+            client_auth: ClientAuth::None,
+            allow: Vec::new(),
+            xfcc: Xfcc::Envoy,
+            proxy_protocol: false,
+        }
+    }
+
+    /// Whether this listener asks for client certificates (and so needs trust anchors).
+    pub fn verifies_clients(&self) -> bool {
+        self.client_auth != ClientAuth::None
+    }
+
+    /// The `allow` rules resolved against this app's `VCAP_APPLICATION`.
+    pub fn policy(&self, app: &VcapApplication) -> Result<AccessPolicy, String> {
+        AccessPolicy::resolve(&self.allow, app)
+    }
+}
+
+/// The serving certificate's source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateConfig {
+    /// `source: instance` (Diego's instance identity) or `source: files` (the app's own pair):
+    /// a key/cert pair read from files and reloaded when they change.
+    Files {
+        source: CertificateSource,
+        paths: CertificatePaths,
+    },
+    /// `source: service`: the credentials of a bound service instance in `VCAP_SERVICES`
+    /// (see [`crate::source`] for the keys read).
+    Service {
+        /// The service instance's name (`cf bind-service APP NAME`).
+        name: String,
+        /// `VCAP_SERVICES` as found at start (`None` when unset).
+        vcap_services: Option<String>,
+    },
+}
+
+impl CertificateConfig {
+    /// The instance identity at `paths`.
+    pub fn instance(paths: CertificatePaths) -> Self {
+        CertificateConfig::Files {
+            source: CertificateSource::Instance,
+            paths,
+        }
+    }
+
+    /// What `/ready` and the logs say the sidecar waits for.
+    pub fn describe(&self) -> String {
+        match self {
+            CertificateConfig::Files { paths, .. } => paths.cert.display().to_string(),
+            CertificateConfig::Service { name, .. } => {
+                format!("the credentials of the bound service \"{name}\"")
+            }
+        }
+    }
 }
 
 /// The key/cert pair to serve, read together on every (re)load.
@@ -45,6 +130,20 @@ pub struct CertificatePaths {
     pub cert: PathBuf,
     /// PEM private key: PKCS#1 (`RSA PRIVATE KEY`, Diego's), PKCS#8 or SEC1.
     pub key: PathBuf,
+}
+
+/// The trust bundle's sources: every certificate in every file of `system_dir`, then every
+/// certificate in each of `ca_files`, then `extra` (a bound service's `ca`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustConfig {
+    /// `$CF_SYSTEM_CERT_PATH` when `trust.system_certs` is true and the variable is set.
+    pub system_dir: Option<PathBuf>,
+    /// `trust.system_certs` (false: `ca_files` replace the platform's CAs).
+    pub system_certs: bool,
+    /// `trust.ca_files`, resolved against the app directory.
+    pub ca_files: Vec<PathBuf>,
+    /// PEM bundles from elsewhere, with a name for messages.
+    pub extra: Vec<(String, String)>,
 }
 
 /// `limits` from the config, as durations.
@@ -126,6 +225,17 @@ impl Loaded {
 /// `<dir of exe>/../tls-sidecar.yml` if it exists, else built-in defaults; then the
 /// `TLS_SIDECAR_*` overrides from `env`.
 pub fn load(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> Result<Loaded, StartError> {
+    let loaded = load_unchecked(cli_path, env, exe)?;
+    loaded.config.policies()?;
+    Ok(loaded)
+}
+
+/// [`load`] without resolving the `allow` rules (see [`SidecarConfig::resolve_unchecked`]).
+pub(crate) fn load_unchecked(
+    cli_path: Option<&Path>,
+    env: &Env,
+    exe: Option<&Path>,
+) -> Result<Loaded, StartError> {
     let app_port = app_port(env)?;
     let (text, source) = match config_file(cli_path, env, exe) {
         Some((path, named_by)) => match std::fs::read_to_string(&path) {
@@ -146,7 +256,7 @@ pub fn load(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> Result<Lo
                 app: app_name(env),
             }
         })?;
-    let (config, more) = SidecarConfig::resolve(&staged, env)?;
+    let (config, more) = SidecarConfig::resolve_unchecked(&staged, env)?;
     warnings.extend(more);
     Ok(Loaded {
         config,
@@ -195,13 +305,33 @@ pub fn app_port(env: &Env) -> Result<u16, StartError> {
 }
 
 impl SidecarConfig {
-    /// Resolves `staged` for this container. Returns warnings beside the config.
+    /// Resolves `staged` for this container. Returns warnings beside the config. Fails (exit
+    /// 64) when an `allow` rule cannot be resolved, e.g. `cf:same-space` without
+    /// `VCAP_APPLICATION.space_id`.
     pub fn resolve(staged: &StagedConfig, env: &Env) -> Result<(Self, Vec<String>), StartError> {
+        let (config, warnings) = Self::resolve_unchecked(staged, env)?;
+        config.policies()?;
+        Ok((config, warnings))
+    }
+
+    /// [`SidecarConfig::resolve`] without resolving the `allow` rules, for `check`, which
+    /// reports a rule that cannot be resolved beside everything else.
+    pub(crate) fn resolve_unchecked(
+        staged: &StagedConfig,
+        env: &Env,
+    ) -> Result<(Self, Vec<String>), StartError> {
         refuse_unsupported(staged, env)?;
         let app_port = app_port(env)?;
         let mut warnings = Vec::new();
+        let set = |var: &str| {
+            env.get(var)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let app_dir = set("HOME").unwrap_or_else(|| PathBuf::from(DEFAULT_APP_DIR));
 
-        let listeners = staged
+        let listeners: Vec<ListenerConfig> = staged
             .listeners
             .iter()
             .map(|l| ListenerConfig {
@@ -210,22 +340,89 @@ impl SidecarConfig {
                     host: "127.0.0.1".to_owned(),
                     port: app_port,
                 }),
+                mode: l.mode,
+                client_auth: l.client_auth,
+                allow: l.allow.clone(),
+                xfcc: l.xfcc,
+                proxy_protocol: l.proxy_protocol && l.mode == Mode::Tcp,
             })
             .collect();
 
-        let mut path_from = |var: &str, default: &str| match env.get(var).map(|v| v.trim()) {
-            Some(v) if !v.is_empty() => PathBuf::from(v),
-            _ => {
-                warnings.push(format!(
-                    "{var} is not set (not running on Diego?); using {default}"
-                ));
-                PathBuf::from(default)
+        let c = &staged.certificate;
+        let certificate = match c.source {
+            CertificateSource::Service => CertificateConfig::Service {
+                name: c.service.clone().unwrap_or_default(),
+                vcap_services: env.get("VCAP_SERVICES").cloned(),
+            },
+            CertificateSource::Files => CertificateConfig::Files {
+                source: CertificateSource::Files,
+                paths: CertificatePaths {
+                    cert: in_app_dir(&app_dir, c.cert_file.as_deref().unwrap_or_default()),
+                    key: in_app_dir(&app_dir, c.key_file.as_deref().unwrap_or_default()),
+                },
+            },
+            // Minted is refused above.
+            CertificateSource::Instance | CertificateSource::Minted => {
+                let mut path_from = |var: &str, default: &str| {
+                    set(var).unwrap_or_else(|| {
+                        warnings.push(format!(
+                            "{var} is not set (not running on Diego?); using {default}"
+                        ));
+                        PathBuf::from(default)
+                    })
+                };
+                CertificateConfig::instance(CertificatePaths {
+                    cert: path_from("CF_INSTANCE_CERT", DEFAULT_CERT_PATH),
+                    key: path_from("CF_INSTANCE_KEY", DEFAULT_KEY_PATH),
+                })
             }
         };
-        let certificate = CertificatePaths {
-            cert: path_from("CF_INSTANCE_CERT", DEFAULT_CERT_PATH),
-            key: path_from("CF_INSTANCE_KEY", DEFAULT_KEY_PATH),
+
+        let mut trust = TrustConfig {
+            system_dir: None,
+            system_certs: staged.trust.system_certs,
+            ca_files: staged
+                .trust
+                .ca_files
+                .iter()
+                .map(|f| in_app_dir(&app_dir, f))
+                .collect(),
+            extra: Vec::new(),
         };
+        if staged.trust.system_certs {
+            trust.system_dir = set("CF_SYSTEM_CERT_PATH");
+        }
+        if let CertificateConfig::Service {
+            name,
+            vcap_services: Some(raw),
+        } = &certificate
+            && let Ok(creds) = crate::source::service_credentials(raw, name)
+            && let Some(ca) = creds.ca
+        {
+            trust
+                .extra
+                .push((format!("service \"{name}\" credentials.ca"), ca));
+        }
+        let verifying: Vec<String> = listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.verifies_clients())
+            .map(|(i, _)| format!("listeners[{i}]"))
+            .collect();
+        if !verifying.is_empty() && staged.trust.system_certs && trust.system_dir.is_none() {
+            let without = if trust.ca_files.is_empty() && trust.extra.is_empty() {
+                "no client certificate can be verified"
+            } else {
+                "only trust.ca_files are trusted"
+            };
+            warnings.push(format!(
+                "{SYSTEM_CERT_PATH_UNSET}, so the platform's CAs are not trusted and {without} on {}",
+                verifying.join(", ")
+            ));
+        }
+
+        let (app, vcap_problem) = VcapApplication::from_env(env);
+        warnings.extend(vcap_problem);
 
         let admin = staged
             .admin
@@ -235,12 +432,51 @@ impl SidecarConfig {
         let config = SidecarConfig {
             listeners,
             certificate,
+            trust,
+            app,
             admin,
             limits: Limits::from(&staged.limits),
             reload: ReloadTiming::default(),
             log: staged.log.clone(),
         };
         Ok((config, warnings))
+    }
+
+    /// Each listener's resolved `allow` rules, in listener order.
+    pub(crate) fn policies(&self) -> Result<Vec<AccessPolicy>, StartError> {
+        let app = || {
+            self.app
+                .application_name
+                .clone()
+                .unwrap_or_else(|| "APP_NAME".to_owned())
+        };
+        self.listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                l.policy(&self.app)
+                    .map_err(|problem| StartError::AccessRule {
+                        field: format!("listeners[{i}].allow"),
+                        problem,
+                        app: app(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether any listener verifies client certificates.
+    pub fn verifies_clients(&self) -> bool {
+        self.listeners.iter().any(ListenerConfig::verifies_clients)
+    }
+}
+
+/// `path` as written in tls-sidecar.yml: absolute, or relative to the app directory.
+pub(crate) fn in_app_dir(app_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path.trim());
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        app_dir.join(path)
     }
 }
 
@@ -256,50 +492,18 @@ fn admin_addr(listen: &HostPort) -> SocketAddr {
 /// Parts of the configuration contract that a later version implements. Serving without them
 /// would silently weaken what the app asked for, so the sidecar refuses to start instead.
 fn refuse_unsupported(staged: &StagedConfig, env: &Env) -> Result<(), StartError> {
-    let app = || app_name(env);
-    if staged.certificate.source != CertificateSource::Instance {
+    if staged.certificate.source == CertificateSource::Minted {
         return Err(StartError::UnsupportedCertificateSource {
             configured: staged.certificate.source,
-            app: app(),
+            app: app_name(env),
         });
     }
-    let unsupported = |field: String, what: String| StartError::Unsupported {
-        field,
-        what,
-        app: app(),
-    };
-    for (i, l) in staged.listeners.iter().enumerate() {
-        if l.client_auth != ClientAuth::None {
-            let what = if l.allow.is_empty() {
-                format!("\"{}\" (client certificates)", l.client_auth)
-            } else {
-                "access rules (allow) with client certificates".to_owned()
-            };
-            let field = if l.allow.is_empty() {
-                "client_auth"
-            } else {
-                "allow"
-            };
-            return Err(unsupported(format!("listeners[{i}].{field}"), what));
-        }
-        if l.mode == Mode::Http {
-            return Err(unsupported(
-                format!("listeners[{i}].mode"),
-                "\"http\"".to_owned(),
-            ));
-        }
-        if l.proxy_protocol {
-            return Err(unsupported(
-                format!("listeners[{i}].proxy_protocol"),
-                "the PROXY protocol".to_owned(),
-            ));
-        }
-    }
     if !staged.egress.is_empty() {
-        return Err(unsupported(
-            "egress".to_owned(),
-            "egress (mTLS to other apps)".to_owned(),
-        ));
+        return Err(StartError::Unsupported {
+            field: "egress".to_owned(),
+            what: "egress (mTLS to other apps)".to_owned(),
+            app: app_name(env),
+        });
     }
     Ok(())
 }
@@ -325,6 +529,13 @@ mod tests {
         SidecarConfig::resolve(&staged, env)
     }
 
+    fn paths(c: &SidecarConfig) -> &CertificatePaths {
+        match &c.certificate {
+            CertificateConfig::Files { paths, .. } => paths,
+            other => panic!("not files: {other:?}"),
+        }
+    }
+
     #[test]
     fn defaults_forward_8443_to_the_app_port_with_the_instance_credentials() {
         let env = env(&[
@@ -337,8 +548,10 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].bind.to_string(), "0.0.0.0:8443");
         assert_eq!(c.listeners[0].upstream.to_string(), "127.0.0.1:3000");
-        assert_eq!(c.certificate.cert, Path::new("/creds/instance.crt"));
-        assert_eq!(c.certificate.key, Path::new("/creds/instance.key"));
+        assert_eq!(c.listeners[0].mode, Mode::Tcp);
+        assert_eq!(c.listeners[0].client_auth, ClientAuth::None);
+        assert_eq!(paths(&c).cert, Path::new("/creds/instance.crt"));
+        assert_eq!(paths(&c).key, Path::new("/creds/instance.key"));
         assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:8444");
         assert_eq!(c.limits.drain_timeout, Duration::from_secs(8));
     }
@@ -346,11 +559,71 @@ mod tests {
     #[test]
     fn missing_credential_variables_fall_back_to_diegos_paths_with_a_warning() {
         let (c, warnings) = resolve("", &Env::new()).unwrap();
-        assert_eq!(c.certificate.cert, Path::new(DEFAULT_CERT_PATH));
+        assert_eq!(paths(&c).cert, Path::new(DEFAULT_CERT_PATH));
         assert_eq!(c.listeners[0].upstream.to_string(), "127.0.0.1:8080");
         assert!(
             warnings.iter().any(|w| w.contains("CF_INSTANCE_KEY")),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn files_and_trust_paths_are_relative_to_the_app_directory_unless_absolute() {
+        let yaml = "certificate:\n  source: files\n  cert_file: certs/c.pem\n  key_file: /keys/k.pem\n\
+                    listeners:\n  - client_auth: required\ntrust:\n  ca_files: [ca/clients.pem]\n";
+        let env = env(&[
+            ("HOME", "/home/vcap/app"),
+            ("CF_SYSTEM_CERT_PATH", "/etc/cf-system-certificates"),
+        ]);
+        let (c, warnings) = resolve(yaml, &env).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(paths(&c).cert, Path::new("/home/vcap/app/certs/c.pem"));
+        assert_eq!(paths(&c).key, Path::new("/keys/k.pem"));
+        assert_eq!(
+            c.trust.ca_files,
+            [PathBuf::from("/home/vcap/app/ca/clients.pem")]
+        );
+        assert_eq!(
+            c.trust.system_dir.as_deref(),
+            Some(Path::new("/etc/cf-system-certificates"))
+        );
+
+        let yaml = format!("{yaml}  system_certs: false\n");
+        let (c, _) = resolve(&yaml, &env).unwrap();
+        assert_eq!(c.trust.system_dir, None, "ca_files replace the system CAs");
+    }
+
+    #[test]
+    fn verifying_clients_without_cf_system_cert_path_warns() {
+        let (_, warnings) =
+            resolve("listeners:\n  - client_auth: optional\n", &Env::new()).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with(SYSTEM_CERT_PATH_UNSET)
+                    && w.contains("no client certificate can be verified on listeners[0]")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_service_source_reads_vcap_services_and_adds_its_ca_to_the_trust_bundle() {
+        let yaml = "certificate:\n  source: service\n  service: my-tls\n";
+        let vcap = r#"{"user-provided":[{"name":"my-tls","credentials":{"cert":"C","key":"K","ca":"CA"}}]}"#;
+        let (c, _) = resolve(yaml, &env(&[("VCAP_SERVICES", vcap)])).unwrap();
+        assert_eq!(
+            c.certificate,
+            CertificateConfig::Service {
+                name: "my-tls".into(),
+                vcap_services: Some(vcap.into())
+            }
+        );
+        assert_eq!(
+            c.trust.extra,
+            [(
+                "service \"my-tls\" credentials.ca".to_owned(),
+                "CA".to_owned()
+            )]
         );
     }
 
@@ -374,41 +647,55 @@ mod tests {
     }
 
     #[test]
-    fn certificate_sources_other_than_instance_are_refused() {
-        let yaml = "certificate:\n  source: files\n  cert_file: c.pem\n  key_file: k.pem\n";
+    fn minted_certificates_and_egress_are_refused_as_not_supported_by_this_version() {
+        let yaml = "certificate:\n  source: minted\n  service: ca\n";
         let e = resolve(yaml, &Env::new()).unwrap_err();
         assert!(
             matches!(e, StartError::UnsupportedCertificateSource { .. }),
             "{e:?}"
         );
-        assert!(e.to_string().contains("source: instance"), "{e}");
+        assert!(
+            e.to_string().contains("is not supported by tls-sidecar"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::EX_USAGE);
+
+        let yaml = "egress:\n  - name: backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n";
+        let e = resolve(yaml, &Env::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("egress: egress (mTLS to other apps) is not supported"),
+            "{e}"
+        );
         assert_eq!(e.exit_code(), crate::EX_USAGE);
     }
 
     #[test]
-    fn features_of_a_later_version_are_refused_naming_the_field() {
-        for (yaml, field) in [
-            (
-                "listeners:\n  - client_auth: optional\n",
-                "listeners[0].client_auth",
-            ),
-            ("listeners:\n  - allow: [cf:any]\n", "listeners[0].allow"),
-            (
-                "listeners:\n  - port: 9443\n  - port: 9444\n    mode: http\n",
-                "listeners[1].mode",
-            ),
-            (
-                "listeners:\n  - proxy_protocol: true\n",
-                "listeners[0].proxy_protocol",
-            ),
-        ] {
-            let e = resolve(yaml, &Env::new()).unwrap_err();
-            assert!(
-                e.to_string().starts_with(&format!("{field}: ")),
-                "{yaml}: {e}"
-            );
-            assert_eq!(e.exit_code(), crate::EX_USAGE);
-        }
+    fn client_auth_allow_http_and_proxy_protocol_are_accepted() {
+        let yaml = "listeners:\n  - port: 9443\n    allow: [cf:any]\n    proxy_protocol: true\n  - port: 9444\n    mode: http\n    client_auth: optional\n";
+        let (c, _) = resolve(yaml, &Env::new()).unwrap();
+        assert_eq!(c.listeners[0].client_auth, ClientAuth::Required);
+        assert!(c.listeners[0].proxy_protocol);
+        assert_eq!(c.listeners[1].mode, Mode::Http);
+        assert_eq!(c.listeners[1].client_auth, ClientAuth::Optional);
+    }
+
+    #[test]
+    fn a_relative_allow_rule_without_vcap_application_is_a_usage_error() {
+        let e = resolve("listeners:\n  - allow: [cf:same-space]\n", &Env::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("listeners[0].allow: cf:same-space needs VCAP_APPLICATION.space_id"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::EX_USAGE);
+        let vcap = r#"{"space_id":"5c4d1b0e-2a3f-4e5d-9c8b-7a6f5e4d3c2b"}"#;
+        let (c, _) = resolve(
+            "listeners:\n  - allow: [cf:same-space]\n",
+            &env(&[("VCAP_APPLICATION", vcap)]),
+        )
+        .unwrap();
+        assert!(c.policies().unwrap()[0].has_rules());
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub enum StartError {
 
     /// A certificate source this version cannot serve from.
     #[error(
-        "certificate.source: \"{configured}\" is not supported by tls-sidecar {version}, which serves only the instance identity certificate (source: instance). Fix: remove certificate.source from tls-sidecar.yml, then cf push {app}",
+        "certificate.source: \"{configured}\" is not supported by tls-sidecar {version}, which serves the instance identity (source: instance), the app's own files (source: files) or a bound service's credentials (source: service). Fix: pick one of those in tls-sidecar.yml, then cf push {app}",
         version = env!("CARGO_PKG_VERSION")
     )]
     UnsupportedCertificateSource {
@@ -55,15 +55,25 @@ pub enum StartError {
     },
 
     /// A feature of the configuration contract this version does not implement yet. Refusing is
-    /// safer than serving without it (e.g. accepting callers without the client certificate
-    /// the app asked for).
+    /// safer than serving without it.
     #[error(
-        "{field}: {what} is not supported by tls-sidecar {version}, which terminates TLS without client authentication and forwards raw TCP. Fix: remove {field} from tls-sidecar.yml (or the TLS_SIDECAR_* variable that sets it), then cf push {app}",
+        "{field}: {what} is not supported by tls-sidecar {version}. Fix: remove {field} from tls-sidecar.yml, then cf push {app}",
         version = env!("CARGO_PKG_VERSION")
     )]
     Unsupported {
         field: String,
         what: String,
+        app: String,
+    },
+
+    /// An `allow` rule that cannot be resolved in this container, e.g. `cf:same-space` without
+    /// `VCAP_APPLICATION.space_id`. Dropping the rule would change who may call.
+    #[error(
+        "{field}: {problem}. Fix: Cloud Foundry sets VCAP_APPLICATION for every app process; outside CF set it (with space_id and organization_id), or name the space or org explicitly (cf:space:<guid>, cf:org:<guid>; cf space SPACE --guid) in tls-sidecar.yml, then cf push {app}"
+    )]
+    AccessRule {
+        field: String,
+        problem: String,
         app: String,
     },
 
@@ -89,7 +99,8 @@ impl StartError {
             | StartError::ConfigFileUnreadable { .. }
             | StartError::AppPort { .. }
             | StartError::UnsupportedCertificateSource { .. }
-            | StartError::Unsupported { .. } => EX_USAGE,
+            | StartError::Unsupported { .. }
+            | StartError::AccessRule { .. } => EX_USAGE,
             StartError::Runtime(_) | StartError::Signals(_) | StartError::Tls(_) => EX_SOFTWARE,
         }
     }

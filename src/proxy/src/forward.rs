@@ -1,19 +1,25 @@
-//! One TLS connection: handshake, connect to the app, copy both ways, one log line.
+//! One TLS connection: handshake, identify and authorize the caller, then copy bytes to the app
+//! (tcp mode, optionally after a PROXY protocol header) or hand the connection to the HTTP side
+//! (http mode); one log line.
 
-use crate::server::{Shared, stopped};
+use crate::http::{Caller, Drain};
+use crate::identity::{CfIdentity, Denial};
+use crate::metrics::{HandshakeFailure, ListenerMetrics};
+use crate::server::{Listener, Shared, stopped};
+use crate::{proxy_protocol, verifier};
 use rustls::ProtocolVersion;
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tls_sidecar_config::HostPort;
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, Sleep, timeout};
+use tokio::time::{Instant, Sleep, sleep, timeout};
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
@@ -25,6 +31,10 @@ const APP_READ_BUFFER: usize = 8 * 1024;
 /// How long a connection we close gets to take our close_notify.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// After the drain timeout, how long the HTTP side gets to close its connection itself (and
+/// report what it did) before the task is dropped.
+const HTTP_CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnError {
     #[error("no certificate loaded yet")]
@@ -32,7 +42,9 @@ pub(crate) enum ConnError {
     #[error("TLS handshake did not finish within {} ms", .0.as_millis())]
     HandshakeTimeout(Duration),
     #[error("TLS handshake failed: {0}")]
-    Handshake(io::Error),
+    Handshake(String),
+    #[error("refused: {0}")]
+    Denied(Denial),
     #[error("upstream unavailable: {upstream}: {cause}")]
     UpstreamUnavailable { upstream: String, cause: String },
     #[error("client: {0}")]
@@ -43,6 +55,8 @@ pub(crate) enum ConnError {
     Idle(Duration),
     #[error("closed at the end of the drain")]
     Drained,
+    #[error("{0}")]
+    Http(String),
 }
 
 impl ConnError {
@@ -62,7 +76,18 @@ impl ConnError {
 struct Counts {
     bytes_in: u64,
     bytes_out: u64,
+}
+
+/// What the connection's log line says.
+#[derive(Debug, Default)]
+struct Conn {
+    counts: Counts,
     tls: Option<ProtocolVersion>,
+    alpn: Option<String>,
+    /// The caller's identity when it presented a certificate (also a refused one).
+    identity: Option<CfIdentity>,
+    /// http mode: requests served.
+    requests: Option<u64>,
 }
 
 /// Serves one accepted connection. `_permit` is its `max_connections` slot, held until the
@@ -70,60 +95,186 @@ struct Counts {
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
-    listener_port: u16,
-    upstream: Arc<HostPort>,
+    listener: Arc<Listener>,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    let mut counts = Counts::default();
+    let metrics = listener.metrics.clone();
+    metrics.active.fetch_add(1, Relaxed);
+    let mut conn = Conn::default();
     let mut close_all = shared.close_all.clone();
+    let http = listener.http.is_some();
     let result = tokio::select! {
-        result = proxy(tcp, &upstream, &shared, &mut counts) => result,
-        () = stopped(&mut close_all) => Err(ConnError::Drained),
+        result = handle(tcp, peer, &listener, &shared, &mut conn) => result,
+        () = async {
+            stopped(&mut close_all).await;
+            // The HTTP side watches the same switch and ends its connection on its own.
+            if http {
+                sleep(HTTP_CLOSE_GRACE).await;
+            }
+        } => Err(ConnError::Drained),
     };
+    metrics.active.fetch_sub(1, Relaxed);
+
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let tls = match counts.tls {
+    let tls = match conn.tls {
         Some(ProtocolVersion::TLSv1_3) => "1.3",
         Some(ProtocolVersion::TLSv1_2) => "1.2",
         Some(_) => "other",
         None => "none",
     };
-    let (bytes_in, bytes_out) = (counts.bytes_in, counts.bytes_out);
+    let (bytes_in, bytes_out) = (conn.counts.bytes_in, conn.counts.bytes_out);
+    let id = conn.identity.as_ref();
+    let part = |f: fn(&CfIdentity) -> Option<&str>| id.map(|id| f(id).unwrap_or("-"));
+    let app = part(|id| id.app.as_ref().map(|g| g.as_str()));
+    let space = part(|id| id.space.as_ref().map(|g| g.as_str()));
+    let org = part(|id| id.org.as_ref().map(|g| g.as_str()));
+    let instance = part(|id| id.instance.as_deref());
+    let alpn = conn.alpn.as_deref();
+    let requests = conn.requests;
     let error = result.err();
     let ours = error.as_ref().is_some_and(ConnError::is_ours);
     let error = error.as_ref().map(tracing::field::display);
+    macro_rules! closed {
+        ($level:ident) => {
+            $level!(
+                listener = listener.port, peer = %peer, tls, alpn, app, space, org, instance,
+                duration_ms, bytes_in, bytes_out, requests, error,
+                "connection closed"
+            )
+        };
+    }
     if ours {
-        warn!(
-            listener = listener_port, peer = %peer, duration_ms, bytes_in, bytes_out, tls, error,
-            "connection closed"
-        );
+        closed!(warn);
     } else {
-        info!(
-            listener = listener_port, peer = %peer, duration_ms, bytes_in, bytes_out, tls, error,
-            "connection closed"
-        );
+        closed!(info);
     }
 }
 
-async fn proxy(
+async fn handle(
     tcp: TcpStream,
-    upstream: &HostPort,
+    peer: SocketAddr,
+    listener: &Listener,
     shared: &Shared,
-    counts: &mut Counts,
+    conn: &mut Conn,
 ) -> Result<(), ConnError> {
     let limits = &shared.limits;
     // Both sockets carry small interactive writes (TLS records, request/response heads):
     // Nagle's delay would only add latency.
     let _ = tcp.set_nodelay(true);
-    let mut tls = match timeout(limits.handshake_timeout, shared.acceptor.accept(tcp)).await {
-        Err(_) => return Err(ConnError::HandshakeTimeout(limits.handshake_timeout)),
-        Ok(Err(_)) if !shared.store.is_loaded() => return Err(ConnError::NoCertificate),
-        Ok(Err(e)) => return Err(ConnError::Handshake(e)),
+    let local = tcp.local_addr().unwrap_or(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        listener.port,
+    ));
+    let acceptor = listener.tls.acceptor();
+    let handshake = timeout(limits.handshake_timeout, acceptor.accept(tcp));
+    let (accepted, verdict) = verifier::with_verdict(handshake).await;
+    let mut tls = match accepted {
+        Err(_) => {
+            listener.metrics.handshake_failed(HandshakeFailure::Timeout);
+            return Err(ConnError::HandshakeTimeout(limits.handshake_timeout));
+        }
+        Ok(Err(e)) => {
+            let (why, reason) = verifier::classify(&e, shared.store.is_loaded(), verdict.as_ref());
+            listener.metrics.handshake_failed(why);
+            if let Some(verdict) = verdict {
+                listener.metrics.denials.fetch_add(1, Relaxed);
+                log_denial(listener, peer, &verdict.identity, &verdict.denial);
+                conn.identity = Some(verdict.identity);
+            }
+            return Err(match why {
+                HandshakeFailure::NoCertificate => ConnError::NoCertificate,
+                _ => ConnError::Handshake(reason),
+            });
+        }
         Ok(Ok(tls)) => tls,
     };
-    counts.tls = tls.get_ref().1.protocol_version();
 
+    let state = tls.get_ref().1;
+    conn.tls = state.protocol_version();
+    conn.alpn = state
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let leaf = state
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.clone().into_owned());
+    let identity = leaf
+        .as_ref()
+        .map(|leaf| CfIdentity::from_der(leaf).unwrap_or_default());
+    conn.identity = identity.clone();
+    // In tcp mode the verifier enforced this already; checking again costs nothing and also
+    // covers a resumed session.
+    let denial = listener.policy.check(identity.as_ref()).err();
+    if let Some(denial) = &denial {
+        log_denial(
+            listener,
+            peer,
+            &identity.clone().unwrap_or_default(),
+            denial,
+        );
+    }
+
+    if let Some(http) = &listener.http {
+        let caller = Caller {
+            addr: peer,
+            h2: conn.alpn.as_deref() == Some("h2"),
+            leaf,
+            identity,
+            denial,
+        };
+        let drain = Drain {
+            graceful: shared.graceful.clone(),
+            close_all: shared.close_all.clone(),
+        };
+        let outcome = http.serve(tls, caller, drain).await;
+        conn.counts.bytes_in = outcome.bytes_in;
+        conn.counts.bytes_out = outcome.bytes_out;
+        conn.requests = Some(outcome.requests);
+        listener
+            .metrics
+            .bytes_in
+            .fetch_add(outcome.bytes_in, Relaxed);
+        listener
+            .metrics
+            .bytes_out
+            .fetch_add(outcome.bytes_out, Relaxed);
+        return outcome.error.map_or(Ok(()), |e| Err(ConnError::Http(e)));
+    }
+
+    if let Some(denial) = denial {
+        listener.metrics.denials.fetch_add(1, Relaxed);
+        let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
+        return Err(ConnError::Denied(denial));
+    }
+    forward(tls, peer, local, listener, shared, conn).await
+}
+
+/// The warning every refused caller gets, naming it by its CF identity.
+fn log_denial(listener: &Listener, peer: SocketAddr, identity: &CfIdentity, denial: &Denial) {
+    warn!(
+        listener = listener.port,
+        peer = %peer,
+        app = identity.app.as_ref().map_or("-", |g| g.as_str()),
+        space = identity.space.as_ref().map_or("-", |g| g.as_str()),
+        org = identity.org.as_ref().map_or("-", |g| g.as_str()),
+        instance = identity.instance.as_deref().unwrap_or("-"),
+        "access denied: {denial}"
+    );
+}
+
+/// tcp mode: connect to the app, send the PROXY header if asked, copy both ways.
+async fn forward(
+    mut tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: &Listener,
+    shared: &Shared,
+    conn: &mut Conn,
+) -> Result<(), ConnError> {
+    let limits = &shared.limits;
+    let upstream = &listener.upstream;
     let connect = TcpStream::connect((upstream.host.as_str(), upstream.port));
     let mut app = match timeout(limits.connect_timeout, connect).await {
         Ok(Ok(app)) => app,
@@ -144,9 +295,20 @@ async fn proxy(
         }
     };
     let _ = app.set_nodelay(true);
+    if listener.proxy_protocol {
+        // Before any client byte; small enough for one segment.
+        let header = proxy_protocol::header(peer, local);
+        app.write_all(&header).await.map_err(ConnError::Upstream)?;
+    }
 
     let result = {
-        let mut pump = Pump::new(&mut tls, &mut app, counts, limits.idle_timeout);
+        let mut pump = Pump::new(
+            &mut tls,
+            &mut app,
+            &mut conn.counts,
+            &listener.metrics,
+            limits.idle_timeout,
+        );
         let idle = tokio::time::sleep(limits.idle_timeout);
         tokio::pin!(idle);
         poll_fn(|cx| pump.poll(cx, idle.as_mut())).await
@@ -165,6 +327,7 @@ struct Pump<'a> {
     tls: &'a mut TlsStream<TcpStream>,
     app: &'a mut TcpStream,
     counts: &'a mut Counts,
+    metrics: &'a ListenerMetrics,
     idle: Duration,
     last_activity: Instant,
     to_app: ToApp,
@@ -192,12 +355,14 @@ impl<'a> Pump<'a> {
         tls: &'a mut TlsStream<TcpStream>,
         app: &'a mut TcpStream,
         counts: &'a mut Counts,
+        metrics: &'a ListenerMetrics,
         idle: Duration,
     ) -> Self {
         Pump {
             tls,
             app,
             counts,
+            metrics,
             idle,
             last_activity: Instant::now(),
             to_app: ToApp::default(),
@@ -264,6 +429,7 @@ impl<'a> Pump<'a> {
             }
             Pin::new(&mut *self.tls).consume(n);
             self.counts.bytes_in += n as u64;
+            self.metrics.bytes_in.fetch_add(n as u64, Relaxed);
         }
     }
 
@@ -280,6 +446,7 @@ impl<'a> Pump<'a> {
                 out.pos += written;
                 out.need_flush = true;
                 self.counts.bytes_out += written as u64;
+                self.metrics.bytes_out.fetch_add(written as u64, Relaxed);
                 continue;
             }
             if out.eof {

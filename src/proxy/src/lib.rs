@@ -1,5 +1,8 @@
-//! `tls-sidecar`: terminates TLS (the Diego instance identity certificate) in front of a Cloud
-//! Foundry app and forwards plaintext to it on `127.0.0.1:$PORT`.
+//! `tls-sidecar`: terminates TLS (the Diego instance identity certificate, the app's own pair,
+//! or a bound service's) in front of a Cloud Foundry app and forwards plaintext to it on
+//! `127.0.0.1:$PORT`: raw TCP (optionally after a PROXY protocol v2 header) or HTTP. Listeners
+//! can verify client certificates against the platform's CAs and admit callers by their CF
+//! identity (`allow: [cf:same-space]`).
 //!
 //! In CF a sidecar exit kills the whole app instance, so only an invalid configuration stops
 //! it at start (exit 64, see [`StartError`]); once serving, missing certificates, busy ports,
@@ -8,26 +11,35 @@
 //! - [`load`]: `tls-sidecar.yml` + environment → [`SidecarConfig`] (tests build one directly).
 //! - [`start`] → [`Running`]: bound addresses, readiness, reload, [`Running::shutdown`] (drain).
 //! - [`run`]: start, wait for a shutdown future, drain. [`run_until_signalled`] is `run` driven
-//!   by SIGTERM/SIGINT, with SIGHUP reloading the certificate.
+//!   by SIGTERM/SIGINT, with SIGHUP reloading the certificate and the trust bundle.
+//! - [`check::run`]: `tls-sidecar check`, the same loading without serving, as a report.
 
 mod admin;
+pub mod check;
 mod cli;
 pub mod config;
 mod errors;
 mod forward;
+#[doc(hidden)]
+pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod proxy_protocol;
 mod reload;
 mod retry;
 mod server;
 pub mod signal;
+mod source;
 mod tls;
+mod trust;
+mod verifier;
 pub mod xfcc;
 
-pub use cli::Cli;
+pub use cli::{Cli, Command};
 pub use config::{
-    CertificatePaths, Limits, ListenerConfig, Loaded, ReloadTiming, SidecarConfig, load,
+    CertificateConfig, CertificatePaths, Limits, ListenerConfig, Loaded, ReloadTiming,
+    SidecarConfig, TrustConfig, load,
 };
 pub use errors::{EX_SOFTWARE, EX_USAGE, StartError};
 pub use server::{Running, start};
@@ -50,7 +62,7 @@ pub async fn run(
     Ok(())
 }
 
-/// [`run`] until SIGTERM or SIGINT; SIGHUP re-reads the certificate.
+/// [`run`] until SIGTERM or SIGINT; SIGHUP re-reads the certificate and the trust bundle.
 pub async fn run_until_signalled(config: SidecarConfig) -> Result<(), StartError> {
     let signals = signal::Signals::install().map_err(StartError::Signals)?;
     let running = start(config).await?;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use tls_sidecar::{Cli, EX_USAGE, Env, StartError, logging};
+use tls_sidecar::{Cli, Command, EX_USAGE, Env, StartError, logging};
 
 // musl's allocator serialises threads on a static build; mimalloc does not.
 #[global_allocator]
@@ -23,6 +23,11 @@ fn main() -> ExitCode {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
     let exe = std::env::current_exe().ok();
+    if let Some(Command::Check) = cli.command {
+        let (code, report) = tls_sidecar::check::run(cli.config.as_deref(), &env, exe.as_deref());
+        print!("{report}");
+        return ExitCode::from(code);
+    }
     let result =
         tls_sidecar::load(cli.config.as_deref(), &env, exe.as_deref()).and_then(|loaded| {
             logging::init(&loaded.config.log);

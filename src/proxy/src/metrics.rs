@@ -5,6 +5,7 @@
 //! enough that hand-rendering it is simpler than tracking a client library's breaking changes.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Why a TLS handshake did not complete. The label values are part of the metrics contract.
@@ -108,7 +109,8 @@ impl ListenerMetrics {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub listeners: Vec<ListenerMetrics>,
+    /// Shared with each listener's connection tasks (and its HTTP service).
+    pub listeners: Vec<Arc<ListenerMetrics>>,
     /// notAfter of the serving certificate, Unix seconds; 0 until one is loaded.
     pub cert_not_after: AtomicI64,
     pub reloads_succeeded: AtomicU64,
@@ -118,13 +120,19 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(ports: impl IntoIterator<Item = u16>) -> Self {
         Metrics {
-            listeners: ports.into_iter().map(ListenerMetrics::new).collect(),
+            listeners: ports
+                .into_iter()
+                .map(|port| Arc::new(ListenerMetrics::new(port)))
+                .collect(),
             ..Default::default()
         }
     }
 
     pub fn listener(&self, port: u16) -> Option<&ListenerMetrics> {
-        self.listeners.iter().find(|l| l.port == port)
+        self.listeners
+            .iter()
+            .find(|l| l.port == port)
+            .map(|l| l.as_ref())
     }
 
     /// The Prometheus text exposition of every series.

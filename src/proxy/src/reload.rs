@@ -1,58 +1,62 @@
-//! Keeps [`CertStore`] in step with the files on disk, forever.
+//! Keeps what the sidecar loaded from disk in step with the disk, forever: the serving
+//! certificate ([`CertJob`]) and the trust bundle ([`TrustJob`]).
 //!
 //! Diego rotates the instance identity by writing `instance.key.tmp` and `instance.crt.tmp` and
 //! renaming the key first, then the certificate. So: watch the parent directories (a watch on a
-//! renamed-over file goes dead), let a burst of events settle, read both files, and swap only a
-//! pair whose key matches its leaf. Directory events can be missed, so a periodic re-check and
-//! SIGHUP back them up. A failed load never drops the pair being served.
+//! renamed-over file goes dead), let a burst of events settle, read everything, and swap only
+//! material that checks out (a pair whose key matches its leaf; a bundle without unreadable
+//! files). Directory events can be missed, so a periodic re-check and SIGHUP back them up. A
+//! failed load never drops what is being served.
 
-use crate::config::{CertificatePaths, ReloadTiming};
+use crate::config::{CertificateConfig, ReloadTiming, TrustConfig};
 use crate::logging::rfc3339;
+use crate::metrics::Metrics;
 use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
 use crate::server::stopped;
-use crate::tls::{self, CertStore, LeafInfo, LoadError};
+use crate::tls::{self, CertStore, ListenerTls, LoadError};
+use crate::trust::{self, TrustBundle};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-pub(crate) struct Reloader {
-    paths: CertificatePaths,
-    store: Arc<CertStore>,
-    provider: Arc<CryptoProvider>,
+/// Something loaded from files and kept current.
+pub(crate) trait Job: Send + 'static {
+    /// "certificate", "trust bundle": for log lines.
+    const WHAT: &'static str;
+    /// Directories whose changes may change the result.
+    fn directories(&self) -> Vec<PathBuf>;
+    /// One load attempt: installs new material, or changes nothing when the sources did not
+    /// change. An error leaves what is served untouched.
+    fn attempt(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Logs a failed attempt (called at most every [`LOG_REPEAT`] for the same error).
+    fn log_failure(&self, error: &str, retry_ms: u64, held_back: u64);
+    /// Logs an explicit reload request (SIGHUP).
+    fn log_request(&self);
+}
+
+pub(crate) struct Reloader<J> {
+    job: J,
     timing: ReloadTiming,
-    /// Hash of the files behind the pair being served: unchanged files are not parsed again.
-    loaded: Option<[u8; 32]>,
     backoff: Backoff,
     throttle: LogThrottle,
     watcher: Option<RecommendedWatcher>,
     watch_failure_logged: bool,
 }
 
-enum Outcome {
-    Unchanged,
-    Loaded(LeafInfo),
-}
-
-impl Reloader {
-    pub(crate) fn new(
-        paths: CertificatePaths,
-        store: Arc<CertStore>,
-        provider: Arc<CryptoProvider>,
-        timing: ReloadTiming,
-    ) -> Self {
+impl<J: Job> Reloader<J> {
+    pub(crate) fn new(job: J, timing: ReloadTiming) -> Self {
         Reloader {
-            paths,
-            store,
-            provider,
+            job,
             timing,
-            loaded: None,
             backoff: Backoff::new(timing.retry_min, timing.retry_max),
             throttle: LogThrottle::new(LOG_REPEAT),
             watcher: None,
@@ -77,8 +81,7 @@ impl Reloader {
                     while events.try_recv().is_ok() {}
                 }
                 () = reload_now.notified() => {
-                    let cert = self.paths.cert.display();
-                    info!(cert = %cert, "re-reading the certificate on request");
+                    self.job.log_request();
                     // An explicit request should report even an unchanged failure.
                     self.throttle.clear();
                 }
@@ -89,67 +92,30 @@ impl Reloader {
 
     /// One load attempt; returns how long to wait before the next unprompted one.
     async fn check(&mut self) -> Duration {
-        match self.load().await {
-            Ok(outcome) => {
-                if let Outcome::Loaded(leaf) = outcome {
-                    let expired = leaf.not_after < unix_now();
-                    info!(
-                        subject_cn = %leaf.subject_cn,
-                        serial = %leaf.serial,
-                        not_after = %rfc3339(leaf.not_after),
-                        expired,
-                        cert = %self.paths.cert.display(),
-                        "certificate loaded"
-                    );
-                }
+        match self.job.attempt().await {
+            Ok(()) => {
                 self.backoff.reset();
                 self.throttle.clear();
                 self.timing.recheck
             }
-            Err(e) => {
+            Err(text) => {
                 let retry = self.backoff.next_delay();
-                let text = e.to_string();
                 if let Some(held_back) = self.throttle.allow(&text) {
                     let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
-                    if self.store.is_loaded() {
-                        warn!(
-                            error = %text, retry_ms, held_back,
-                            "certificate reload failed; still serving the previous certificate"
-                        );
-                    } else {
-                        warn!(
-                            error = %text, retry_ms, held_back,
-                            "no certificate loaded yet; TLS handshakes fail until one loads"
-                        );
-                    }
+                    self.job.log_failure(&text, retry_ms, held_back);
                 }
                 retry
             }
         }
     }
 
-    async fn load(&mut self) -> Result<Outcome, LoadError> {
-        // The certificate first: Diego renames the key before the certificate, so a new
-        // certificate read here guarantees that the key read next is new too.
-        let cert = tokio::fs::read(&self.paths.cert)
-            .await
-            .map_err(|e| LoadError::read(&self.paths.cert, e))?;
-        let key = tokio::fs::read(&self.paths.key)
-            .await
-            .map_err(|e| LoadError::read(&self.paths.key, e))?;
-        let fingerprint = fingerprint(&cert, &key);
-        if self.loaded == Some(fingerprint) {
-            return Ok(Outcome::Unchanged);
-        }
-        let pair = tls::parse_pair(&self.paths, &cert, &key, &self.provider)?;
-        self.store.replace(pair.certified);
-        self.loaded = Some(fingerprint);
-        Ok(Outcome::Loaded(pair.leaf))
-    }
-
-    /// Watches the parent directories; `None` (logged once) when that is impossible, e.g. the
-    /// directory does not exist yet. The caller retries on every loop.
+    /// Watches the directories; `None` (logged once) when that is impossible, e.g. a directory
+    /// does not exist yet. The caller retries on every loop.
     fn watch(&mut self, events: &mpsc::Sender<()>) -> Option<RecommendedWatcher> {
+        let dirs = self.directories();
+        if dirs.is_empty() {
+            return None;
+        }
         let events = events.clone();
         let handler = move |event: notify::Result<notify::Event>| {
             // Opening and reading the files (ours included) are Access events: reacting to
@@ -167,14 +133,14 @@ impl Reloader {
             let _ = events.try_send(());
         };
         let result = notify::recommended_watcher(handler).and_then(|mut watcher| {
-            for dir in self.directories() {
-                watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            for dir in &dirs {
+                watcher.watch(dir, RecursiveMode::NonRecursive)?;
             }
             Ok(watcher)
         });
         match result {
             Ok(watcher) => {
-                debug!(dirs = ?self.directories(), "watching for certificate rotation");
+                debug!(dirs = ?dirs, "watching for {} changes", J::WHAT);
                 Some(watcher)
             }
             Err(e) => {
@@ -183,7 +149,8 @@ impl Reloader {
                     let recheck_s = self.timing.recheck.as_secs();
                     info!(
                         error = %e, recheck_s,
-                        "cannot watch the certificate directory; re-checking periodically instead"
+                        "cannot watch the {} directory; re-checking periodically instead",
+                        J::WHAT
                     );
                 }
                 None
@@ -192,20 +159,196 @@ impl Reloader {
     }
 
     fn directories(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = [&self.paths.cert, &self.paths.key]
-            .iter()
-            .map(|p| parent(p))
-            .collect();
-        dirs.dedup();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for dir in self.job.directories() {
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
         dirs
     }
 }
 
-fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
+/// The serving certificate.
+pub(crate) struct CertJob {
+    source: CertificateConfig,
+    store: Arc<CertStore>,
+    provider: Arc<CryptoProvider>,
+    metrics: Arc<Metrics>,
+    /// Hash of the material behind the pair being served: unchanged material is not parsed
+    /// again.
+    loaded: Option<[u8; 32]>,
+}
+
+impl CertJob {
+    pub(crate) fn new(
+        source: CertificateConfig,
+        store: Arc<CertStore>,
+        provider: Arc<CryptoProvider>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        CertJob {
+            source,
+            store,
+            provider,
+            metrics,
+            loaded: None,
+        }
     }
+
+    async fn load(&mut self) -> Result<(), LoadError> {
+        let source = self.source.clone();
+        let material = tokio::task::spawn_blocking(move || source.read())
+            .await
+            .map_err(|e| LoadError::Service(format!("reading the certificate failed: {e}")))??;
+        let fingerprint = fingerprint(&material.cert_pem, &material.key_pem);
+        if self.loaded == Some(fingerprint) {
+            return Ok(());
+        }
+        let names = &material.names;
+        let pair = tls::parse_pair(names, &material.cert_pem, &material.key_pem, &self.provider)?;
+        tls::check_validity(names, &pair.leaf, unix_now())?;
+        self.store.replace(pair.certified);
+        self.loaded = Some(fingerprint);
+        let leaf = pair.leaf;
+        self.metrics.cert_not_after.store(leaf.not_after, Relaxed);
+        self.metrics.reloads_succeeded.fetch_add(1, Relaxed);
+        info!(
+            subject_cn = %leaf.subject_cn,
+            serial = %leaf.serial,
+            not_after = %rfc3339(leaf.not_after),
+            cert = %names.cert,
+            "certificate loaded"
+        );
+        Ok(())
+    }
+}
+
+impl Job for CertJob {
+    const WHAT: &'static str = "certificate";
+
+    fn directories(&self) -> Vec<PathBuf> {
+        self.source.directories()
+    }
+
+    async fn attempt(&mut self) -> Result<(), String> {
+        self.load().await.map_err(|e| {
+            let text = e.to_string();
+            self.metrics.reloads_failed.fetch_add(1, Relaxed);
+            if !self.store.is_loaded() {
+                self.store.set_problem(text.clone());
+            }
+            text
+        })
+    }
+
+    fn log_failure(&self, error: &str, retry_ms: u64, held_back: u64) {
+        if self.store.is_loaded() {
+            warn!(
+                error,
+                retry_ms,
+                held_back,
+                "certificate reload failed; still serving the previous certificate"
+            );
+        } else {
+            warn!(
+                error,
+                retry_ms,
+                held_back,
+                "no certificate loaded yet; TLS handshakes fail until one loads"
+            );
+        }
+    }
+
+    fn log_request(&self) {
+        let cert = self.source.describe();
+        info!(cert = %cert, "re-reading the certificate on request");
+    }
+}
+
+/// The trust bundle of every listener that verifies client certificates.
+pub(crate) struct TrustJob {
+    config: TrustConfig,
+    listeners: Vec<Arc<ListenerTls>>,
+    /// Fingerprint of the bundle installed now.
+    installed: [u8; 32],
+}
+
+impl TrustJob {
+    /// `installed` is the bundle the listeners were built with.
+    pub(crate) fn new(
+        config: TrustConfig,
+        listeners: Vec<Arc<ListenerTls>>,
+        installed: &TrustBundle,
+    ) -> Self {
+        TrustJob {
+            config,
+            listeners,
+            installed: installed.fingerprint,
+        }
+    }
+}
+
+impl Job for TrustJob {
+    const WHAT: &'static str = "trust bundle";
+
+    fn directories(&self) -> Vec<PathBuf> {
+        trust::directories(&self.config)
+    }
+
+    async fn attempt(&mut self) -> Result<(), String> {
+        let config = self.config.clone();
+        let (bundle, errors) = tokio::task::spawn_blocking(move || trust::load(&config))
+            .await
+            .map_err(|e| format!("reading the trust bundle failed: {e}"))?;
+        if !errors.is_empty() {
+            let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(texts.join("; "));
+        }
+        if bundle.fingerprint == self.installed {
+            return Ok(());
+        }
+        for listener in &self.listeners {
+            listener
+                .install(&bundle.roots)
+                .map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
+        }
+        self.installed = bundle.fingerprint;
+        log_bundle(&bundle, "trust bundle loaded");
+        Ok(())
+    }
+
+    fn log_failure(&self, error: &str, retry_ms: u64, held_back: u64) {
+        warn!(
+            error,
+            retry_ms,
+            held_back,
+            "trust bundle reload failed; still verifying client certificates against the anchors loaded before"
+        );
+    }
+
+    fn log_request(&self) {
+        info!("re-reading the trust bundle on request");
+    }
+}
+
+/// One line naming the anchors (CNs) and the files they came from.
+pub(crate) fn log_bundle(bundle: &TrustBundle, message: &str) {
+    let files: Vec<String> = bundle
+        .files
+        .iter()
+        .map(|f| format!("{} ({})", f.name, f.subjects.join(", ")))
+        .collect();
+    info!(
+        anchors = bundle.anchor_count(),
+        files = %files.join("; "),
+        "{message}"
+    );
 }
 
 fn fingerprint(cert: &[u8], key: &[u8]) -> [u8; 32] {
@@ -216,7 +359,7 @@ fn fingerprint(cert: &[u8], key: &[u8]) -> [u8; 32] {
     hash.finalize().into()
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -2,20 +2,24 @@
 
 use crate::config::{ListenerConfig, SidecarConfig};
 use crate::errors::StartError;
+use crate::http::{HttpService, HttpSettings};
+use crate::identity::AccessPolicy;
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::reload::{self, CertJob, Reloader, TrustJob};
 use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
-use crate::tls::{self, CertStore};
-use crate::{admin, forward, reload};
+use crate::tls::{self, CertStore, ListenerTls};
+use crate::trust::{self, TrustBundle};
+use crate::{admin, forward};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tls_sidecar_config::HostPort;
+use tls_sidecar_config::{HostPort, Mode};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 /// Retry pacing when a port cannot be bound (e.g. still held by a previous process).
@@ -27,11 +31,12 @@ const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// After the drain timeout, how long closed connections get to log their line.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// What every connection task needs.
+/// What every connection task needs, whatever its listener.
 pub(crate) struct Shared {
-    pub(crate) acceptor: TlsAcceptor,
     pub(crate) store: Arc<CertStore>,
     pub(crate) limits: crate::Limits,
+    /// Turns true when the drain starts (the HTTP side then closes idle connections).
+    pub(crate) graceful: watch::Receiver<bool>,
     /// Turns true when the drain timeout ends: every connection still open closes.
     pub(crate) close_all: watch::Receiver<bool>,
     /// One permit per open connection.
@@ -46,12 +51,29 @@ impl Shared {
     }
 }
 
-/// What `/ready` reports.
+/// One listener, as its connection tasks see it.
+pub(crate) struct Listener {
+    /// The bound port (the configured one while binding is retried): log field and metrics
+    /// label.
+    pub(crate) port: u16,
+    pub(crate) tls: Arc<ListenerTls>,
+    pub(crate) upstream: HostPort,
+    /// The resolved `allow` rules (tcp mode: also enforced in the handshake).
+    pub(crate) policy: AccessPolicy,
+    pub(crate) proxy_protocol: bool,
+    pub(crate) metrics: Arc<ListenerMetrics>,
+    /// `Some` in http mode.
+    pub(crate) http: Option<HttpService>,
+}
+
+/// What `/ready` and `/metrics` report.
 pub(crate) struct Health {
     store: Arc<CertStore>,
-    cert_path: PathBuf,
+    /// What a missing certificate is waited for from.
+    cert_source: String,
     listeners: Vec<Slot>,
     draining: AtomicBool,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 struct Slot {
@@ -66,10 +88,14 @@ impl Health {
             return Err("draining: the sidecar is shutting down".to_owned());
         }
         if !self.store.is_loaded() {
-            return Err(format!(
+            let waiting = format!(
                 "no certificate loaded yet (waiting for {})",
-                self.cert_path.display()
-            ));
+                self.cert_source
+            );
+            return Err(match self.store.problem() {
+                Some(problem) => format!("{waiting}: {problem}"),
+                None => waiting,
+            });
         }
         match self.listeners.iter().find(|s| s.bound.get().is_none()) {
             Some(slot) => Err(format!("not listening on {} yet", slot.configured)),
@@ -83,7 +109,7 @@ pub struct Running {
     shared: Arc<Shared>,
     health: Arc<Health>,
     admin_addr: Arc<OnceLock<SocketAddr>>,
-    reload_now: Arc<Notify>,
+    reload_now: Vec<Arc<Notify>>,
     stop_accepting: watch::Sender<bool>,
     close_all: watch::Sender<bool>,
     stop_background: watch::Sender<bool>,
@@ -94,31 +120,53 @@ pub struct Running {
 /// Starts everything and returns without waiting for a certificate or a port: a missing
 /// certificate or a busy port is retried in the background (and reported by `/ready`), because
 /// in CF a sidecar exit kills the app instance. Each port is tried once before this returns,
-/// so with free ports [`Running::tls_addrs`] is complete at once.
+/// so with free ports [`Running::tls_addrs`] is complete at once. Fails only on `allow` rules
+/// that cannot be resolved (exit 64) or when TLS cannot be set up at all.
 pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
+    let policies = config.policies()?;
     let provider = tls::provider();
     let store = Arc::new(CertStore::default());
-    let server_config =
-        tls::server_config(provider.clone(), store.clone()).map_err(StartError::Tls)?;
+    let trust = if config.verifies_clients() {
+        initial_trust(&config)
+    } else {
+        TrustBundle::empty()
+    };
 
-    let (stop_accepting, _) = watch::channel(false);
+    let (stop_accepting, graceful) = watch::channel(false);
     let (close_all, close_all_rx) = watch::channel(false);
     let (stop_background, _) = watch::channel(false);
-    let reload_now = Arc::new(Notify::new());
+
+    // Bind first: the bound ports label the metrics (tests bind port 0).
+    let mut firsts = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        firsts.push(TcpListener::bind(listener.bind).await.ok());
+    }
+    let ports: Vec<u16> = config
+        .listeners
+        .iter()
+        .zip(&firsts)
+        .map(|(l, first)| {
+            first
+                .as_ref()
+                .and_then(|f| f.local_addr().ok())
+                .map_or(l.bind.port(), |a| a.port())
+        })
+        .collect();
+    let metrics = Arc::new(Metrics::new(ports.iter().copied()));
 
     let capacity = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
     let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(server_config),
         store: store.clone(),
         limits: config.limits,
+        graceful,
         close_all: close_all_rx,
         permits: Arc::new(Semaphore::new(capacity as usize)),
         capacity,
     });
     let health = Arc::new(Health {
         store: store.clone(),
-        cert_path: config.certificate.cert.clone(),
+        cert_source: config.certificate.describe(),
         listeners: config
             .listeners
             .iter()
@@ -128,24 +176,82 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
             })
             .collect(),
         draining: AtomicBool::new(false),
+        metrics: metrics.clone(),
     });
 
-    let reloader =
-        reload::Reloader::new(config.certificate.clone(), store, provider, config.reload);
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    let mut verifying = Vec::new();
+    for (index, (l, policy)) in config.listeners.iter().zip(policies).enumerate() {
+        let tls = ListenerTls::new(
+            provider.clone(),
+            store.clone(),
+            l.mode,
+            l.client_auth,
+            &policy,
+            &trust.roots,
+        )
+        .map_err(StartError::Tls)?;
+        let tls = Arc::new(tls);
+        if l.verifies_clients() {
+            verifying.push(tls.clone());
+        }
+        let listener_metrics = metrics.listeners[index].clone();
+        let http = (l.mode == Mode::Http).then(|| {
+            let settings = HttpSettings {
+                upstream: l.upstream.clone(),
+                xfcc: l.xfcc,
+                connect_timeout: config.limits.connect_timeout,
+                idle_timeout: config.limits.idle_timeout,
+            };
+            HttpService::new(settings, listener_metrics.clone())
+        });
+        listeners.push(Arc::new(Listener {
+            port: ports[index],
+            tls,
+            upstream: l.upstream.clone(),
+            policy,
+            proxy_protocol: l.proxy_protocol,
+            metrics: listener_metrics,
+            http,
+        }));
+    }
+
+    let cert_now = Arc::new(Notify::new());
+    let cert_job = CertJob::new(
+        config.certificate.clone(),
+        store,
+        provider.clone(),
+        metrics.clone(),
+    );
     let mut background_tasks = vec![tokio::spawn(
-        reloader.run(reload_now.clone(), stop_background.subscribe()),
+        Reloader::new(cert_job, config.reload).run(cert_now.clone(), stop_background.subscribe()),
     )];
+    let mut reload_now = vec![cert_now];
+    if !verifying.is_empty() {
+        let trust_now = Arc::new(Notify::new());
+        let job = TrustJob::new(config.trust.clone(), verifying, &trust);
+        background_tasks.push(tokio::spawn(
+            Reloader::new(job, config.reload).run(trust_now.clone(), stop_background.subscribe()),
+        ));
+        reload_now.push(trust_now);
+    }
 
     let mut listener_tasks = Vec::with_capacity(config.listeners.len());
-    for (index, listener) in config.listeners.into_iter().enumerate() {
-        let first = TcpListener::bind(listener.bind).await.ok();
+    for (index, ((l, first), listener)) in config
+        .listeners
+        .iter()
+        .zip(firsts)
+        .zip(listeners)
+        .enumerate()
+    {
         if let Some(bound) = &first {
-            announce(bound, &health.listeners[index].bound, "tls");
+            announce(bound, &health.listeners[index].bound, "tls", Some(l));
         }
         let task = tls_listener(
             index,
-            listener,
+            l.bind,
             first,
+            listener,
             shared.clone(),
             health.clone(),
             stop_accepting.subscribe(),
@@ -157,7 +263,7 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
     if let Some(addr) = config.admin {
         let first = TcpListener::bind(addr).await.ok();
         if let Some(bound) = &first {
-            announce(bound, &admin_addr, "admin");
+            announce(bound, &admin_addr, "admin", None);
         }
         let (health, admin_addr, mut stop) = (
             health.clone(),
@@ -186,6 +292,23 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
     })
 }
 
+/// The trust bundle at start. Problems are logged and the reloader keeps retrying; a partial
+/// bundle trusts fewer CAs, never more.
+fn initial_trust(config: &SidecarConfig) -> TrustBundle {
+    let (bundle, errors) = trust::load(&config.trust);
+    for e in &errors {
+        warn!(error = %e, "trust bundle incomplete; retrying");
+    }
+    if bundle.anchor_count() == 0 {
+        warn!(
+            "no trust anchors for client certificates: every client certificate is refused (set trust.ca_files, or run where CF_SYSTEM_CERT_PATH is set)"
+        );
+    } else {
+        reload::log_bundle(&bundle, "trust bundle loaded");
+    }
+    bundle
+}
+
 impl Running {
     /// The bound address of each TLS listener, in config order; `None` while its port is
     /// still being retried.
@@ -212,9 +335,16 @@ impl Running {
         self.shared.in_flight()
     }
 
-    /// Re-reads the certificate now (what SIGHUP does).
+    /// Re-reads the certificate and the trust bundle now (what SIGHUP does).
     pub fn reload_certificates(&self) {
-        self.reload_now.notify_one();
+        for job in &self.reload_now {
+            job.notify_one();
+        }
+    }
+
+    /// The counters `/metrics` renders.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.health.metrics.clone()
     }
 
     /// Drains: `/ready` turns 503, the listeners close (new connections are refused), open
@@ -270,10 +400,24 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Marks `listener` bound and logs the line tests and operators wait for.
-fn announce(listener: &TcpListener, slot: &OnceLock<SocketAddr>, kind: &'static str) {
+fn announce(
+    listener: &TcpListener,
+    slot: &OnceLock<SocketAddr>,
+    kind: &'static str,
+    config: Option<&ListenerConfig>,
+) {
     if let Ok(addr) = listener.local_addr() {
         let _ = slot.set(addr);
-        info!(listener = kind, "listening on {addr}");
+        match config {
+            Some(c) => info!(
+                listener = kind,
+                mode = c.mode.as_str(),
+                client_auth = c.client_auth.as_str(),
+                upstream = %c.upstream,
+                "listening on {addr}"
+            ),
+            None => info!(listener = kind, "listening on {addr}"),
+        }
     }
 }
 
@@ -293,7 +437,7 @@ async fn bound_or_retry(
     loop {
         match TcpListener::bind(addr).await {
             Ok(listener) => {
-                announce(&listener, slot, kind);
+                announce(&listener, slot, kind, None);
                 return Some(listener);
             }
             Err(e) => {
@@ -319,29 +463,28 @@ async fn bound_or_retry(
 
 async fn tls_listener(
     index: usize,
-    config: ListenerConfig,
+    bind: SocketAddr,
     first: Option<TcpListener>,
+    listener: Arc<Listener>,
     shared: Arc<Shared>,
     health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slot = &health.listeners[index].bound;
-    let Some(listener) = bound_or_retry(first, config.bind, "tls", slot, &mut stop).await else {
+    let Some(socket) = bound_or_retry(first, bind, "tls", slot, &mut stop).await else {
         return;
     };
-    let port = slot.get().map_or(config.bind.port(), SocketAddr::port);
-    let upstream = Arc::new(config.upstream);
-    accept_loop(&listener, port, &upstream, &shared, &mut stop).await;
-    // Returning drops the listener: the port now refuses connections.
+    accept_loop(&socket, &listener, &shared, &mut stop).await;
+    // Returning drops the socket: the port now refuses connections.
 }
 
 async fn accept_loop(
-    listener: &TcpListener,
-    port: u16,
-    upstream: &Arc<HostPort>,
+    socket: &TcpListener,
+    listener: &Arc<Listener>,
     shared: &Arc<Shared>,
     stop: &mut watch::Receiver<bool>,
 ) {
+    let port = listener.port;
     let mut backoff = Backoff::new(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
     let mut accept_errors = LogThrottle::new(LOG_REPEAT);
     let mut refusals = LogThrottle::new(LOG_REPEAT);
@@ -349,26 +492,22 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             () = stopped(stop) => return,
-            accepted = listener.accept() => accepted,
+            accepted = socket.accept() => accepted,
         };
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.reset();
+                listener.metrics.accepted.fetch_add(1, Relaxed);
                 match shared.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let task = forward::serve(
-                            tcp,
-                            peer,
-                            port,
-                            upstream.clone(),
-                            shared.clone(),
-                            permit,
-                        );
+                        let task =
+                            forward::serve(tcp, peer, listener.clone(), shared.clone(), permit);
                         tokio::spawn(task);
                     }
                     Err(_) => {
                         // Closed before the handshake: cheaper than any TLS work.
                         drop(tcp);
+                        listener.metrics.refused.fetch_add(1, Relaxed);
                         if let Some(held_back) = refusals.allow("max_connections") {
                             let max_connections = shared.limits.max_connections;
                             warn!(

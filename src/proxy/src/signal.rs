@@ -1,5 +1,5 @@
 //! Process signals: SIGTERM (CF's stop) and SIGINT drain and exit; SIGHUP re-reads the
-//! certificate.
+//! certificate and the trust bundle.
 
 use crate::server::Running;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -23,7 +23,7 @@ impl Signals {
         })
     }
 
-    /// Reloads the certificate on each SIGHUP; returns on SIGTERM or SIGINT.
+    /// Reloads the certificate and the trust bundle on each SIGHUP; returns on SIGTERM or SIGINT.
     pub async fn wait_for_shutdown(mut self, running: &Running) {
         loop {
             tokio::select! {

@@ -253,19 +253,19 @@ async fn an_invalid_override_exits_64_with_the_cf_set_env_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_source_other_than_instance_exits_64() {
+async fn a_minted_certificate_source_exits_64_as_not_supported_by_this_version() {
     let creds = Creds::empty();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tls-sidecar.yml");
     std::fs::write(
         &config,
-        "certificate:\n  source: files\n  cert_file: c.pem\n  key_file: k.pem\n",
+        "certificate:\n  source: minted\n  service: my-ca\n",
     )
     .unwrap();
     let (code, out) = run_to_exit(sidecar(&config, &creds, 8080)).await;
     assert_eq!(code, Some(64), "{out}");
     assert!(
-        out.contains("certificate.source") && out.contains("source: instance"),
+        out.contains("certificate.source") && out.contains("is not supported by tls-sidecar"),
         "{out}"
     );
 }
@@ -284,4 +284,61 @@ fn the_binary_prints_its_version_and_help_and_rejects_unknown_flags_with_64() {
     let out = Command::new(BIN).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_a_refused_callers_identity_and_the_alpn_in_logfmt() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::shared();
+    let creds = Creds::with(&pki.ec_leaf());
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let outsider = pki.client(&Identity::random());
+    let (tls_port, admin_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - port: {tls_port}\n    mode: http\n    allow: [cf:same-org]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = sidecar(&config, &creds, 8080);
+    cmd.env("CF_SYSTEM_CERT_PATH", trust.dir.path()).env(
+        "VCAP_APPLICATION",
+        format!(r#"{{"organization_id":"{}"}}"#, new_guid()),
+    );
+    let mut sidecar = Process::spawn(cmd);
+    until_ready(loopback(admin_port)).await;
+
+    let mut tls = connect_with(loopback(tls_port), mtls_client(&outsider, &["http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 403"));
+
+    let denied = sidecar.wait_for_line("access denied").await;
+    assert!(denied.contains("level=warn"), "{denied}");
+    assert!(
+        denied.contains(&format!("app={}", outsider.identity.app)),
+        "{denied}"
+    );
+    let closed = sidecar.wait_for_line("connection closed").await;
+    for field in [
+        "alpn=http/1.1".to_owned(),
+        format!("app={}", outsider.identity.app),
+        format!("space={}", outsider.identity.space),
+        format!("org={}", outsider.identity.org),
+        format!("instance={}", outsider.guid),
+        "requests=1".to_owned(),
+    ] {
+        assert!(closed.contains(&field), "{field} missing: {closed}");
+    }
+    sidecar.signal("TERM");
+    assert_eq!(sidecar.exit_status().await.code(), Some(0));
+    println!("{denied}\n{closed}");
 }

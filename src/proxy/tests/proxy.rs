@@ -343,7 +343,7 @@ async fn closes_connections_still_open_when_the_drain_timeout_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_live_and_ready_and_404_on_the_admin_port() {
+async fn answers_live_and_ready_and_404_for_unknown_paths_on_the_admin_port() {
     let app = echo_app().await;
     let creds = Creds::with(&Pki::shared().leaf(2048));
     let running = tls_sidecar::start(sidecar_config(&creds, app))
@@ -360,7 +360,7 @@ async fn answers_live_and_ready_and_404_on_the_admin_port() {
         get(addrs.admin, "/ready").await.unwrap(),
         (200, "ready\n".to_owned())
     );
-    assert_eq!(get(addrs.admin, "/metrics").await.unwrap().0, 404);
+    assert_eq!(get(addrs.admin, "/nope").await.unwrap().0, 404);
     let post = request(
         addrs.admin,
         "POST /ready HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
@@ -478,4 +478,64 @@ async fn retries_a_busy_port_until_it_is_free() {
     assert_eq!(echo(&mut tls, b"mine now").await, b"mine now");
     drop(tls);
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_tells_the_http_side_to_close_idle_keep_alive_connections_at_once() {
+    // A tiny HTTP/1.1 app: "ok" to every request, keep-alive.
+    let upstream = tokio::net::TcpListener::bind(loopback(0)).await.unwrap();
+    let app = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let creds = Creds::with(&Pki::shared().ec_leaf());
+    let mut config = sidecar_config(&creds, app);
+    config.listeners[0].mode = tls_sidecar_config::Mode::Http;
+    config.limits.drain_timeout = DEADLINE;
+    let running = tls_sidecar::start(config).await.unwrap();
+    let addrs = addrs(&running);
+    until_ready(addrs.admin).await;
+
+    let mut tls = connect(addrs.tls).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = vec![0u8; 512];
+    let n = tls.read(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response[..n]).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+
+    // The connection is idle (keep-alive): the drain closes it without waiting for the
+    // drain timeout.
+    let started = tokio::time::Instant::now();
+    let drain = tokio::spawn(running.shutdown());
+    assert!(closes(&mut tls).await, "the idle connection is closed");
+    tokio::time::timeout(DEADLINE, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < DEADLINE / 2,
+        "closed by the graceful drain, not the drain timeout: {:?}",
+        started.elapsed()
+    );
 }

@@ -44,6 +44,8 @@ pub const ALL_VERSIONS: &[&SupportedProtocolVersion] =
 pub struct Pki {
     dir: TempDir,
     pub root_der: CertificateDer<'static>,
+    /// appRootCA in PEM, what Diego puts in `$CF_SYSTEM_CERT_PATH/trusted-ca-1.crt`.
+    pub root_pem: String,
     pub intermediate_pem: String,
     pub intermediate_der: CertificateDer<'static>,
     next: AtomicU32,
@@ -56,12 +58,105 @@ pub struct Leaf {
     pub key_pem: String,
     pub leaf_der: CertificateDer<'static>,
     pub guid: String,
+    /// The org, space and app in its OUs.
+    pub identity: Identity,
 }
+
+/// The CF identity in a certificate's OUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub org: String,
+    pub space: String,
+    pub app: String,
+}
+
+impl Identity {
+    /// A new app in a new space of a new org.
+    pub fn random() -> Identity {
+        Identity {
+            org: new_guid(),
+            space: new_guid(),
+            app: new_guid(),
+        }
+    }
+
+    /// Another app in the same space.
+    pub fn same_space(&self) -> Identity {
+        Identity {
+            app: new_guid(),
+            ..self.clone()
+        }
+    }
+
+    /// An app in another space of the same org.
+    pub fn same_org(&self) -> Identity {
+        Identity {
+            space: new_guid(),
+            app: new_guid(),
+            ..self.clone()
+        }
+    }
+
+    /// Diego's subject: the three OUs in ONE multi-valued RDN, CN = the instance GUID.
+    fn subject(&self, instance: &str) -> String {
+        format!(
+            "/OU=organization:{}+OU=space:{}+OU=app:{}/CN={instance}",
+            self.org, self.space, self.app
+        )
+    }
+
+    /// `VCAP_APPLICATION` of an app with this identity.
+    pub fn vcap_application(&self) -> tls_sidecar_config::VcapApplication {
+        tls_sidecar_config::VcapApplication {
+            application_id: Some(self.app.clone()),
+            application_name: Some("test-app".to_owned()),
+            space_id: Some(self.space.clone()),
+            organization_id: Some(self.org.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// How a test leaf's key is made.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyKind {
+    /// RSA of this many bits, PKCS#1.
+    Rsa(u32),
+    /// P-256, SEC1.
+    Ec,
+}
+
+/// Validity of a test leaf.
+#[derive(Debug, Clone, Copy)]
+pub enum Validity {
+    /// From now, one day.
+    OneDay,
+    /// Fixed dates, `YYMMDDHHMMSSZ` (made with `openssl ca`, which OpenSSL 3.0's `x509 -req`
+    /// cannot do).
+    Dates(&'static str, &'static str),
+}
+
+/// Expired on 2020-01-02.
+pub const EXPIRED: Validity = Validity::Dates("200101000000Z", "200102000000Z");
+/// Valid from 2049.
+pub const NOT_YET_VALID: Validity = Validity::Dates("490101000000Z", "490102000000Z");
 
 const OPENSSL_CNF: &str = "\
 [req]
 distinguished_name = dn
 [dn]
+[ca]
+default_ca = ca_default
+[ca_default]
+database = index.txt
+new_certs_dir = .
+serial = serial
+default_md = sha256
+policy = any
+unique_subject = no
+[any]
+organizationalUnitName = optional
+commonName = supplied
 [root]
 basicConstraints = critical,CA:true
 keyUsage = critical,keyCertSign,cRLSign
@@ -79,20 +174,32 @@ impl Pki {
         PKI.get_or_init(Pki::generate)
     }
 
-    fn generate() -> Pki {
+    /// Another CA hierarchy, unrelated to [`Pki::shared`], with names of its own.
+    pub fn other() -> Pki {
+        Pki::named("otherRootCA", "otherIdentityCA")
+    }
+
+    /// A hierarchy with cf-deployment's names (as another foundation's would be).
+    pub fn generate() -> Pki {
+        Pki::named("appRootCA", "instanceIdentityCA")
+    }
+
+    fn named(root_cn: &str, intermediate_cn: &str) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("openssl.cnf"), OPENSSL_CNF).unwrap();
         let serial = format!("0x{}", hex::encode(random_bytes()));
         for command in [
             "genrsa -traditional -out root.key 2048".to_owned(),
-            "req -x509 -new -key root.key -subj /CN=appRootCA -days 3650 -sha256 \
-             -config openssl.cnf -extensions root -out root.crt"
-                .to_owned(),
+            format!(
+                "req -x509 -new -key root.key -subj /CN={root_cn} -days 3650 -sha256 \
+                 -config openssl.cnf -extensions root -out root.crt"
+            ),
             "genrsa -traditional -out intermediate.key 2048".to_owned(),
-            "req -new -key intermediate.key -subj /CN=instanceIdentityCA -config openssl.cnf \
-             -out intermediate.csr"
-                .to_owned(),
+            format!(
+                "req -new -key intermediate.key -subj /CN={intermediate_cn} -config openssl.cnf \
+                 -out intermediate.csr"
+            ),
             format!(
                 "x509 -req -in intermediate.csr -CA root.crt -CAkey root.key -set_serial {serial} \
                  -days 3650 -sha256 -extfile openssl.cnf -extensions intermediate \
@@ -104,6 +211,7 @@ impl Pki {
         let intermediate_pem = std::fs::read_to_string(d.join("intermediate.crt")).unwrap();
         Pki {
             root_der: CertificateDer::from_pem_file(d.join("root.crt")).unwrap(),
+            root_pem: std::fs::read_to_string(d.join("root.crt")).unwrap(),
             intermediate_der: CertificateDer::from_pem_slice(intermediate_pem.as_bytes()).unwrap(),
             intermediate_pem,
             dir,
@@ -115,16 +223,22 @@ impl Pki {
     /// cf-instance-identity.md §1): CN = instance GUID, the three OUs in one multi-valued RDN,
     /// SANs DNS:<guid> and IP:127.0.0.1, serverAuth + clientAuth.
     pub fn leaf(&self, bits: u32) -> Leaf {
-        self.leaf_with_key(&format!("genrsa -traditional -out {{key}} {bits}"))
+        self.issue(&Identity::random(), KeyKind::Rsa(bits), Validity::OneDay)
     }
 
     /// Like [`Pki::leaf`] with a P-256 key in SEC1 (`EC PRIVATE KEY`).
     pub fn ec_leaf(&self) -> Leaf {
-        self.leaf_with_key("ecparam -name prime256v1 -genkey -noout -out {key}")
+        self.issue(&Identity::random(), KeyKind::Ec, Validity::OneDay)
     }
 
-    /// `keygen` is an openssl command writing the key to `{key}`.
-    fn leaf_with_key(&self, keygen: &str) -> Leaf {
+    /// An instance identity of an app with `identity` (a P-256 key: quick to make), used as a
+    /// client certificate.
+    pub fn client(&self, identity: &Identity) -> Leaf {
+        self.issue(identity, KeyKind::Ec, Validity::OneDay)
+    }
+
+    /// A Diego-shaped leaf for `identity`.
+    pub fn issue(&self, identity: &Identity, key_kind: KeyKind, validity: Validity) -> Leaf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let d = self.dir.path();
         let guid = new_guid();
@@ -140,28 +254,73 @@ impl Pki {
              subjectAltName = DNS:{guid},IP:127.0.0.1\nauthorityKeyIdentifier = keyid\n"
         );
         std::fs::write(d.join(&ext), extensions).unwrap();
-        let (org, space, app) = (new_guid(), new_guid(), new_guid());
-        let subject = format!("/OU=organization:{org}+OU=space:{space}+OU=app:{app}/CN={guid}");
-        let serial = format!("0x{}", hex::encode(random_bytes()));
-        openssl(d, &keygen.replace("{key}", &key));
+        let subject = identity.subject(&guid);
+        match key_kind {
+            KeyKind::Rsa(bits) => openssl(d, &format!("genrsa -traditional -out {key} {bits}")),
+            KeyKind::Ec => openssl(
+                d,
+                &format!("ecparam -name prime256v1 -genkey -noout -out {key}"),
+            ),
+        }
         openssl(
             d,
             &format!("req -new -key {key} -subj {subject} -config openssl.cnf -out {csr}"),
         );
-        openssl(
-            d,
-            &format!(
-                "x509 -req -in {csr} -CA intermediate.crt -CAkey intermediate.key \
-                 -set_serial {serial} -days 1 -sha256 -extfile {ext} -extensions leaf -out {crt}"
-            ),
-        );
+        match validity {
+            Validity::OneDay => {
+                let serial = format!("0x{}", hex::encode(random_bytes()));
+                openssl(
+                    d,
+                    &format!(
+                        "x509 -req -in {csr} -CA intermediate.crt -CAkey intermediate.key \
+                         -set_serial {serial} -days 1 -sha256 -extfile {ext} -extensions leaf -out {crt}"
+                    ),
+                );
+            }
+            Validity::Dates(start, end) => {
+                // `openssl ca` keeps a database: one per certificate, so parallel tests do
+                // not share it.
+                let db = d.join(format!("ca{n}"));
+                std::fs::create_dir(&db).unwrap();
+                std::fs::write(db.join("index.txt"), "").unwrap();
+                std::fs::write(
+                    db.join("serial"),
+                    format!("{}\n", hex::encode(random_bytes())),
+                )
+                .unwrap();
+                let up = |f: &str| d.join(f).display().to_string();
+                openssl(
+                    &db,
+                    &format!(
+                        "ca -batch -config {} -cert {} -keyfile {} -in {} -out {} \
+                         -startdate {start} -enddate {end} -extfile {} -extensions leaf \
+                         -notext -preserveDN",
+                        up("openssl.cnf"),
+                        up("intermediate.crt"),
+                        up("intermediate.key"),
+                        up(&csr),
+                        up(&crt),
+                        up(&ext),
+                    ),
+                );
+            }
+        }
         let leaf_pem = std::fs::read_to_string(d.join(&crt)).unwrap();
         Leaf {
             leaf_der: CertificateDer::from_pem_slice(leaf_pem.as_bytes()).unwrap(),
             chain_pem: format!("{leaf_pem}{}", self.intermediate_pem),
             key_pem: std::fs::read_to_string(d.join(&key)).unwrap(),
             guid,
+            identity: identity.clone(),
         }
+    }
+
+    /// A key of a type rustls cannot sign with (Ed448), in PKCS#8.
+    pub fn ed448_key(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let d = self.dir.path();
+        openssl(d, &format!("genpkey -algorithm ed448 -out ed448-{n}.key"));
+        std::fs::read_to_string(d.join(format!("ed448-{n}.key"))).unwrap()
     }
 
     /// `leaf` with its key rewritten as PKCS#8 (`PRIVATE KEY`).
@@ -175,6 +334,7 @@ impl Pki {
             key_pem: std::fs::read_to_string(d.join(format!("pkcs8-{n}.key"))).unwrap(),
             leaf_der: leaf.leaf_der.clone(),
             guid: leaf.guid.clone(),
+            identity: leaf.identity.clone(),
         }
     }
 }
@@ -210,7 +370,7 @@ fn random_bytes() -> [u8; 16] {
     bytes
 }
 
-fn new_guid() -> String {
+pub fn new_guid() -> String {
     let h = hex::encode(random_bytes());
     format!(
         "{}-{}-{}-{}-{}",
@@ -288,10 +448,20 @@ pub fn sidecar_config(creds: &Creds, app: SocketAddr) -> SidecarConfig {
         ),
     ]
     .into();
-    let (staged, _, _) = StagedConfig::load_with_env("", "test", &env, 8080).unwrap();
-    let (mut config, warnings) = SidecarConfig::resolve(&staged, &env).unwrap();
+    let (config, warnings) = resolved_config("", &env, app);
     assert!(warnings.is_empty(), "{warnings:?}");
-    config.listeners[0].bind = loopback(0);
+    config
+}
+
+/// `yaml` resolved against `env` as the sidecar would at start, then moved to 127.0.0.1 port
+/// 0 (every listener, and the admin port), the first listener forwarding to `app`, with quick
+/// reload retries.
+pub fn resolved_config(yaml: &str, env: &Env, app: SocketAddr) -> (SidecarConfig, Vec<String>) {
+    let (staged, _, _) = StagedConfig::load_with_env(yaml, "test", env, 8080).unwrap();
+    let (mut config, warnings) = SidecarConfig::resolve(&staged, env).unwrap();
+    for listener in &mut config.listeners {
+        listener.bind = loopback(0);
+    }
     config.listeners[0].upstream = HostPort {
         host: "127.0.0.1".to_owned(),
         port: app.port(),
@@ -303,7 +473,7 @@ pub fn sidecar_config(creds: &Creds, app: SocketAddr) -> SidecarConfig {
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
     };
-    config
+    (config, warnings)
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -347,6 +517,94 @@ pub fn client_config(versions: &[&'static SupportedProtocolVersion]) -> Arc<Clie
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+/// A client presenting `leaf` with its intermediate (as Diego apps do), trusting the shared
+/// root, offering `alpn`. A fresh config: no session to resume.
+pub fn mtls_client(leaf: &Leaf, alpn: &[&str]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(Pki::shared().root_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(ALL_VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Connects with `config`, sends `ping` and reads the echo. `Err` carries the failure text: in
+/// TLS 1.3 the client finishes its handshake before the server checks the client certificate,
+/// so a refusal (`received fatal alert: AccessDenied`) often shows only on the first read.
+pub async fn exchange(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Vec<u8>, String> {
+    let mut tls = connect_with(addr, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut back = vec![0; 4];
+    match tokio::time::timeout(DEADLINE, tls.read_exact(&mut back)).await {
+        Ok(Ok(_)) => Ok(back),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".to_owned()),
+    }
+}
+
+/// A `$CF_SYSTEM_CERT_PATH` as Diego writes it: `trusted-ca-<n>.crt` files.
+pub struct TrustDir {
+    pub dir: TempDir,
+}
+
+impl TrustDir {
+    /// One file per PEM bundle, `trusted-ca-1.crt` and up.
+    pub fn with(bundles: &[&str]) -> TrustDir {
+        let trust = TrustDir {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for (i, pem) in bundles.iter().enumerate() {
+            trust.write(&format!("trusted-ca-{}.crt", i + 1), pem);
+        }
+        trust
+    }
+
+    /// Writes a file the way certsplitter does: a temp name, then a rename.
+    pub fn write(&self, name: &str, pem: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(tmp, self.dir.path().join(name)).unwrap();
+    }
+
+    /// Trust exactly this directory's certificates.
+    pub fn config(&self) -> tls_sidecar::TrustConfig {
+        tls_sidecar::TrustConfig {
+            system_dir: Some(self.dir.path().to_owned()),
+            system_certs: true,
+            ca_files: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The value of one series on `/metrics`, e.g.
+/// `tls_sidecar_handshake_failures_total{listener="8443",reason="denied"}`.
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<String> {
+    let (_, body) = get(admin, "/metrics").await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map(str::to_owned)
+}
+
+/// Waits until `series` reads `value`.
+pub async fn until_metric(admin: SocketAddr, series: &str, value: &str) {
+    eventually(&format!("{series} to read {value}"), || async {
+        metric(admin, series).await.as_deref() == Some(value)
+    })
+    .await;
 }
 
 /// Connects and verifies the server as 127.0.0.1 (the IP SAN of every test leaf).
@@ -456,6 +714,22 @@ pub async fn greet_then_listen_app() -> (SocketAddr, mpsc::UnboundedReceiver<Vec
     })
     .await;
     (addr, rx)
+}
+
+/// An echo app that counts the connections it accepts (to prove nothing reached it).
+pub async fn counting_echo_app() -> (SocketAddr, Arc<AtomicU32>) {
+    let count = Arc::new(AtomicU32::new(0));
+    let seen = count.clone();
+    let addr = app(move |stream| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let (mut r, mut w) = stream.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }
+    })
+    .await;
+    (addr, count)
 }
 
 /// An address where nothing listens.

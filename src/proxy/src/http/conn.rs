@@ -1,0 +1,271 @@
+//! Per-connection state, computed once when the connection starts, and the byte-counting
+//! wrapper around the client stream.
+
+use super::framing::Framing;
+use super::splice::Tunnel;
+use super::{Caller, Shared, later};
+use crate::xfcc;
+use bytes::Bytes;
+use http::HeaderValue;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tls_sidecar_config::Xfcc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::warn;
+
+/// No ambiguous request head seen (see [`Conn::ambiguous`]).
+const NONE_AMBIGUOUS: u64 = u64::MAX;
+
+pub(crate) struct Conn {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) h2: bool,
+    /// The `X-Forwarded-Client-Cert` value for this caller, if one is sent.
+    pub(crate) xfcc: Option<HeaderValue>,
+    /// The peer's IP for `X-Forwarded-For`.
+    pub(crate) peer_ip: HeaderValue,
+    /// The caller's CF identity, for log lines.
+    pub(crate) caller: Option<Box<str>>,
+    pub(crate) denial: Option<Denied>,
+    pub(crate) close_all: watch::Receiver<bool>,
+    /// Requests received so far; the next request's index on this connection.
+    pub(crate) requests: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// Index of the first HTTP/1 request whose head carried both Content-Length and
+    /// Transfer-Encoding (hyper drops the Content-Length before we see the request).
+    pub(crate) ambiguous: AtomicU64,
+    /// Requests between arrival and the end of their response.
+    in_flight: AtomicU32,
+    opened: Instant,
+    /// When a request last started or ended, in ms since `opened`.
+    last_activity_ms: AtomicU64,
+    /// The splice of an upgraded request, run once hyper hands the connection over.
+    tunnel: Mutex<Option<Tunnel>>,
+    /// Signalled (with a stored permit) whenever a request arrives.
+    pub(crate) request_arrived: Notify,
+}
+
+/// A refused caller: the reason for logs and the body every request gets.
+pub(crate) struct Denied {
+    pub(crate) reason: Box<str>,
+    pub(crate) body: Bytes,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        caller: &Caller,
+        close_all: watch::Receiver<bool>,
+    ) -> Self {
+        let xfcc = caller
+            .leaf
+            .as_deref()
+            .and_then(|leaf| xfcc_value(shared.settings.xfcc, leaf, caller.addr));
+        let peer_ip = HeaderValue::from_str(&caller.addr.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let denial = caller.denial.as_ref().map(|d| Denied {
+            reason: d.to_string().into(),
+            body: Bytes::from(format!("tls-sidecar: {}\n", one_line(&d.0))),
+        });
+        Conn {
+            shared,
+            peer: caller.addr,
+            h2: caller.h2,
+            xfcc,
+            peer_ip,
+            caller: caller.identity.as_ref().map(|id| id.to_string().into()),
+            denial,
+            close_all,
+            requests: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            ambiguous: AtomicU64::new(NONE_AMBIGUOUS),
+            in_flight: AtomicU32::new(0),
+            opened: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            tunnel: Mutex::new(None),
+            request_arrived: Notify::new(),
+        }
+    }
+
+    pub(crate) fn proto(&self) -> &'static str {
+        if self.h2 { "h2" } else { "h1" }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.touch();
+        self.request_arrived.notify_one();
+    }
+
+    pub(crate) fn request_ended(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.fetch_max(ms, Relaxed);
+    }
+
+    /// When the connection will have been idle for `limit` if nothing happens before then.
+    pub(crate) fn idle_deadline(&self, limit: Duration) -> Instant {
+        let last = self.opened + Duration::from_millis(self.last_activity_ms.load(Relaxed));
+        let from = if self.in_flight.load(Relaxed) > 0 {
+            Instant::now()
+        } else {
+            last
+        };
+        later(from, limit)
+    }
+
+    /// No request in flight, and none started or ended for `limit`.
+    pub(crate) fn is_idle(&self, limit: Duration) -> bool {
+        self.in_flight.load(Relaxed) == 0 && Instant::now() >= self.idle_deadline(limit)
+    }
+
+    /// `index` is the request hyper resolved from an ambiguous head.
+    pub(crate) fn is_ambiguous(&self, index: u64) -> bool {
+        self.ambiguous.load(Relaxed) == index
+    }
+
+    pub(crate) fn set_tunnel(&self, tunnel: Tunnel) {
+        if let Ok(mut slot) = self.tunnel.lock() {
+            *slot = Some(tunnel);
+        }
+    }
+
+    pub(crate) fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// The header value for `leaf` in `mode`. A certificate that cannot be described (it passed
+/// verification, so this should not happen) sends none, which the app sees as "no verified
+/// caller": safer than a wrong identity.
+fn xfcc_value(mode: Xfcc, leaf: &[u8], peer: SocketAddr) -> Option<HeaderValue> {
+    let text = match mode {
+        Xfcc::Off => return None,
+        Xfcc::Raw => xfcc::raw(leaf),
+        Xfcc::Envoy => match xfcc::envoy(leaf) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "no X-Forwarded-Client-Cert for this connection");
+                return None;
+            }
+        },
+    };
+    match HeaderValue::try_from(text) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            warn!(
+                peer = %peer,
+                "no X-Forwarded-Client-Cert for this connection: the certificate's subject \
+                 has characters a header cannot carry"
+            );
+            None
+        }
+    }
+}
+
+/// `text` with line breaks turned into spaces, for one-line bodies.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+/// The client stream, counting plaintext bytes both ways and (HTTP/1) watching request heads
+/// for ambiguous framing.
+pub(crate) struct Counted<IO> {
+    io: IO,
+    conn: Arc<Conn>,
+    framing: Option<Framing>,
+}
+
+impl<IO> Counted<IO> {
+    pub(crate) fn new(io: IO, conn: Arc<Conn>, http1: bool) -> Self {
+        Counted {
+            io,
+            conn,
+            framing: http1.then(Framing::default),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                this.conn.bytes_in.fetch_add(read.len() as u64, Relaxed);
+                if let Some(framing) = &mut this.framing {
+                    if let Some(index) = framing.feed(read) {
+                        this.conn.ambiguous.store(index, Relaxed);
+                    }
+                    if framing.is_off() {
+                        this.framing = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            // Most clients close the TCP connection without a TLS close_notify. HTTP framing
+            // tells a cut-off message from a finished one, so this is simply the end.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.conn.bytes_out.fetch_add(n as u64, Relaxed);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.conn.bytes_out.fetch_add(n as u64, Relaxed);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

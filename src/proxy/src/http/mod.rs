@@ -1,0 +1,389 @@
+//! http mode: HTTP/1.1 and HTTP/2 on a connection the TLS side has accepted, handshaken and
+//! identified, forwarded to the app as HTTP/1.1 over pooled connections.
+//!
+//! On the way to the app every request loses any incoming `X-Forwarded-Client-Cert` (whatever
+//! the `xfcc` mode, with or without a client certificate) and then gets this caller's value, so
+//! the app can trust the header; `X-Forwarded-Proto: https` and `X-Forwarded-For` are set and
+//! hop-by-hop headers are removed both ways. Upgrades (websockets) are spliced through. A denied
+//! caller gets `403` on every request and nothing reaches the app.
+//!
+//! The interface is fixed in `docs/DESIGN.md` ("Ingress internals"): [`HttpService::new`] once
+//! per listener, [`HttpService::serve`] once per connection. The module is public (hidden) only
+//! so that `tests/http.rs` can drive it without TLS.
+
+#![doc(hidden)]
+
+mod body;
+mod conn;
+mod framing;
+mod headers;
+mod request;
+mod splice;
+
+use crate::identity::{CfIdentity, Denial};
+use crate::metrics::ListenerMetrics;
+use conn::{Conn, Counted};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tls_sidecar_config::{HostPort, Xfcc};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+/// Largest request head (request line and headers; HTTP/2: the decoded header list) we accept;
+/// a bigger one gets `431`. Also hyper's HTTP/1 buffer limit, so it bounds what one connection
+/// can make us hold.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// HTTP/2 streams one client may have open at once.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How long an idle pooled connection to the app is kept. Apps close idle keep-alive
+/// connections on their own timers (Node 5 s, Puma 20 s, Tomcat 60 s); hyper notices that
+/// close on loopback at once and drops the connection from the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections to the app kept per listener; more are closed when they go idle.
+const POOL_MAX_IDLE: usize = 32;
+/// How long a new HTTP/1 connection gets to send its first request once the drain has
+/// started; it is answered with `Connection: close`.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long a client gets to finish an idle close (HTTP/2: acknowledge the GOAWAY's PING)
+/// before the connection is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What the TLS side resolved for one `mode: http` listener.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Resolved (127.0.0.1:$PORT by default).
+    pub upstream: HostPort,
+    pub xfcc: Xfcc,
+    pub connect_timeout: Duration,
+    /// Keep-alive idle limit per client connection.
+    pub idle_timeout: Duration,
+}
+
+/// Who is on the other end of one connection.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// ALPN negotiated "h2".
+    pub h2: bool,
+    /// The verified client leaf, if any.
+    pub leaf: Option<CertificateDer<'static>>,
+    pub identity: Option<CfIdentity>,
+    /// Some: answer every request `403` with this line.
+    pub denial: Option<Denial>,
+}
+
+/// The listener's drain, as two switches that only ever turn true. A sender that goes away
+/// without turning its switch counts as never turning it.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// True: the drain started. In-flight requests finish, idle connections close, HTTP/1
+    /// answers carry `Connection: close`, HTTP/2 gets GOAWAY.
+    pub graceful: watch::Receiver<bool>,
+    /// True: the drain timeout is over; the connection closes now.
+    pub close_all: watch::Receiver<bool>,
+}
+
+/// What one connection did, for the TLS side's connection log line and byte counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnOutcome {
+    pub requests: u64,
+    /// Plaintext bytes read from the client (request heads and bodies, upgraded traffic).
+    pub bytes_in: u64,
+    /// Plaintext bytes written to the client.
+    pub bytes_out: u64,
+    /// Why the connection ended, when that was not a clean close.
+    pub error: Option<String>,
+}
+
+/// The HTTP side of one listener: its settings, its pool of connections to the app and its
+/// metrics, shared by every connection of the listener. Cloning is cheap.
+#[derive(Clone)]
+pub struct HttpService {
+    shared: Arc<Shared>,
+}
+
+/// Everything built once per listener.
+pub(crate) struct Shared {
+    pub(crate) settings: HttpSettings,
+    pub(crate) metrics: Arc<ListenerMetrics>,
+    pub(crate) client: Client<HttpConnector, Incoming>,
+    /// `127.0.0.1:8080` as a URI authority and as a `Host` value.
+    pub(crate) authority: http::uri::Authority,
+    pub(crate) authority_header: http::HeaderValue,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl HttpService {
+    pub fn new(settings: HttpSettings, metrics: Arc<ListenerMetrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        // Request and response heads are small writes: Nagle would only add latency.
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            // We set Host ourselves: the client's own would name the app's loopback address.
+            .set_host(false)
+            .build(connector);
+
+        let mut h1 = http1::Builder::new();
+        // Our own idle timer (see `drive`) bounds the wait for a request head too, and closes
+        // cleanly; hyper's header timer would end idle keep-alive connections as errors.
+        h1.header_read_timeout(None)
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .max_header_size(MAX_REQUEST_HEAD);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD).unwrap_or(u32::MAX))
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+
+        let authority = upstream_authority(&settings.upstream);
+        let authority_header = http::HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("127.0.0.1"));
+        HttpService {
+            shared: Arc::new(Shared {
+                settings,
+                metrics,
+                client,
+                authority,
+                authority_header,
+                h1,
+                h2,
+            }),
+        }
+    }
+
+    /// Serves HTTP on one handshaken connection until the client closes it, it idles out, the
+    /// drain ends it, or an upgraded tunnel on it closes. Never fails: what went wrong is in
+    /// [`ConnOutcome::error`], and each request has had its own log line.
+    pub async fn serve<IO>(&self, io: IO, caller: Caller, drain: Drain) -> ConnOutcome
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Drain {
+            mut graceful,
+            mut close_all,
+        } = drain;
+        let conn = Arc::new(Conn::new(self.shared.clone(), &caller, close_all.clone()));
+        let io = TokioIo::new(Counted::new(io, conn.clone(), !caller.h2));
+        let for_service = conn.clone();
+        let service = service_fn(move |req| {
+            let conn = for_service.clone();
+            async move { Ok::<_, Infallible>(request::handle(conn, req).await) }
+        });
+
+        let idle = self.shared.settings.idle_timeout;
+        let ended = if caller.h2 {
+            let connection = self.shared.h2.serve_connection(io, service);
+            let graceful_shutdown = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+            drive(
+                connection,
+                graceful_shutdown,
+                &conn,
+                idle,
+                &mut graceful,
+                &mut close_all,
+            )
+            .await
+        } else {
+            let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
+            let graceful_shutdown =
+                |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+            drive(
+                connection,
+                graceful_shutdown,
+                &conn,
+                idle,
+                &mut graceful,
+                &mut close_all,
+            )
+            .await
+        };
+        // Always taken out: a tunnel left in `conn` could hold the client stream, which holds
+        // `conn`, and neither would ever be dropped.
+        let tunnel = conn.take_tunnel();
+        let error = match (ended, tunnel) {
+            (Ended::Drained, _) => Some(DRAINED.to_owned()),
+            (Ended::Finished(Err(e)), _) => Some(error_chain(&e)),
+            // The connection was upgraded: it lives on as a tunnel.
+            (Ended::Finished(Ok(())), Some(tunnel)) => tokio::select! {
+                result = tunnel => result.err(),
+                () = turned_true(&mut close_all) => Some(DRAINED.to_owned()),
+            },
+            (Ended::Finished(Ok(())), None) => None,
+        };
+        ConnOutcome {
+            requests: conn.requests.load(Relaxed),
+            bytes_in: conn.bytes_in.load(Relaxed),
+            bytes_out: conn.bytes_out.load(Relaxed),
+            error,
+        }
+    }
+}
+
+/// `upstream` as a URI authority. A parsed `HostPort` always is one; one built by hand that is
+/// not falls back to loopback on its port, loudly.
+fn upstream_authority(upstream: &HostPort) -> http::uri::Authority {
+    match upstream.to_string().parse() {
+        Ok(authority) => authority,
+        Err(e) => {
+            tracing::error!(
+                upstream = %upstream, error = %e,
+                "the upstream is not a valid host:port; forwarding to 127.0.0.1:{} instead",
+                upstream.port
+            );
+            http::uri::Authority::from_maybe_shared(format!("127.0.0.1:{}", upstream.port))
+                .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"))
+        }
+    }
+}
+
+const DRAINED: &str = "closed at the end of the drain";
+
+enum Ended {
+    Finished(hyper::Result<()>),
+    Drained,
+}
+
+/// Polls a hyper connection to its end, starting its graceful shutdown once when the drain
+/// starts or when it has had no request in flight for `idle` (HTTP/1: keep-alive closes, a
+/// request head still arriving is cut off; HTTP/2: GOAWAY), and dropping it when `close_all`
+/// turns true, or [`IDLE_CLOSE_GRACE`] after an idle shutdown the client does not complete.
+async fn drive<C>(
+    connection: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    conn: &Conn,
+    idle: Duration,
+    graceful: &mut watch::Receiver<bool>,
+    close_all: &mut watch::Receiver<bool>,
+) -> Ended
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    #[derive(PartialEq)]
+    enum Phase {
+        Serving,
+        /// The drain started before this HTTP/1 client's first request: closing now would
+        /// lose a request it may be sending (and, on a fresh connection, would not retry).
+        AwaitingFirst,
+        Draining,
+        IdleClosing,
+    }
+    tokio::pin!(connection);
+    let mut phase = Phase::Serving;
+    let timer = sleep_until(conn.idle_deadline(idle));
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            () = turned_true(close_all) => return Ended::Drained,
+            result = connection.as_mut() => {
+                return match result {
+                    // Once we have said goodbye, a client that hangs up mid-goodbye is fine.
+                    Err(e) if phase != Phase::Serving && client_gone(&e) => Ended::Finished(Ok(())),
+                    result => Ended::Finished(result),
+                };
+            }
+            () = turned_true(graceful), if phase == Phase::Serving => {
+                if conn.h2 || conn.requests.load(Relaxed) > 0 {
+                    phase = Phase::Draining;
+                    graceful_shutdown(connection.as_mut());
+                } else {
+                    phase = Phase::AwaitingFirst;
+                    timer.as_mut().reset(later(Instant::now(), FIRST_REQUEST_GRACE));
+                }
+            }
+            () = conn.request_arrived.notified(), if phase == Phase::AwaitingFirst => {
+                // Its answer carries `Connection: close`.
+                phase = Phase::Draining;
+                graceful_shutdown(connection.as_mut());
+            }
+            () = timer.as_mut(), if phase != Phase::Draining => {
+                match phase {
+                    Phase::IdleClosing => return Ended::Finished(Ok(())),
+                    Phase::AwaitingFirst => {
+                        phase = Phase::Draining;
+                        graceful_shutdown(connection.as_mut());
+                        continue;
+                    }
+                    _ => {}
+                }
+                if conn.is_idle(idle) {
+                    phase = Phase::IdleClosing;
+                    graceful_shutdown(connection.as_mut());
+                    timer.as_mut().reset(later(Instant::now(), IDLE_CLOSE_GRACE));
+                } else {
+                    timer.as_mut().reset(conn.idle_deadline(idle));
+                }
+            }
+        }
+    }
+}
+
+/// The client closed or reset the connection.
+fn client_gone(e: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionReset, NotConnected,
+            };
+            return matches!(
+                io.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected
+            );
+        }
+        cause = c.source();
+    }
+    e.is_incomplete_message() || e.is_canceled()
+}
+
+/// Resolves once `switch` is true; never, if its sender is gone without turning it.
+async fn turned_true(switch: &mut watch::Receiver<bool>) {
+    if switch.wait_for(|on| *on).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `e` and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        // hyper repeats a cause in its own message sometimes; don't print it twice.
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Milliseconds for log fields.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `Instant` arithmetic that cannot overflow with `Duration::MAX`.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365))
+}

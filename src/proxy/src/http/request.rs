@@ -1,0 +1,186 @@
+//! One request: refuse it, or forward it to the app and relay the answer.
+
+use super::body::{Payload, RequestLog, ResponseBody};
+use super::conn::Conn;
+use super::{error_chain, headers, millis, splice, turned_true};
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::uri::{Parts, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Answers one request; never fails (problems become `4xx`/`5xx` answers and log lines).
+pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let index = conn.requests.fetch_add(1, Relaxed);
+    let mut log = RequestLog::start(conn.clone(), req.method(), req.uri());
+    let response = if conn.h2 {
+        // hyper runs each HTTP/2 stream in a task of its own, which dropping the connection
+        // does not cancel: stop waiting for the app when the drain closes everything.
+        let mut close_all = conn.close_all.clone();
+        tokio::select! {
+            response = respond(&conn, req, index, &mut log) => response,
+            () = turned_true(&mut close_all) => {
+                log.fail("closed at the end of the drain");
+                local(StatusCode::SERVICE_UNAVAILABLE, "tls-sidecar: shutting down\n")
+            }
+        }
+    } else {
+        respond(&conn, req, index, &mut log).await
+    };
+    log.status = response.status().as_u16();
+    response.map(|payload| ResponseBody::new(payload, log))
+}
+
+async fn respond(
+    conn: &Arc<Conn>,
+    mut req: Request<Incoming>,
+    index: u64,
+    log: &mut RequestLog,
+) -> Response<Payload> {
+    if let Some(denied) = &conn.denial {
+        conn.shared.metrics.denials.fetch_add(1, Relaxed);
+        log.denied = true;
+        return local(StatusCode::FORBIDDEN, denied.body.clone());
+    }
+    if !conn.h2 && conn.is_ambiguous(index) {
+        log.fail("the request head had both Content-Length and Transfer-Encoding");
+        let mut response = local(
+            StatusCode::BAD_REQUEST,
+            "tls-sidecar: the request has both Content-Length and Transfer-Encoding\n",
+        );
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    if req.method() == Method::CONNECT {
+        log.fail("CONNECT is not forwarded");
+        return local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "tls-sidecar: CONNECT is not supported\n",
+        );
+    }
+
+    let upgrade =
+        !conn.h2 && req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let Some(uri) = app_uri(conn, &parts.uri) else {
+        log.fail("the request target cannot be forwarded");
+        return local(
+            StatusCode::BAD_REQUEST,
+            "tls-sidecar: the request target cannot be forwarded\n",
+        );
+    };
+    headers::to_app(&mut parts.headers, parts.uri.authority(), conn, upgrade);
+    parts.uri = uri;
+    // A proxy sends its own HTTP version (RFC 9110 §6.2); the app speaks HTTP/1.1 to us.
+    parts.version = Version::HTTP_11;
+    let request = Request::from_parts(parts, body);
+
+    let mut response = match conn.shared.client.request(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let (status, text) = app_error(conn, &e);
+            log.fail(text.clone());
+            return local(status, format!("tls-sidecar: {text}\n"));
+        }
+    };
+
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            log.fail("the app switched protocols on a request that did not ask to");
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "tls-sidecar: the app answered 101 Switching Protocols to a request that did \
+                 not ask to upgrade\n",
+            );
+        };
+        let app_upgrade = hyper::upgrade::on(&mut response);
+        let idle = conn.shared.settings.idle_timeout;
+        conn.set_tunnel(splice::tunnel(client_upgrade, app_upgrade, idle));
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::to_client(&mut parts.headers, switching);
+    parts.version = Version::HTTP_11;
+    // Nothing of the app-side connection (its address, hyper's bookkeeping) goes to the client.
+    parts.extensions = http::Extensions::new();
+    let payload = if switching {
+        Payload::empty()
+    } else {
+        Payload::App(body)
+    };
+    Response::from_parts(parts, payload)
+}
+
+/// `http://<upstream><path?query>` for the request target `uri`.
+fn app_uri(conn: &Conn, uri: &Uri) -> Option<Uri> {
+    let path = match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+        None => PathAndQuery::from_static("/"),
+        // `OPTIONS *` and other non-origin targets.
+        Some(_) => return None,
+    };
+    let mut parts = Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(conn.shared.authority.clone());
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).ok()
+}
+
+/// Status and one-line text for a failure to get an answer from the app.
+fn app_error(
+    conn: &Conn,
+    e: &hyper_util::client::legacy::Error,
+) -> (StatusCode, Cow<'static, str>) {
+    let upstream = &conn.shared.settings.upstream;
+    if e.is_connect() {
+        let cause = match io_cause(e) {
+            Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connection refused".to_owned()
+            }
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => format!(
+                "no connection within {} ms",
+                millis(conn.shared.settings.connect_timeout)
+            ),
+            Some(io) => io.to_string(),
+            None => error_chain(e),
+        };
+        let text = format!("the app is not reachable on {upstream} ({cause})");
+        return (StatusCode::BAD_GATEWAY, text.into());
+    }
+    let cause = match std::error::Error::source(e) {
+        Some(source) => error_chain(source),
+        None => e.to_string(),
+    };
+    let text = format!("the app on {upstream} did not answer ({cause})");
+    (StatusCode::BAD_GATEWAY, text.into())
+}
+
+/// The innermost I/O error behind `e`, if any.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cause = e.source();
+    let mut found = None;
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            found = Some(io);
+        }
+        cause = c.source();
+    }
+    found
+}
+
+/// A short plain-text answer of ours.
+fn local(status: StatusCode, text: impl Into<Bytes>) -> Response<Payload> {
+    let mut response = Response::new(Payload::text(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

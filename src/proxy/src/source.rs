@@ -1,0 +1,222 @@
+//! Reading the serving certificate's PEM material from its source: files (`instance`, `files`)
+//! or a bound service's credentials in `VCAP_SERVICES` (`service`).
+//!
+//! # `certificate.source: service`
+//!
+//! The sidecar looks for the service instance by its **name** (as in `cf bind-service APP
+//! NAME`) under every label of `VCAP_SERVICES` (user-provided or brokered), and reads these
+//! string keys of its `credentials`:
+//!
+//! | Key | Alias | Content |
+//! |---|---|---|
+//! | `certificate` | `cert` | PEM certificate chain: the leaf first, then any intermediates |
+//! | `private_key` | `key` | PEM private key (PKCS#1, PKCS#8 or SEC1; RSA, ECDSA or Ed25519) |
+//! | `ca` | | optional PEM CA certificate(s), added to the trust bundle for client certificates |
+//!
+//! For example: `cf create-user-provided-service my-tls -p '{"certificate":"-----BEGIN
+//! CERTIFICATE-----\n...","private_key":"-----BEGIN PRIVATE KEY-----\n..."}'`. `VCAP_SERVICES`
+//! changes only when the app restarts, so there is nothing to watch.
+
+use crate::config::CertificateConfig;
+use crate::tls::LoadError;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tls_sidecar_config::CertificateSource;
+
+/// What a bound service's credentials provide (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceCredentials {
+    pub(crate) certificate: String,
+    pub(crate) private_key: String,
+    pub(crate) ca: Option<String>,
+}
+
+/// The credentials of the service instance called `name` in `vcap_services`.
+pub(crate) fn service_credentials(
+    vcap_services: &str,
+    name: &str,
+) -> Result<ServiceCredentials, String> {
+    let all: Value = serde_json::from_str(vcap_services)
+        .map_err(|e| format!("VCAP_SERVICES is not valid JSON: {e}"))?;
+    let labels = all
+        .as_object()
+        .ok_or("VCAP_SERVICES is not a JSON object")?;
+    let instances = || labels.values().filter_map(Value::as_array).flatten();
+    let Some(instance) = instances().find(|i| i.get("name").and_then(Value::as_str) == Some(name))
+    else {
+        let mut bound: Vec<&str> = instances()
+            .filter_map(|i| i.get("name").and_then(Value::as_str))
+            .collect();
+        bound.sort_unstable();
+        let bound = if bound.is_empty() {
+            "none".to_owned()
+        } else {
+            bound.join(", ")
+        };
+        return Err(format!(
+            "no service named \"{name}\" is bound to this app (VCAP_SERVICES holds: {bound})"
+        ));
+    };
+    let credentials = instance
+        .get("credentials")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("the service \"{name}\" has no credentials object"))?;
+    let key = |names: &[&str]| -> Result<Option<String>, String> {
+        for n in names {
+            match credentials.get(*n) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => return Ok(Some(s.clone())),
+                Some(_) => {
+                    return Err(format!(
+                        "credentials.{n} of the service \"{name}\" is not a string"
+                    ));
+                }
+            }
+        }
+        Ok(None)
+    };
+    let required = |names: &[&str], what: &str| -> Result<String, String> {
+        key(names)?.ok_or_else(|| {
+            format!(
+                "the credentials of the service \"{name}\" have no \"{}\" key (or \"{}\"): expected {what}",
+                names[0], names[1]
+            )
+        })
+    };
+    Ok(ServiceCredentials {
+        certificate: required(&["certificate", "cert"], "the PEM certificate chain")?,
+        private_key: required(&["private_key", "key"], "the PEM private key")?,
+        ca: key(&["ca"])?,
+    })
+}
+
+/// One read of a key/cert pair, with names for messages.
+#[derive(Debug)]
+pub(crate) struct Material {
+    pub(crate) cert_pem: Vec<u8>,
+    pub(crate) key_pem: Vec<u8>,
+    pub(crate) names: PairNames,
+}
+
+/// How messages name the two halves of a pair ("/path/instance.crt", "service \"x\"
+/// credentials.certificate").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PairNames {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    /// The instance identity: a key/cert mismatch is Diego's rotation window, not a mistake.
+    pub(crate) rotated_by_diego: bool,
+}
+
+impl CertificateConfig {
+    /// Reads the current PEM material (blocking: small files, or an env value).
+    pub(crate) fn read(&self) -> Result<Material, LoadError> {
+        match self {
+            CertificateConfig::Files { source, paths } => {
+                // The certificate first: Diego renames the key before the certificate, so a
+                // new certificate read here guarantees that the key read next is new too.
+                let cert_pem =
+                    std::fs::read(&paths.cert).map_err(|e| LoadError::read(&paths.cert, e))?;
+                let key_pem =
+                    std::fs::read(&paths.key).map_err(|e| LoadError::read(&paths.key, e))?;
+                Ok(Material {
+                    cert_pem,
+                    key_pem,
+                    names: PairNames {
+                        cert: paths.cert.display().to_string(),
+                        key: paths.key.display().to_string(),
+                        rotated_by_diego: *source == CertificateSource::Instance,
+                    },
+                })
+            }
+            CertificateConfig::Service {
+                name,
+                vcap_services,
+            } => {
+                let raw = vcap_services.as_deref().ok_or_else(|| {
+                    LoadError::Service(
+                        "VCAP_SERVICES is not set, so no service is bound to this app".to_owned(),
+                    )
+                })?;
+                let creds = service_credentials(raw, name).map_err(LoadError::Service)?;
+                Ok(Material {
+                    cert_pem: creds.certificate.into_bytes(),
+                    key_pem: creds.private_key.into_bytes(),
+                    names: PairNames {
+                        cert: format!("service \"{name}\" credentials.certificate"),
+                        key: format!("service \"{name}\" credentials.private_key"),
+                        rotated_by_diego: false,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Directories whose changes can change the pair (none for a service: `VCAP_SERVICES`
+    /// is fixed for the life of the process).
+    pub(crate) fn directories(&self) -> Vec<PathBuf> {
+        match self {
+            CertificateConfig::Files { paths, .. } => {
+                let mut dirs: Vec<PathBuf> = [&paths.cert, &paths.key]
+                    .iter()
+                    .filter_map(|p| p.parent().map(Path::to_owned))
+                    .collect();
+                dirs.dedup();
+                dirs
+            }
+            CertificateConfig::Service { .. } => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VCAP: &str = r#"{
+      "user-provided": [
+        {"name": "db", "credentials": {"uri": "postgres://"}},
+        {"name": "my-tls", "credentials": {"cert": "C", "key": "K"}}
+      ],
+      "tls-broker": [
+        {"name": "brokered", "label": "tls-broker",
+         "credentials": {"certificate": "C2", "private_key": "K2", "ca": "CA2"}}
+      ]
+    }"#;
+
+    #[test]
+    fn finds_a_service_by_name_under_any_label_with_either_key_spelling() {
+        let c = service_credentials(VCAP, "my-tls").unwrap();
+        assert_eq!((c.certificate.as_str(), c.private_key.as_str()), ("C", "K"));
+        assert_eq!(c.ca, None);
+        let c = service_credentials(VCAP, "brokered").unwrap();
+        assert_eq!(c.certificate, "C2");
+        assert_eq!(c.ca.as_deref(), Some("CA2"));
+    }
+
+    #[test]
+    fn a_missing_service_names_the_bound_ones() {
+        let e = service_credentials(VCAP, "nope").unwrap_err();
+        assert_eq!(
+            e,
+            "no service named \"nope\" is bound to this app (VCAP_SERVICES holds: brokered, db, my-tls)"
+        );
+    }
+
+    #[test]
+    fn missing_credential_keys_are_named() {
+        let e = service_credentials(VCAP, "db").unwrap_err();
+        assert!(e.contains("no \"certificate\" key (or \"cert\")"), "{e}");
+        let e = service_credentials(
+            r#"{"x":[{"name":"s","credentials":{"certificate":"C","private_key":7}}]}"#,
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.contains("credentials.private_key"), "{e}");
+        assert!(
+            service_credentials("[", "s")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+    }
+}

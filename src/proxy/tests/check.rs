@@ -1,0 +1,243 @@
+//! `tls-sidecar check`, as run with `cf ssh APP -c '/home/vcap/deps/0/bin/tls-sidecar check'`:
+//! the app's environment, the staged config, a report and an exit code.
+
+// Tests may unwrap (clippy.toml); the lint exempts only #[test] fns, not their helpers.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tls-sidecar");
+
+/// `tls-sidecar check` with only the variables given; returns the exit code and stdout.
+fn check(bin: &Path, config: Option<&Path>, env: &[(&str, String)]) -> (i32, String) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("check").env_clear();
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+fn vcap_application(me: &Identity) -> String {
+    format!(
+        r#"{{"application_name":"shop","application_id":"{}","space_id":"{}","organization_id":"{}"}}"#,
+        me.app, me.space, me.org
+    )
+}
+
+#[test]
+fn check_on_a_good_setup_exits_0_and_reports_identity_sans_expiry_listeners_and_trust() {
+    let pki = Pki::shared();
+    let leaf = pki.ec_leaf();
+    let creds = Creds::with(&leaf);
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - port: 9443\n    allow: [cf:same-space]\n    proxy_protocol: true\n  - port: 9444\n    mode: http\n    client_auth: optional\n",
+    )
+    .unwrap();
+    let me = &leaf.identity;
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&config),
+        &[
+            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+            (
+                "CF_SYSTEM_CERT_PATH",
+                trust.dir.path().display().to_string(),
+            ),
+            ("VCAP_APPLICATION", vcap_application(me)),
+            ("PORT", "8080".to_owned()),
+        ],
+    );
+    println!("{out}");
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        format!("Configuration: {}", config.display()),
+        format!("Serving certificate (source: instance): {}", creds.cert().display()),
+        format!(
+            "identity   app={} space={} org={} instance={}",
+            me.app, me.space, me.org, leaf.guid
+        ),
+        format!("SANs       DNS:{}, IP:127.0.0.1", leaf.guid),
+        " left)".to_owned(),
+        "listeners[0] 0.0.0.0:9443  mode=tcp  upstream=127.0.0.1:8080  client_auth=required  proxy_protocol=v2".to_owned(),
+        format!("allow: cf:same-space (= cf:space:{})", me.space),
+        "listeners[1] 0.0.0.0:9444  mode=http  upstream=127.0.0.1:8080  client_auth=optional  xfcc=envoy".to_owned(),
+        format!(
+            "{}: appRootCA (1 certificate)",
+            trust.dir.path().join("trusted-ca-1.crt").display()
+        ),
+        "127.0.0.1:8444 (GET /live, /ready, /metrics)".to_owned(),
+        "OK: no problems found.".to_owned(),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_on_a_broken_setup_exits_1_naming_each_problem_and_its_fix() {
+    let pki = Pki::shared();
+    let expired = pki.issue(&Identity::random(), KeyKind::Ec, EXPIRED);
+    let creds = Creds::with(&expired);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - client_auth: required\n  - port: 9443\n    allow: [cf:same-space]\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&config),
+        &[
+            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+            ("CF_SYSTEM_CERT_PATH", missing.display().to_string()),
+        ],
+    );
+    println!("{out}");
+    assert_eq!(code, 1, "{out}");
+    // The report still says what the certificate is.
+    assert!(out.contains(&format!("instance={}", expired.guid)), "{out}");
+    assert!(out.contains("EXPIRED"), "{out}");
+    for (problem, fix) in [
+        (
+            format!(
+                "the certificate in {} expired at 2020-01-02T00:00:00Z",
+                creds.cert().display()
+            ),
+            "restart the instance (cf restart APP_NAME)",
+        ),
+        (
+            "listeners[1].allow: cf:same-space needs VCAP_APPLICATION.space_id, which is not set; the sidecar refuses to start (exit 64)".to_owned(),
+            "run check inside the app's container (cf ssh APP_NAME)",
+        ),
+        (
+            format!(
+                "CF_SYSTEM_CERT_PATH {} does not exist; there are no trust anchors, so every client certificate is refused on listeners[0] (client_auth: required), listeners[1] (client_auth: required)",
+                missing.display()
+            ),
+            "list it in trust.ca_files",
+        ),
+    ] {
+        let at = out
+            .find(&problem)
+            .unwrap_or_else(|| panic!("missing {problem:?} in:\n{out}"));
+        let fix_line = out[at..].lines().nth(1).unwrap_or_default();
+        assert!(
+            fix_line.trim_start().starts_with("Fix: ") && fix_line.contains(fix),
+            "the fix for {problem:?} should mention {fix:?}: {fix_line}"
+        );
+    }
+    assert!(out.contains("3 problems:"), "{out}");
+}
+
+#[test]
+fn check_with_an_invalid_config_exits_64_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(&config, "listeners:\n  - mode: udp\n").unwrap();
+    let (code, out) = check(Path::new(BIN), Some(&config), &[]);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("the sidecar would refuse to start (exit 64)"),
+        "{out}"
+    );
+    assert!(out.contains("mode"), "{out}");
+}
+
+#[test]
+fn check_reads_the_staged_config_beside_the_binary_by_default() {
+    // deps/<idx>/bin/tls-sidecar and deps/<idx>/tls-sidecar.yml, as supply installs them.
+    let deps = tempfile::tempdir().unwrap();
+    std::fs::create_dir(deps.path().join("bin")).unwrap();
+    let bin = deps.path().join("bin/tls-sidecar");
+    std::fs::copy(BIN, &bin).unwrap();
+    let staged = deps.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &staged,
+        "listeners:\n  - port: 7443\nadmin:\n  enabled: false\n",
+    )
+    .unwrap();
+    let leaf = Pki::shared().ec_leaf();
+    let creds = Creds::with(&leaf);
+    let (code, out) = check(
+        &bin,
+        None,
+        &[
+            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("Configuration: {}", staged.display())),
+        "{out}"
+    );
+    assert!(out.contains("listeners[0] 0.0.0.0:7443"), "{out}");
+    assert!(out.contains("disabled (admin.enabled: false)"), "{out}");
+    assert!(
+        out.contains("not used: no listener asks for client certificates"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_help_lists_the_check_command() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("check"), "{help}");
+    let out = Command::new(BIN)
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config <PATH>"), "{help}");
+}
+
+#[test]
+fn check_names_an_empty_trust_directory_when_client_certificates_are_required() {
+    let creds = Creds::with(&Pki::shared().ec_leaf());
+    let empty = TrustDir::with(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(&config, "listeners:\n  - client_auth: required\n").unwrap();
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&config),
+        &[
+            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+            (
+                "CF_SYSTEM_CERT_PATH",
+                empty.dir.path().display().to_string(),
+            ),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    let expected = format!(
+        "there are no trust anchors ({} holds no certificates), so every client certificate is refused on listeners[0] (client_auth: required)",
+        empty.dir.path().display()
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert!(out.contains("1 problem:"), "{out}");
+}
