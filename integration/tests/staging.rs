@@ -59,7 +59,7 @@ fn staging_installs_the_sidecar_and_tells_how_to_allow_callers() {
     let profile =
         std::fs::read_to_string(staging.deps_path(0).join("profile.d/tls-sidecar.sh")).unwrap();
     assert!(
-        profile.contains("export TLS_SIDECAR_PORT=\"${TLS_SIDECAR_PORT:-8443}\""),
+        profile.contains("export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-8443}\""),
         "{profile}"
     );
     assert!(

@@ -134,9 +134,11 @@ pub fn profile_script(staged: &StagedConfig) -> String {
         "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n",
     );
     if let Some(first) = staged.listeners.first() {
-        // Default expansion keeps a value set at run time with cf set-env.
+        // Its own name, not TLS_SIDECAR_PORT: profile.d is also sourced for the sidecar, which
+        // would then read an override nobody set. The expansion follows a run-time
+        // `cf set-env TLS_SIDECAR_PORT`.
         s.push_str(&format!(
-            "export TLS_SIDECAR_PORT=\"${{TLS_SIDECAR_PORT:-{}}}\"\n",
+            "export TLS_SIDECAR_TLS_PORT=\"${{TLS_SIDECAR_PORT:-{}}}\"\n",
             first.port
         ));
     }
@@ -224,7 +226,7 @@ mod tests {
         assert_eq!(
             profile_script(&s),
             "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n\
-             export TLS_SIDECAR_PORT=\"${TLS_SIDECAR_PORT:-8443}\"\n\
+             export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-8443}\"\n\
              export TLS_SIDECAR_EGRESS_MY_BACKEND=127.0.0.1:9001\n\
              export TLS_SIDECAR_ADMIN=127.0.0.1:8444\n"
         );

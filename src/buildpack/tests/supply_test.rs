@@ -89,7 +89,7 @@ fn supply_installs_the_sidecar_and_declares_it_for_a_default_app() {
     assert_eq!(
         fs::read_to_string(dep.join("profile.d/tls-sidecar.sh")).unwrap(),
         "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n\
-         export TLS_SIDECAR_PORT=\"${TLS_SIDECAR_PORT:-8443}\"\n\
+         export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-8443}\"\n\
          export TLS_SIDECAR_ADMIN=127.0.0.1:8444\n"
     );
 
@@ -221,7 +221,7 @@ fn a_config_file_and_env_overrides_shape_the_sidecar_and_the_summary() {
     assert_eq!(
         fs::read_to_string(dep.join("profile.d/tls-sidecar.sh")).unwrap(),
         "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n\
-         export TLS_SIDECAR_PORT=\"${TLS_SIDECAR_PORT:-9443}\"\n\
+         export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-9443}\"\n\
          export TLS_SIDECAR_EGRESS_BACKEND=127.0.0.1:9001\n\
          export TLS_SIDECAR_ADMIN=127.0.0.1:8444\n"
     );

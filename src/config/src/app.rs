@@ -152,9 +152,25 @@ pub struct LogSpec {
     pub level: Option<String>,
 }
 
+/// The largest config text [`AppConfig::parse`] accepts. A complete configuration is a few KB;
+/// the YAML parser takes time quadratic in the nesting depth of flow collections (`[[[...`),
+/// so an unbounded file could stall staging for minutes. 64 KiB parses in about 2 s at worst.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
 impl AppConfig {
     /// Parses YAML text. `file` names the source in errors. An empty file is the empty config.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Syntax {
+                file: file.to_owned(),
+                line: None,
+                column: None,
+                message: format!(
+                    "the file is {} bytes, more than the {MAX_CONFIG_BYTES} allowed (a complete configuration is a few KB)",
+                    text.len()
+                ),
+            });
+        }
         if text.trim().is_empty()
             || text
                 .lines()
@@ -240,6 +256,11 @@ impl AppConfig {
                     .map_err(|e| parse_err("TLS_SIDECAR_ALLOW", e))?;
                 first.allow = Some(selectors);
                 used.push("TLS_SIDECAR_ALLOW");
+                // The variable is the newest intent: unless TLS_SIDECAR_CLIENT_AUTH says
+                // otherwise, `allow` implies `required`, whatever the file said.
+                if get("TLS_SIDECAR_CLIENT_AUTH").is_none() {
+                    first.client_auth = None;
+                }
             }
         }
         if let Some(v) = get("TLS_SIDECAR_MEMORY") {
@@ -350,6 +371,21 @@ mod tests {
     fn an_unknown_key_is_rejected_with_a_suggestion() {
         let e = AppConfig::parse("listners: []\n", "tls-sidecar.yml").unwrap_err();
         assert!(e.to_string().contains("did you mean `listeners`?"), "{e}");
+    }
+
+    #[test]
+    fn a_file_larger_than_the_limit_is_refused_before_it_is_parsed() {
+        let nested = format!("listeners: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+        let e = AppConfig::parse(&nested, "tls-sidecar.yml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tls-sidecar.yml: the file is 100012 bytes, more than the 65536 allowed (a complete configuration is a few KB)"
+        );
+        let padded = format!(
+            "{}\nlog: {{level: info}}\n",
+            "#".repeat(MAX_CONFIG_BYTES - 20)
+        );
+        assert!(AppConfig::parse(&padded, "f").is_ok());
     }
 
     #[test]

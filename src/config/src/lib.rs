@@ -21,7 +21,7 @@ mod vcap;
 
 pub use app::{
     AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    SidecarSpec, TrustSpec,
+    MAX_CONFIG_BYTES, SidecarSpec, TrustSpec,
 };
 pub use error::{ConfigError, Origin};
 pub use staged::{

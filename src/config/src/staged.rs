@@ -266,7 +266,10 @@ impl StagedConfig {
                         port: Some(l.port),
                         upstream: l.upstream.clone(),
                         mode: Some(l.mode),
-                        client_auth: Some(l.client_auth),
+                        // Only when it is not what `allow` implies: a pinned `none` would contradict an
+                        // `allow` added at run time with TLS_SIDECAR_ALLOW (cf set-env + restart).
+                        client_auth: (l.client_auth != implied_client_auth(&l.allow))
+                            .then_some(l.client_auth),
                         allow: Some(l.allow.clone()),
                         // Only the field the mode uses: the other would read back as "set" and warn at
                         // every start that it is ignored.
@@ -356,8 +359,8 @@ fn listener(
         ));
     }
     let client_auth = match (spec.client_auth, allow.is_empty()) {
-        (None, true) => ClientAuth::None,
-        (None, false) | (Some(ClientAuth::Required), _) => ClientAuth::Required,
+        (None, _) => implied_client_auth(&allow),
+        (Some(ClientAuth::Required), _) => ClientAuth::Required,
         (Some(other), false) => {
             return Err(ConfigError::invalid(
                 &o.of(&field("client_auth")),
@@ -390,6 +393,15 @@ fn listener(
         xfcc: spec.xfcc.unwrap_or(Xfcc::Envoy),
         proxy_protocol: spec.proxy_protocol.unwrap_or(false),
     })
+}
+
+/// What `client_auth` is when the file leaves it out.
+fn implied_client_auth(allow: &[Selector]) -> ClientAuth {
+    if allow.is_empty() {
+        ClientAuth::None
+    } else {
+        ClientAuth::Required
+    }
 }
 
 fn egress_entry(spec: &EgressSpec, i: usize, o: &Origins) -> Result<Egress, ConfigError> {
@@ -814,6 +826,35 @@ mod tests {
     }
 
     #[test]
+    fn tls_sidecar_allow_at_run_time_turns_on_client_auth_in_a_staged_file() {
+        for file in [
+            "listeners:\n  - port: 8443\n",
+            "listeners:\n  - port: 8443\n    client_auth: optional\n",
+        ] {
+            let staged = stage(file).unwrap().to_yaml();
+            let env: Env = [("TLS_SIDECAR_ALLOW".to_owned(), "cf:same-space".to_owned())].into();
+            let (s, _, used) = StagedConfig::load_with_env(&staged, "staged", &env, 8080).unwrap();
+            assert_eq!(used, ["TLS_SIDECAR_ALLOW"]);
+            assert_eq!(s.listeners[0].client_auth, ClientAuth::Required, "{file}");
+            assert_eq!(s.listeners[0].allow, [Selector::SameSpace]);
+        }
+        // An explicit TLS_SIDECAR_CLIENT_AUTH still contradicts and is reported.
+        let env: Env = [
+            ("TLS_SIDECAR_ALLOW", "cf:any"),
+            ("TLS_SIDECAR_CLIENT_AUTH", "optional"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let e = StagedConfig::load_with_env("", "staged", &env, 8080).unwrap_err();
+        assert_eq!(
+            e.origin(),
+            Some(Origin::Env("TLS_SIDECAR_CLIENT_AUTH".into())),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_drain_timeout_past_cf_kill_time_warns() {
         let app = AppConfig::parse("limits:\n  drain_timeout: 12s\n", "f").unwrap();
         let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
@@ -876,7 +917,7 @@ mod schema_tests {
     }
 
     fn full_config() -> StagedConfig {
-        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http}]\n\
+        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http, client_auth: optional}]\n\
             egress: [{name: b, listen: 127.0.0.1:9001, target: b.apps.internal:8443, expect: [cf:any]}]\n\
             certificate: {source: files, cert_file: c, key_file: k, service: s}\n";
         let app = AppConfig::parse(yaml, "f").unwrap();
