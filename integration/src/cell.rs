@@ -315,13 +315,29 @@ impl CellCa {
         out_dir: &Path,
         stem: &str,
     ) -> Result<IssuedCert> {
+        let now = SystemTime::now();
+        self.issue_between(id, now, now + validity, INSTANCE_KEY_BITS, out_dir, stem)
+    }
+
+    /// Like [`CellCa::issue`] with explicit validity bounds and RSA key size: a past
+    /// `not_after` makes an expired certificate (`openssl ca -startdate/-enddate` take any time,
+    /// unlike `x509 -req`), a future `not_before` one that is not yet valid.
+    pub fn issue_between(
+        &self,
+        id: &AppIdentity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        key_bits: u32,
+        out_dir: &Path,
+        stem: &str,
+    ) -> Result<IssuedCert> {
         let work = tempfile::Builder::new().prefix("tsb-issue-").tempdir()?;
         let w = work.path();
         let key = w.join("leaf.key");
         run(openssl()?
             .args(["genrsa", "-traditional", "-out"])
             .arg(&key)
-            .arg(INSTANCE_KEY_BITS.to_string()))
+            .arg(key_bits.to_string()))
         .context("cannot make an instance key")?;
         let csr = w.join("leaf.csr");
         run(openssl()?
@@ -361,7 +377,6 @@ impl CellCa {
                 ip = id.ip,
             ),
         )?;
-        let now = SystemTime::now();
         let leaf = w.join("leaf.crt");
         run(openssl()?
             .args(["ca", "-batch", "-notext", "-preserveDN", "-multivalue-rdn"])
@@ -371,8 +386,8 @@ impl CellCa {
             .arg(&self.intermediate_cert)
             .arg("-keyfile")
             .arg(&self.intermediate_key)
-            .args(["-startdate", &asn1_generalized_time(now)])
-            .args(["-enddate", &asn1_generalized_time(now + validity)])
+            .args(["-startdate", &asn1_generalized_time(not_before)])
+            .args(["-enddate", &asn1_generalized_time(not_after)])
             .arg("-in")
             .arg(&csr)
             .arg("-out")
@@ -402,6 +417,129 @@ impl CellCa {
         set_mode(dir.path(), 0o755)?;
         let cert = self.issue(id, DEFAULT_VALIDITY, dir.path(), "client")?;
         Ok((dir, cert))
+    }
+
+    /// A client identity valid between `not_before` and `not_after`, with a 2048-bit key (Diego's
+    /// size before 2025, and quick to make), in its own temp dir like [`CellCa::issue_client`].
+    pub fn issue_client_between(
+        &self,
+        id: &AppIdentity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(tempfile::TempDir, IssuedCert)> {
+        let dir = tempfile::Builder::new().prefix("tsb-client-").tempdir()?;
+        set_mode(dir.path(), 0o755)?;
+        let cert = self.issue_between(id, not_before, not_after, 2048, dir.path(), "client")?;
+        Ok((dir, cert))
+    }
+}
+
+/// One caller of an app under test: a client certificate (or none) and what it stands for.
+#[derive(Debug)]
+pub struct Caller {
+    /// What the caller is, for messages (e.g. "an app in another space").
+    pub what: &'static str,
+    /// The identity its certificate claims, if it has one.
+    pub identity: Option<AppIdentity>,
+    /// The certificate and key it presents; `None`: no client certificate.
+    pub cert: Option<IssuedCert>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Caller {
+    /// A caller that presents no certificate.
+    pub fn anonymous() -> Self {
+        Caller {
+            what: "a caller without a client certificate",
+            identity: None,
+            cert: None,
+            _dir: None,
+        }
+    }
+
+    /// A caller with a 24 h certificate from `ca` for `id`.
+    pub fn issued(what: &'static str, ca: &CellCa, id: &AppIdentity) -> Result<Self> {
+        let now = SystemTime::now();
+        Self::issued_between(what, ca, id, now, now + DEFAULT_VALIDITY)
+    }
+
+    pub fn issued_between(
+        what: &'static str,
+        ca: &CellCa,
+        id: &AppIdentity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Self> {
+        let (dir, cert) = ca.issue_client_between(id, not_before, not_after)?;
+        Ok(Caller {
+            what,
+            identity: Some(id.clone()),
+            cert: Some(cert),
+            _dir: Some(dir),
+        })
+    }
+
+    /// The app GUID its certificate claims.
+    pub fn app_guid(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.app_guid.as_str())
+    }
+}
+
+/// Every kind of caller the ingress tests try against an app (`server` is the app's own
+/// identity: its org, space and app GUIDs).
+#[derive(Debug)]
+pub struct Callers {
+    /// An app the server's `allow: [cf:app:<guid>]` names (same space as the server).
+    pub allowed: Caller,
+    /// Another app in the server's space: `cf:same-space` lets it in, `cf:app:<allowed>` does not.
+    pub same_space: Caller,
+    /// An app in another space of the server's org.
+    pub other_space: Caller,
+    /// An app in another org.
+    pub other_org: Caller,
+    /// The allowed app's identity, but signed by a CA the server does not trust.
+    pub foreign_ca: Caller,
+    /// The allowed app's identity from the right CA, expired yesterday.
+    pub expired: Caller,
+    /// No client certificate at all.
+    pub anonymous: Caller,
+}
+
+impl Callers {
+    /// Issues them all from the shared cell CA (and one fresh foreign CA).
+    pub fn for_server(server: &AppIdentity) -> Result<Self> {
+        let ca = CellCa::shared()?;
+        let foreign = CellCa::generate()?;
+        let allowed_id = server.another_app_same_space();
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        Ok(Callers {
+            foreign_ca: Caller::issued(
+                "the allowed app's identity from a foreign CA",
+                &foreign,
+                &allowed_id,
+            )?,
+            expired: Caller::issued_between(
+                "the allowed app with an expired certificate",
+                &ca,
+                &allowed_id,
+                now - 2 * day,
+                now - day,
+            )?,
+            allowed: Caller::issued("the allowed app", &ca, &allowed_id)?,
+            same_space: Caller::issued(
+                "another app in the same space",
+                &ca,
+                &server.another_app_same_space(),
+            )?,
+            other_space: Caller::issued(
+                "an app in another space of the same org",
+                &ca,
+                &server.app_in_other_space(),
+            )?,
+            other_org: Caller::issued("an app in another org", &ca, &server.app_in_other_org())?,
+            anonymous: Caller::anonymous(),
+        })
     }
 }
 
@@ -499,4 +637,63 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// `openssl x509 -noout -fingerprint -sha256` of the first certificate in `pem`, as lower-case
+/// hex without colons (Envoy's XFCC `Hash`).
+pub fn cert_sha256_hex(pem: &Path) -> Result<String> {
+    let out = run(openssl()?
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(pem))?;
+    let text = String::from_utf8(out.stdout)?;
+    match text.trim().split_once('=') {
+        Some((_, hex)) => Ok(hex.replace(':', "").to_ascii_lowercase()),
+        None => bail!("unexpected `openssl x509 -fingerprint` output: {text}"),
+    }
+}
+
+/// notAfter of the first certificate in `pem` as Unix seconds: `openssl x509 -noout -enddate`
+/// read back by `date -u -d ... +%s`.
+pub fn cert_not_after_unix(pem: &Path) -> Result<i64> {
+    let out = run(openssl()?
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(pem))?;
+    let text = String::from_utf8(out.stdout)?;
+    let Some(date) = text.trim().strip_prefix("notAfter=") else {
+        bail!("unexpected `openssl x509 -enddate` output: {text}");
+    };
+    let out = run(Command::new(host_tool("date")?).args(["-u", "-d", date, "+%s"]))?;
+    String::from_utf8(out.stdout)?
+        .trim()
+        .parse()
+        .with_context(|| format!("`date` could not read {date:?}"))
+}
+
+/// `openssl x509 -noout -enddate -dateopt iso_8601` of the first certificate in `pem`, e.g.
+/// `2026-11-29 03:43:59Z`.
+pub fn cert_not_after_iso(pem: &Path) -> Result<String> {
+    let out = run(openssl()?
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+        .arg(pem))?;
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text.trim().trim_start_matches("notAfter=").to_owned())
+}
+
+/// The base64 body of the first certificate in `pem`, armour and line breaks removed (what
+/// Gorouter's `raw` XFCC carries).
+pub fn cert_pem_body(pem: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(pem)?;
+    let mut body = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line == "-----BEGIN CERTIFICATE-----" {
+            inside = true;
+        } else if line == "-----END CERTIFICATE-----" {
+            return Ok(body);
+        } else if inside {
+            body.push_str(line);
+        }
+    }
+    bail!("no certificate in {}", pem.display())
 }

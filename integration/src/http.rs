@@ -48,6 +48,46 @@ pub fn request<S: Read + Write>(
     read_response(stream)
 }
 
+/// Reads only a response's status line and headers (e.g. a `101 Switching Protocols`, after
+/// which the connection carries another protocol); nothing past the blank line is consumed.
+pub fn read_head<S: Read>(stream: &mut S) -> Result<Response> {
+    let mut reader = BufReader::with_capacity(1, stream);
+    let (status, headers) = read_status_and_headers(&mut reader)?;
+    Ok(Response {
+        status,
+        headers,
+        body: Vec::new(),
+    })
+}
+
+fn read_status_and_headers<R: BufRead>(reader: &mut R) -> Result<(u16, BTreeMap<String, String>)> {
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .context("cannot read the status line")?;
+    if line.is_empty() {
+        bail!("connection closed before a response");
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let mut headers = BTreeMap::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    Ok((status, headers))
+}
+
 /// Reads one response: status line, headers, then a `Content-Length` or chunked body.
 pub fn read_response<S: Read>(stream: &mut S) -> Result<Response> {
     // Byte-at-a-time reads through a small wrapper so nothing past this response is consumed.

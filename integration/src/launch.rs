@@ -15,7 +15,7 @@
 use crate::cell::{AppIdentity, CellCa, DEFAULT_VALIDITY, InstanceCredentials};
 use crate::netns::NetNs;
 use crate::stage::Droplet;
-use crate::util::{Deadline, chown_tree, copy_tree, host_tool, poll};
+use crate::util::{Deadline, chown_tree, copy_tree, host_tool, poll, poll_strict};
 use crate::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -65,6 +65,27 @@ echo "Invoking start command."
 exec bash -c "$@"
 "#;
 
+/// What `cf ssh` runs a command through (`/tmp/lifecycle/shell`): the launcher's sourcing of
+/// the profile scripts, silently. Arguments: `$1` the app dir, `$2` the command.
+pub const SSH_SCRIPT: &str = r#"
+cd "$1"
+if [ -n "$(ls ../profile.d/* 2> /dev/null)" ]; then
+  for env_file in ../profile.d/*; do
+    source $env_file
+  done
+fi
+if [ -n "$(ls .profile.d/* 2> /dev/null)" ]; then
+  for env_file in .profile.d/*; do
+    source $env_file
+  done
+fi
+if [ -f .profile ]; then
+  source .profile
+fi
+shift
+exec bash -c "$@"
+"#;
+
 /// How to start an instance. `Default` is instance 0, a fresh identity of the app, 24 h
 /// certificate, the shared CA, web and all its sidecars.
 #[derive(Debug, Clone)]
@@ -83,6 +104,10 @@ pub struct LaunchOptions {
     pub web: bool,
     /// `cf push -c`: replaces result.json's web command.
     pub web_command: Option<String>,
+    /// Extra `/etc/hosts` entries inside the instance (what BOSH DNS answers for internal
+    /// routes), e.g. `("backend.apps.internal", <its instance IP>)`: see
+    /// [`crate::netpair::HostsFile`].
+    pub hosts: Vec<(String, IpAddr)>,
 }
 
 impl Default for LaunchOptions {
@@ -96,6 +121,7 @@ impl Default for LaunchOptions {
             sidecars: true,
             web: true,
             web_command: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -169,23 +195,19 @@ impl Process {
     /// Waits for the first line (stdout or stderr) containing `needle`; fails early if the
     /// process exits first. Returns the line.
     pub fn wait_for_log(&self, needle: &str, deadline: Deadline) -> Result<String> {
-        poll(
+        poll_strict(
             deadline,
             &format!("{needle:?} in the {} logs", self.name),
             || {
                 for text in [self.stdout(), self.stderr()] {
                     if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                        return Ok(Some(line.to_owned()));
+                        return Ok(Ok(line.to_owned()));
                     }
                 }
                 if let Some(status) = self.try_status()? {
-                    bail!(
-                        "{} exited ({status}) before logging {needle:?}\n{}",
-                        self.name,
-                        self.logs()
-                    );
+                    bail!("{} exited ({status}) before logging {needle:?}", self.name,);
                 }
-                Ok(None)
+                Ok(Err("not logged yet".to_owned()))
             },
         )
         .map_err(|e| crate::Error::msg(format!("{e}\n{}", self.logs())))
@@ -226,9 +248,13 @@ pub struct Instance {
     credentials: InstanceCredentials,
     index: u32,
     env: BTreeMap<String, String>,
+    /// The web process's environment: what `cf ssh` sessions get.
+    ssh_env: BTreeMap<String, String>,
     // Drop order: processes are killed in Drop::drop, then the namespace and the dirs go.
     netns: NetNs,
     root: tempfile::TempDir,
+    /// `LaunchOptions::hosts`, mounted over `/etc/hosts` by `ip netns exec`.
+    _hosts: Option<crate::netpair::HostsFile>,
 }
 
 impl Instance {
@@ -259,14 +285,18 @@ impl Instance {
 
         let credentials = InstanceCredentials::new(ca, identity, opts.validity)?;
         let netns = NetNs::create(Some(credentials.identity().ip))?;
+        // Before any process starts: `ip netns exec` mounts it when it enters the namespace.
+        let hosts = crate::netpair::HostsFile::write(netns.name(), &opts.hosts)?;
 
         let mut instance = Instance {
             processes: Vec::new(),
             credentials,
             index: opts.index,
             env: opts.env.clone(),
+            ssh_env: BTreeMap::new(),
             netns,
             root,
+            _hosts: hosts,
         };
 
         let sidecars: Vec<_> = droplet
@@ -280,6 +310,7 @@ impl Instance {
         let sidecar_memory: i64 = sidecars.iter().map(|s| s.memory).sum();
         let web_memory = (i64::from(app.memory_mb) - sidecar_memory).max(0) as u32;
 
+        instance.ssh_env = instance.process_env(droplet, web_memory);
         if opts.web {
             let command = opts
                 .web_command
@@ -370,46 +401,12 @@ impl Instance {
         droplet_dir: &Path,
         logs: &Path,
     ) -> Result<()> {
-        let (mount, setpriv, bash) = (host_tool("mount")?, host_tool("setpriv")?, "/bin/bash");
-        let unshare = host_tool("unshare")?;
-        // $1 droplet, $2 credentials, $3 system certs, $4 launcher script, $5 command.
-        let script = format!(
-            "set -e\n\
-             {mount} --bind \"$1\" /home/vcap\n\
-             {mount} --bind \"$2\" {CREDENTIALS_MOUNT}\n\
-             {mount} -o remount,bind,ro {CREDENTIALS_MOUNT}\n\
-             {mount} --bind \"$3\" {SYSTEM_CERTS_MOUNT}\n\
-             {mount} -o remount,bind,ro {SYSTEM_CERTS_MOUNT}\n\
-             cd /home/vcap\n\
-             exec {setpriv} --reuid={VCAP_UID} --regid={VCAP_UID} --clear-groups -- \
-             {bash} -c \"$4\" /tmp/lifecycle/launcher /home/vcap/app \"$5\"\n",
-            mount = mount.display(),
-            setpriv = setpriv.display(),
-        );
         let stdout = logs.join(format!("{name}.stdout"));
         let stderr = logs.join(format!("{name}.stderr"));
-        let mut cmd = self.netns.command(&unshare.display().to_string())?;
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(droplet_dir)
-        .arg(self.credentials.dir())
-        .arg(self.credentials.ca().system_cert_dir())
-        .arg(LAUNCHER_SCRIPT)
-        .arg(command)
-        .env_clear()
-        .envs(env)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout)?)
-        .stderr(File::create(&stderr)?);
+        let mut cmd = self.vcap_command(LAUNCHER_SCRIPT, command, env, droplet_dir)?;
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .spawn()
@@ -424,6 +421,69 @@ impl Instance {
             exited: Mutex::new(None),
         });
         Ok(())
+    }
+
+    /// Runs `command` in the instance like `cf ssh <app> -c <command>`: inside its network and
+    /// (a fresh) mount namespace, as vcap, with the web process's environment plus `env`
+    /// (overriding it), after the profile scripts. Output is captured; the exit status is the
+    /// command's own.
+    pub fn ssh(&self, command: &str, env: &[(&str, &str)]) -> Result<Output> {
+        let mut vars = self.ssh_env.clone();
+        for (k, v) in env {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let mut cmd = self.vcap_command(SSH_SCRIPT, command, &vars, &self.droplet_dir())?;
+        cmd.stdin(Stdio::null());
+        cmd.output()
+            .with_context(|| format!("cannot run {command:?} in the instance"))
+    }
+
+    /// The command that enters the instance (network namespace, own mount namespace with the
+    /// droplet and the credentials mounted), becomes vcap and runs `script` with `$1` =
+    /// `/home/vcap/app` and `$2` = `command`.
+    fn vcap_command(
+        &self,
+        script: &str,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        droplet_dir: &Path,
+    ) -> Result<std::process::Command> {
+        let (mount, setpriv, bash) = (host_tool("mount")?, host_tool("setpriv")?, "/bin/bash");
+        let unshare = host_tool("unshare")?;
+        // $1 droplet, $2 credentials, $3 system certs, $4 launcher script, $5 command.
+        let enter = format!(
+            "set -e\n\
+             {mount} --bind \"$1\" /home/vcap\n\
+             {mount} --bind \"$2\" {CREDENTIALS_MOUNT}\n\
+             {mount} -o remount,bind,ro {CREDENTIALS_MOUNT}\n\
+             {mount} --bind \"$3\" {SYSTEM_CERTS_MOUNT}\n\
+             {mount} -o remount,bind,ro {SYSTEM_CERTS_MOUNT}\n\
+             cd /home/vcap\n\
+             exec {setpriv} --reuid={VCAP_UID} --regid={VCAP_UID} --clear-groups -- \
+             {bash} -c \"$4\" /tmp/lifecycle/launcher /home/vcap/app \"$5\"\n",
+            mount = mount.display(),
+            setpriv = setpriv.display(),
+        );
+        let mut cmd = self.netns.command(&unshare.display().to_string())?;
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            &enter,
+            "sh",
+        ])
+        .arg(droplet_dir)
+        .arg(self.credentials.dir())
+        .arg(self.credentials.ca().system_cert_dir())
+        .arg(script)
+        .arg(command)
+        .env_clear()
+        .envs(env)
+        .current_dir("/");
+        Ok(cmd)
     }
 
     pub fn processes(&self) -> &[Process] {
@@ -473,6 +533,11 @@ impl Instance {
         self.netns.exec(argv)
     }
 
+    /// Like [`Instance::exec`], writing `input` to the command's stdin (then closing it).
+    pub fn exec_with_stdin(&self, argv: &[&str], input: &[u8]) -> Result<Output> {
+        self.netns.exec_with_stdin(argv, input)
+    }
+
     /// A TCP connection to `127.0.0.1:port` inside the instance.
     pub fn connect(&self, port: u16) -> Result<TcpStream> {
         self.netns.connect(
@@ -482,8 +547,9 @@ impl Instance {
     }
 
     /// Waits until something accepts on `127.0.0.1:port` (Diego's port health check).
+    /// Fails at once if any process of the instance exits meanwhile.
     pub fn wait_for_port(&self, port: u16, deadline: Deadline) -> Result<()> {
-        poll(deadline, &format!("port {port} to accept"), || {
+        poll_strict(deadline, &format!("port {port} to accept"), || {
             for p in &self.processes {
                 if let Some(status) = p.try_status()? {
                     bail!(
@@ -493,7 +559,7 @@ impl Instance {
                     );
                 }
             }
-            Ok(self.connect(port).ok().map(|_| ()))
+            Ok(self.connect(port).map(|_| ()).map_err(|e| e.to_string()))
         })
     }
 

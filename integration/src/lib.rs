@@ -23,6 +23,7 @@ pub mod elf;
 pub mod http;
 pub mod launch;
 pub mod netns;
+pub mod netpair;
 pub mod sidecar;
 pub mod stage;
 pub mod tls;
@@ -31,7 +32,7 @@ pub mod util;
 mod error;
 mod xxhash;
 
-pub use cell::{AppIdentity, CellCa, InstanceCredentials, IssuedCert};
+pub use cell::{AppIdentity, Caller, Callers, CellCa, InstanceCredentials, IssuedCert};
 pub use error::{Context, Error, Result};
 pub use launch::{Instance, LaunchOptions, Process};
 pub use netns::NetNs;

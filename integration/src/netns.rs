@@ -67,6 +67,27 @@ impl NetNs {
             .with_context(|| format!("cannot run {argv:?} in {}", self.name))
     }
 
+    /// Like [`NetNs::exec`], writing `input` to the command's stdin and then closing it.
+    pub fn exec_with_stdin(&self, argv: &[&str], input: &[u8]) -> Result<Output> {
+        use std::io::Write;
+        let (program, args) = argv.split_first().context("empty command")?;
+        let mut cmd = self.command(program)?;
+        cmd.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {argv:?} in {}", self.name))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that exits without reading everything is not an error here.
+            let _ = stdin.write_all(input);
+        }
+        child
+            .wait_with_output()
+            .with_context(|| format!("cannot run {argv:?} in {}", self.name))
+    }
+
     /// Opens a TCP connection to `addr` from inside the namespace. A helper thread enters the
     /// namespace (`setns`) and connects; the socket belongs to the namespace it was made in, so
     /// the returned stream works from any thread.

@@ -17,6 +17,15 @@ pub fn client_config(
     ca_file: &Path,
     client: Option<(&Path, &Path)>,
 ) -> Result<Arc<rustls::ClientConfig>> {
+    client_config_with_alpn(ca_file, client, &[])
+}
+
+/// [`client_config`] offering `alpn` protocols (e.g. `["h2", "http/1.1"]`) in the handshake.
+pub fn client_config_with_alpn(
+    ca_file: &Path,
+    client: Option<(&Path, &Path)>,
+    alpn: &[&str],
+) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_file).context("cannot read the CA file")? {
         roots.add(cert.context("bad CA PEM")?)?;
@@ -25,7 +34,7 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let config = match client {
+    let mut config = match client {
         Some((cert, key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .context("cannot read the client certificate")?
@@ -36,6 +45,7 @@ pub fn client_config(
         }
         None => builder.with_no_client_auth(),
     };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(config))
 }
 

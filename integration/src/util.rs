@@ -185,6 +185,26 @@ pub fn poll<T>(
     }
 }
 
+/// Like [`poll`], but an `Err` from `f` ends the wait at once (a condition that cannot recover,
+/// e.g. the process being waited for exited); `Ok(Err(why))` means "not yet", and the last
+/// `why` goes into the timeout message.
+pub fn poll_strict<T>(
+    deadline: Deadline,
+    what: &str,
+    mut f: impl FnMut() -> Result<Result<T, String>>,
+) -> Result<T> {
+    loop {
+        let why = match f()? {
+            Ok(v) => return Ok(v),
+            Err(why) => why,
+        };
+        if deadline.expired() {
+            bail!("timed out waiting for {what}: {why}");
+        }
+        deadline.tick();
+    }
+}
+
 /// `YYYYMMDDHHMMSSZ` (UTC) for `openssl ca -startdate/-enddate`.
 pub fn asn1_generalized_time(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -7,12 +7,15 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 use tls_sidecar_integration::buildpacks::{fixture_app, fixture_buildpack, zip_dir};
-use tls_sidecar_integration::cell::{cert_serial, cert_subject_rfc2253, cert_text};
+use tls_sidecar_integration::cell::{
+    cert_not_after_iso, cert_not_after_unix, cert_pem_body, cert_serial, cert_sha256_hex,
+    cert_subject_rfc2253, cert_text,
+};
 use tls_sidecar_integration::http::request;
 use tls_sidecar_integration::util::Deadline;
 use tls_sidecar_integration::{
-    AppIdentity, AppInfo, Buildpack, CellCa, Instance, InstanceCredentials, LaunchOptions,
-    StagingRequest, require_root,
+    AppIdentity, AppInfo, Buildpack, Caller, Callers, CellCa, Instance, InstanceCredentials,
+    LaunchOptions, StagingRequest, require_root,
 };
 
 fn ready() -> Deadline {
@@ -526,4 +529,209 @@ fn two_instances_use_the_same_ports_side_by_side() {
         let resp = request(&mut conn, "GET", "/", "localhost", &[]).unwrap();
         assert_eq!(resp.text(), format!("hello from http-app instance {i}\n"));
     }
+}
+
+/// `openssl verify` of a client chain file (leaf first, intermediate after) against `root` for
+/// the TLS client purpose, at the current time; `(ok, output)`.
+fn verify_client(root: &std::path::Path, chain: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(root)
+        .arg("-untrusted")
+        .arg(chain)
+        .arg(chain)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_ingress_callers_verify_against_the_platform_ca_except_the_foreign_and_the_expired_ones() {
+    let me = AppIdentity::random();
+    let callers = Callers::for_server(&me).unwrap();
+    let root = CellCa::shared().unwrap().root_cert().to_path_buf();
+    let id = |c: &Caller| c.identity.clone().unwrap();
+    let cert = |c: &Caller| c.cert.clone().unwrap().cert;
+
+    for c in [
+        &callers.allowed,
+        &callers.same_space,
+        &callers.other_space,
+        &callers.other_org,
+    ] {
+        let (ok, out) = verify_client(&root, &cert(c));
+        assert!(ok, "{}: {out}", c.what);
+        assert_eq!(
+            cert_subject_rfc2253(&cert(c)).unwrap(),
+            id(c).rfc2253_subject()
+        );
+        assert!(
+            cert_text(&cert(c))
+                .unwrap()
+                .contains("TLS Web Client Authentication")
+        );
+    }
+    // Who is who, relative to the server.
+    let allowed = id(&callers.allowed);
+    assert_eq!(
+        (&allowed.org_guid, &allowed.space_guid),
+        (&me.org_guid, &me.space_guid)
+    );
+    assert_ne!(allowed.app_guid, me.app_guid);
+    let same_space = id(&callers.same_space);
+    assert_eq!(same_space.space_guid, me.space_guid);
+    assert_ne!(same_space.app_guid, allowed.app_guid);
+    let other_space = id(&callers.other_space);
+    assert_eq!(other_space.org_guid, me.org_guid);
+    assert_ne!(other_space.space_guid, me.space_guid);
+    assert_ne!(id(&callers.other_org).org_guid, me.org_guid);
+
+    // The foreign CA's caller claims the allowed app but does not chain to appRootCA.
+    assert_eq!(id(&callers.foreign_ca), allowed);
+    let (ok, out) = verify_client(&root, &cert(&callers.foreign_ca));
+    assert!(
+        !ok && out.contains("unable to get local issuer certificate"),
+        "{out}"
+    );
+
+    // The expired caller is the allowed app from the right CA, valid until yesterday.
+    assert_eq!(id(&callers.expired), allowed);
+    let (ok, out) = verify_client(&root, &cert(&callers.expired));
+    assert!(!ok && out.contains("certificate has expired"), "{out}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let not_after = cert_not_after_unix(&cert(&callers.expired)).unwrap();
+    assert!(not_after < now - 3600, "notAfter {not_after}, now {now}");
+
+    assert!(callers.anonymous.cert.is_none() && callers.anonymous.identity.is_none());
+}
+
+#[test]
+fn xfcc_inputs_computed_with_openssl_agree_with_the_certificate_itself() {
+    let me = AppIdentity::random();
+    let ca = CellCa::shared().unwrap();
+    let (_dir, issued) = ca.issue_client(&me.app_in_other_org()).unwrap();
+    // Hash: the SHA-256 of the leaf's DER, as the fingerprint.
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&issued.cert)
+        .output()
+        .unwrap()
+        .stdout;
+    use sha2::Digest;
+    assert_eq!(
+        cert_sha256_hex(&issued.cert).unwrap(),
+        hex::encode(sha2::Sha256::digest(&der))
+    );
+    // raw: the PEM body is the base64 of that DER.
+    let body = cert_pem_body(&issued.cert).unwrap();
+    let decoded = std::process::Command::new("openssl")
+        .args(["base64", "-d", "-A"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    assert_eq!(decoded, der);
+    // The ISO and Unix spellings of notAfter agree.
+    let iso = cert_not_after_iso(&issued.cert).unwrap();
+    let unix = cert_not_after_unix(&issued.cert).unwrap();
+    let back = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{unix}"), "+%Y-%m-%d %H:%M:%SZ"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(String::from_utf8_lossy(&back).trim(), iso);
+}
+
+#[test]
+#[ignore = "integration test: needs root; run with --include-ignored (scripts/test.sh does)"]
+fn ssh_runs_a_command_as_vcap_with_the_web_env_after_the_profile_scripts_and_the_fixture_app_serves_slow_and_upgrade()
+ {
+    require_root().unwrap();
+    let staging = StagingRequest::new(AppInfo::new("ssh"), fixture_app("http-app"))
+        .buildpack(fixture_buildpack("libbuildpack-final").unwrap())
+        .stage()
+        .unwrap();
+    staging.ensure_success().unwrap();
+    let instance =
+        Instance::launch(&staging.droplet().unwrap(), &LaunchOptions::default()).unwrap();
+    instance.wait_for_port(8080, ready()).unwrap();
+
+    let out = instance
+        .ssh(
+            "id -u; pwd; echo \"$CF_INSTANCE_GUID\"; echo \"$EXTRA\"; cat \"$CF_INSTANCE_CERT\" | head -1; ls \"$CF_SYSTEM_CERT_PATH\"",
+            &[("EXTRA", "set")],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "2000",
+            "/home/vcap/app",
+            instance.guid(),
+            "set",
+            "-----BEGIN CERTIFICATE-----",
+            "trusted-ca-1.crt"
+        ],
+        "{text}"
+    );
+    let out = instance.ssh("exit 3", &[]).unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    // /slow logs its start, then answers after the delay.
+    let mut conn = instance.connect(8080).unwrap();
+    let started = std::time::Instant::now();
+    let r = request(&mut conn, "GET", "/slow?seconds=1", "localhost", &[]).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "slept 1s\n"));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let log = instance.web().unwrap().stdout();
+    assert!(
+        log.contains("slow request started: /slow?seconds=1"),
+        "{log}"
+    );
+    assert!(log.contains("connection from 127.0.0.1:"), "{log}");
+
+    // /upgrade: 101, then an echo of raw bytes.
+    use std::io::{Read, Write};
+    let mut conn = instance.connect(8080).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nfirst",
+    )
+    .unwrap();
+    let head = tls_sidecar_integration::http::read_head(&mut conn).unwrap();
+    assert_eq!(head.status, 101);
+    assert_eq!(
+        head.headers.get("upgrade").map(String::as_str),
+        Some("echo")
+    );
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"first");
+    conn.write_all(b"again").unwrap();
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"again");
+    // Without the upgrade headers: 426.
+    let mut conn = instance.connect(8080).unwrap();
+    let r = request(&mut conn, "GET", "/upgrade", "localhost", &[]).unwrap();
+    assert_eq!(r.status, 426);
 }

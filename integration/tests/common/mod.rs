@@ -1,6 +1,8 @@
 //! Shared steps of the end-to-end tests: our buildpack, fixture apps, a `cf push`.
 #![allow(dead_code)]
 
+pub mod callers;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tls_sidecar_integration::buildpacks::{OUR_KEY, fixture_app, fixture_buildpack, our_buildpack};
@@ -114,4 +116,59 @@ pub fn strip_ansi(s: &str) -> String {
 
 pub fn our_key() -> &'static str {
     OUR_KEY
+}
+
+/// Stages the http-app fixture with `tls-sidecar.yml` = `config` behind our buildpack and
+/// libbuildpack-final, insisting on success.
+pub fn stage_with_config(app: &AppInfo, config: &str) -> Staging {
+    let dir = http_app_with(&[("tls-sidecar.yml", config)]);
+    stage_ok(
+        app,
+        &app_dir(&dir),
+        vec![ours(), fixture("libbuildpack-final")],
+    )
+}
+
+/// Launches instance 0 of `staging` with `opts` and waits until the app, every sidecar port in
+/// `ports` and the sidecar's `/ready` are up.
+pub fn launch_ready(
+    staging: &Staging,
+    opts: &tls_sidecar_integration::LaunchOptions,
+    ports: &[u16],
+) -> tls_sidecar_integration::Instance {
+    let instance =
+        tls_sidecar_integration::Instance::launch(&staging.droplet().unwrap(), opts).unwrap();
+    tls_sidecar_integration::sidecar::wait_ready_on(&instance, ports, ready()).unwrap();
+    instance
+}
+
+/// A fresh request marker, so a test can tell whether a request reached the app.
+pub fn probe() -> String {
+    format!("probe-{}", tls_sidecar_integration::util::random_hex(8))
+}
+
+/// What the http-app fixture answers on `/` for instance 0.
+pub const HELLO: &str = "hello from http-app instance 0\n";
+
+/// The fixture app's log (its stdout): one line per connection and per request.
+pub fn app_log(instance: &tls_sidecar_integration::Instance) -> String {
+    instance.web().unwrap().stdout()
+}
+
+/// How many connections the fixture app has accepted so far.
+pub fn app_connections(instance: &tls_sidecar_integration::Instance) -> usize {
+    app_log(instance)
+        .lines()
+        .filter(|l| l.starts_with("connection from "))
+        .count()
+}
+
+/// stdout and stderr of a command, for messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

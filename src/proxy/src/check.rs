@@ -6,7 +6,7 @@
 //! Meant for `cf ssh APP -c '/home/vcap/deps/0/bin/tls-sidecar check'`: the default
 //! configuration is the staged one beside the binary and the environment is the app's.
 
-use crate::config::{self, CertificateConfig, SidecarConfig};
+use crate::config::{self, CertificateConfig, MintConfig, SidecarConfig};
 use crate::errors::app_name;
 use crate::identity::CfIdentity;
 use crate::logging::rfc3339;
@@ -66,6 +66,7 @@ pub fn run(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> (u8, Strin
 
     certificate(&mut out, &mut problems, config, &app);
     listeners(&mut out, &mut problems, config, &app);
+    egress(&mut out, &mut problems, config, &app);
     trust_anchors(&mut out, &mut problems, config, &app);
 
     let _ = writeln!(out, "\nAdmin");
@@ -95,15 +96,16 @@ pub fn run(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> (u8, Strin
 }
 
 fn certificate(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConfig, app: &str) {
-    let source = match &config.certificate {
-        CertificateConfig::Files { source, .. } => *source,
-        CertificateConfig::Service { .. } => CertificateSource::Service,
-    };
+    let source = config.certificate.source();
     let _ = writeln!(
         out,
         "\nServing certificate (source: {source}): {}",
         config.certificate.describe()
     );
+    if let CertificateConfig::Minted(mint) = &config.certificate {
+        minted(out, problems, mint, app);
+        return;
+    }
     let material = match config.certificate.read() {
         Ok(material) => material,
         Err(e) => {
@@ -177,6 +179,97 @@ fn certificate(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarCo
     }
 }
 
+/// `source: minted`: mints one leaf in memory, exactly as the sidecar would, and describes it.
+fn minted(out: &mut String, problems: &mut Vec<Problem>, mint: &MintConfig, app: &str) {
+    let provider = tls::provider();
+    match crate::mint::mint(mint, &provider, unix_now()) {
+        Ok(minted) => {
+            let leaf = &minted.leaf;
+            let identity = CfIdentity::from_der(&leaf.der).unwrap_or_default();
+            let _ = writeln!(out, "  identity   {identity}");
+            let _ = writeln!(out, "  SANs       {}", leaf.sans.join(", "));
+            if !minted.left_out.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  left out   {} (the CA's name constraints do not permit them)",
+                    minted.left_out.join(", ")
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  valid      {} to {}, renewed at {} (key: ECDSA P-256, made in memory)",
+                rfc3339(leaf.not_before),
+                rfc3339(leaf.not_after),
+                rfc3339(minted.renew_at)
+            );
+            let _ = writeln!(
+                out,
+                "  chain      {} certificates, signed by {}",
+                minted.chain.len(),
+                minted.ca_subject
+            );
+            if !leaf.sans.iter().any(|s| {
+                mint.dns_names
+                    .iter()
+                    .any(|n| s == &format!("DNS:{n}") && n.contains('.'))
+            }) {
+                problems.push(Problem {
+                    what: "the minted certificate names no route, so clients can only verify it by CF identity".to_owned(),
+                    fix: format!("map an internal route (cf map-route {app} apps.internal --hostname {app}) or list names in certificate.names, then cf restart {app}"),
+                });
+            }
+        }
+        Err(e) => {
+            let fix = match &e {
+                LoadError::Service(_) => format!(
+                    "bind a service instance called \"{name}\" whose credentials hold \"ca_certificate\" and \"ca_private_key\" (PEM; e.g. cf create-user-provided-service {name} -p ca.json, then cf bind-service {app} {name}), then cf restage {app}",
+                    name = mint.service
+                ),
+                _ => format!(
+                    "put a valid CA certificate (CA:TRUE, not expired) and its own key into the service's credentials (cf update-user-provided-service {} -p ca.json), then cf restart {app}",
+                    mint.service
+                ),
+            };
+            problems.push(Problem {
+                what: e.to_string(),
+                fix,
+            });
+        }
+    }
+}
+
+fn egress(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConfig, app: &str) {
+    if config.egress.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nEgress (plaintext from the app, mutual TLS to the target)"
+    );
+    for (i, e) in config.egress.iter().enumerate() {
+        // As tls_sidecar_config::Egress::env_var spells it (the buildpack's profile.d).
+        let var = format!(
+            "TLS_SIDECAR_EGRESS_{}",
+            e.name.to_ascii_uppercase().replace('-', "_")
+        );
+        let _ = writeln!(
+            out,
+            "  egress[{i}] {}  {} -> {}  (the app finds it in ${})",
+            e.name, e.bind, e.target, var
+        );
+        let rules: Vec<String> = e.expect.iter().map(|s| describe_rule(s, config)).collect();
+        let _ = writeln!(out, "      expect: {}", rules.join(", "));
+        if let Err(problem) = e.expectation(&config.app) {
+            problems.push(Problem {
+                what: format!("egress[{i}].expect: {problem}; the sidecar refuses to start (exit 64)"),
+                fix: format!(
+                    "Cloud Foundry sets VCAP_APPLICATION for the app's processes: run check inside the app's container (cf ssh {app}); or name the space or org explicitly (cf:space:<guid>, cf:org:<guid>) in tls-sidecar.yml, then cf push {app}"
+                ),
+            });
+        }
+    }
+}
+
 fn time_left(secs: i64) -> String {
     let (days, hours, minutes) = (
         secs.abs() / 86_400,
@@ -209,6 +302,7 @@ fn load_fix(
         CertificateSource::Service => {
             let name = match cert {
                 CertificateConfig::Service { name, .. } => name.as_str(),
+                CertificateConfig::Minted(m) => m.service.as_str(),
                 CertificateConfig::Files { .. } => "SERVICE",
             };
             format!("update the credentials of the service (cf update-user-provided-service {name} -p '{{\"certificate\":\"...\",\"private_key\":\"...\"}}'), then cf restart APP")
@@ -224,7 +318,7 @@ fn load_fix(
             CertificateConfig::Service { name, .. } => format!(
                 "bind a service instance called \"{name}\" whose credentials hold \"certificate\" and \"private_key\" (cf bind-service APP {name}), then cf restage APP; or change certificate.service in tls-sidecar.yml"
             ),
-            CertificateConfig::Files { .. } => replace,
+            CertificateConfig::Files { .. } | CertificateConfig::Minted(_) => replace,
         },
         LoadError::Expired { .. } => replace,
         LoadError::NotYetValid { .. } => format!("check the issuer's clock, or wait until the certificate becomes valid; or {replace}"),
@@ -291,24 +385,36 @@ fn describe_rule(selector: &Selector, config: &SidecarConfig) -> String {
 }
 
 fn trust_anchors(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConfig, app: &str) {
-    let verifying: Vec<String> = config
+    let mut verifying: Vec<String> = config
         .listeners
         .iter()
         .enumerate()
         .filter(|(_, l)| l.verifies_clients())
         .map(|(i, l)| format!("listeners[{i}] (client_auth: {})", l.client_auth))
         .collect();
+    verifying.extend(
+        config
+            .egress
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("egress[{i}] ({})", e.name)),
+    );
     if verifying.is_empty() {
         let _ = writeln!(
             out,
-            "\nTrust anchors\n  not used: no listener asks for client certificates"
+            "\nTrust anchors\n  not used: no listener asks for client certificates and there is no egress"
         );
         return;
     }
     let (bundle, errors) = trust::load(&config.trust);
+    let what = match (config.verifies_clients(), config.egress.is_empty()) {
+        (true, true) => "client certificates",
+        (true, false) => "client certificates and egress servers",
+        (false, _) => "egress servers",
+    };
     let _ = writeln!(
         out,
-        "\nTrust anchors for client certificates ({} in total)",
+        "\nTrust anchors for {what} ({} in total)",
         bundle.anchor_count()
     );
     let trust = &config.trust;
@@ -372,7 +478,12 @@ fn trust_anchors(out: &mut String, problems: &mut Vec<Problem>, config: &Sidecar
             _ => String::new(),
         };
         let consequence = format!(
-            "there are no trust anchors{searched}, so every client certificate is refused on {}",
+            "there are no trust anchors{searched}, so every {} certificate is refused on {}",
+            if config.egress.is_empty() {
+                "client"
+            } else {
+                "peer"
+            },
             verifying.join(", ")
         );
         match trust_problems.last_mut() {

@@ -4,7 +4,7 @@
 //! directly and never touch the process environment.
 
 use crate::errors::{StartError, app_name};
-use crate::identity::AccessPolicy;
+use crate::identity::{AccessPolicy, Expectation};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub const DEFAULT_APP_DIR: &str = "/home/vcap/app";
 pub struct SidecarConfig {
     /// One TLS listener per entry, in config order (index = `listeners[i]`).
     pub listeners: Vec<ListenerConfig>,
+    /// One plaintext loopback listener per `egress` entry, in config order: mutual TLS out to
+    /// another app with this instance's certificate.
+    pub egress: Vec<EgressConfig>,
     /// Where the serving certificate comes from.
     pub certificate: CertificateConfig,
     /// What client certificates are verified against.
@@ -84,6 +87,51 @@ impl ListenerConfig {
     }
 }
 
+/// One egress listener: the app connects in plaintext to `bind`, the sidecar connects to
+/// `target` over TLS with this instance's certificate and checks the server's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressConfig {
+    /// `egress[i].name`: log field, metrics label, and `TLS_SIDECAR_EGRESS_<NAME>`.
+    pub name: String,
+    /// Where the app connects (loopback unless `unsafe_listen`); tests use `127.0.0.1:0`.
+    pub bind: SocketAddr,
+    /// Where TLS goes; the host is also the SNI (and the name `dns:` selectors are checked
+    /// against is written there).
+    pub target: HostPort,
+    /// Which server identities are accepted (OR'd).
+    pub expect: Vec<Selector>,
+    /// `None`: look `target` up for every connection (an internal route resolves to every
+    /// instance) and try each address in turn. `Some`: these addresses instead (tests).
+    pub addrs: Option<Vec<SocketAddr>>,
+}
+
+impl EgressConfig {
+    /// The `expect` rules resolved against this app's `VCAP_APPLICATION`.
+    pub fn expectation(&self, app: &VcapApplication) -> Result<Expectation, String> {
+        Expectation::resolve(&self.expect, app)
+    }
+}
+
+/// `certificate.source: minted`: what the minted leaf says, all resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintConfig {
+    /// The bound CA service's name (`certificate.service`).
+    pub service: String,
+    /// `VCAP_SERVICES` as found at start (`None` when unset).
+    pub vcap_services: Option<String>,
+    /// Subject CN: the instance GUID (`CF_INSTANCE_GUID`).
+    pub common_name: String,
+    /// Subject OUs, as Diego writes them: `app:<g>`, `space:<g>`, `organization:<g>`.
+    pub organizational_units: Vec<String>,
+    /// DNS SANs: the internal routes, their `<index>.<route>` forms, the instance GUID, then
+    /// `certificate.names`.
+    pub dns_names: Vec<String>,
+    /// IP SANs: `CF_INSTANCE_INTERNAL_IP`.
+    pub ips: Vec<IpAddr>,
+    /// Lifetime of each leaf (`certificate.validity`).
+    pub validity: Duration,
+}
+
 /// The serving certificate's source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateConfig {
@@ -101,6 +149,9 @@ pub enum CertificateConfig {
         /// `VCAP_SERVICES` as found at start (`None` when unset).
         vcap_services: Option<String>,
     },
+    /// `source: minted`: a key made in memory and a leaf signed by a bound service's CA,
+    /// renewed before two thirds of its lifetime have passed (see [`crate::mint`]).
+    Minted(MintConfig),
 }
 
 impl CertificateConfig {
@@ -119,6 +170,21 @@ impl CertificateConfig {
             CertificateConfig::Service { name, .. } => {
                 format!("the credentials of the bound service \"{name}\"")
             }
+            CertificateConfig::Minted(m) => {
+                format!(
+                    "a certificate minted from the CA of the bound service \"{}\"",
+                    m.service
+                )
+            }
+        }
+    }
+
+    /// What `check` and messages call the source.
+    pub fn source(&self) -> CertificateSource {
+        match self {
+            CertificateConfig::Files { source, .. } => *source,
+            CertificateConfig::Service { .. } => CertificateSource::Service,
+            CertificateConfig::Minted(_) => CertificateSource::Minted,
         }
     }
 }
@@ -227,6 +293,7 @@ impl Loaded {
 pub fn load(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> Result<Loaded, StartError> {
     let loaded = load_unchecked(cli_path, env, exe)?;
     loaded.config.policies()?;
+    loaded.config.expectations()?;
     Ok(loaded)
 }
 
@@ -311,6 +378,7 @@ impl SidecarConfig {
     pub fn resolve(staged: &StagedConfig, env: &Env) -> Result<(Self, Vec<String>), StartError> {
         let (config, warnings) = Self::resolve_unchecked(staged, env)?;
         config.policies()?;
+        config.expectations()?;
         Ok((config, warnings))
     }
 
@@ -320,7 +388,6 @@ impl SidecarConfig {
         staged: &StagedConfig,
         env: &Env,
     ) -> Result<(Self, Vec<String>), StartError> {
-        refuse_unsupported(staged, env)?;
         let app_port = app_port(env)?;
         let mut warnings = Vec::new();
         let set = |var: &str| {
@@ -348,8 +415,29 @@ impl SidecarConfig {
             })
             .collect();
 
+        let (app, vcap_problem) = VcapApplication::from_env(env);
+        warnings.extend(vcap_problem);
+
+        let mut egress = Vec::with_capacity(staged.egress.len());
+        for (i, e) in staged.egress.iter().enumerate() {
+            egress.push(EgressConfig {
+                name: e.name.clone(),
+                bind: listen_addr(&e.listen).ok_or_else(|| StartError::EgressListen {
+                    field: format!("egress[{i}].listen"),
+                    value: e.listen.to_string(),
+                    app: app_name(env),
+                })?,
+                target: e.target.clone(),
+                expect: e.expect.clone(),
+                addrs: None,
+            });
+        }
+
         let c = &staged.certificate;
         let certificate = match c.source {
+            CertificateSource::Minted => {
+                CertificateConfig::Minted(mint_config(c, env, &app, &mut warnings))
+            }
             CertificateSource::Service => CertificateConfig::Service {
                 name: c.service.clone().unwrap_or_default(),
                 vcap_services: env.get("VCAP_SERVICES").cloned(),
@@ -361,8 +449,7 @@ impl SidecarConfig {
                     key: in_app_dir(&app_dir, c.key_file.as_deref().unwrap_or_default()),
                 },
             },
-            // Minted is refused above.
-            CertificateSource::Instance | CertificateSource::Minted => {
+            CertificateSource::Instance => {
                 let mut path_from = |var: &str, default: &str| {
                     set(var).unwrap_or_else(|| {
                         warnings.push(format!(
@@ -403,26 +490,40 @@ impl SidecarConfig {
                 .extra
                 .push((format!("service \"{name}\" credentials.ca"), ca));
         }
-        let verifying: Vec<String> = listeners
+        // Apps bound to the same CA service verify each other's minted certificates.
+        if let CertificateConfig::Minted(MintConfig {
+            service,
+            vcap_services: Some(raw),
+            ..
+        }) = &certificate
+            && let Ok(creds) = crate::source::ca_credentials(raw, service)
+        {
+            trust.extra.push((
+                format!("service \"{service}\" credentials.ca_certificate"),
+                creds.certificate,
+            ));
+        }
+        let mut verifying: Vec<String> = listeners
             .iter()
             .enumerate()
             .filter(|(_, l)| l.verifies_clients())
             .map(|(i, _)| format!("listeners[{i}]"))
             .collect();
+        verifying.extend((0..egress.len()).map(|i| format!("egress[{i}]")));
         if !verifying.is_empty() && staged.trust.system_certs && trust.system_dir.is_none() {
-            let without = if trust.ca_files.is_empty() && trust.extra.is_empty() {
-                "no client certificate can be verified"
-            } else {
-                "only trust.ca_files are trusted"
+            let without = match (
+                trust.ca_files.is_empty() && trust.extra.is_empty(),
+                egress.is_empty(),
+            ) {
+                (true, true) => "no client certificate can be verified",
+                (true, false) => "no peer certificate can be verified",
+                (false, _) => "only trust.ca_files are trusted",
             };
             warnings.push(format!(
                 "{SYSTEM_CERT_PATH_UNSET}, so the platform's CAs are not trusted and {without} on {}",
                 verifying.join(", ")
             ));
         }
-
-        let (app, vcap_problem) = VcapApplication::from_env(env);
-        warnings.extend(vcap_problem);
 
         let admin = staged
             .admin
@@ -431,6 +532,7 @@ impl SidecarConfig {
 
         let config = SidecarConfig {
             listeners,
+            egress,
             certificate,
             trust,
             app,
@@ -464,9 +566,35 @@ impl SidecarConfig {
             .collect()
     }
 
+    /// Each egress entry's resolved `expect` rules, in config order.
+    pub(crate) fn expectations(&self) -> Result<Vec<Expectation>, StartError> {
+        self.egress
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.expectation(&self.app)
+                    .map_err(|problem| StartError::AccessRule {
+                        field: format!("egress[{i}].expect"),
+                        problem,
+                        app: self
+                            .app
+                            .application_name
+                            .clone()
+                            .unwrap_or_else(|| "APP_NAME".to_owned()),
+                    })
+            })
+            .collect()
+    }
+
     /// Whether any listener verifies client certificates.
     pub fn verifies_clients(&self) -> bool {
         self.listeners.iter().any(ListenerConfig::verifies_clients)
+    }
+
+    /// Whether anything verifies peer certificates (and so needs the trust bundle): a listener
+    /// asking for client certificates, or an egress entry.
+    pub fn verifies_peers(&self) -> bool {
+        self.verifies_clients() || !self.egress.is_empty()
     }
 }
 
@@ -489,23 +617,120 @@ fn admin_addr(listen: &HostPort) -> SocketAddr {
     SocketAddr::new(ip, listen.port)
 }
 
-/// Parts of the configuration contract that a later version implements. Serving without them
-/// would silently weaken what the app asked for, so the sidecar refuses to start instead.
-fn refuse_unsupported(staged: &StagedConfig, env: &Env) -> Result<(), StartError> {
-    if staged.certificate.source == CertificateSource::Minted {
-        return Err(StartError::UnsupportedCertificateSource {
-            configured: staged.certificate.source,
-            app: app_name(env),
-        });
+/// An egress listen address: an IP (the staged config allows only loopback ones unless
+/// `unsafe_listen`), or `localhost`.
+fn listen_addr(listen: &HostPort) -> Option<SocketAddr> {
+    let ip = if listen.host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        listen.host.parse::<IpAddr>().ok()?
+    };
+    Some(SocketAddr::new(ip, listen.port))
+}
+
+/// The minted leaf's names and subject, from `VCAP_APPLICATION` and Diego's variables.
+fn mint_config(
+    c: &tls_sidecar_config::Certificate,
+    env: &Env,
+    app: &VcapApplication,
+    warnings: &mut Vec<String>,
+) -> MintConfig {
+    let var = |name: &str| {
+        env.get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let mut dns_names: Vec<String> = Vec::new();
+    let mut add = |name: String| {
+        let name = name.to_ascii_lowercase();
+        if !dns_names.contains(&name) {
+            dns_names.push(name);
+        }
+    };
+    let routes = internal_routes(&app.application_uris, &c.internal_domains);
+    let index = app
+        .instance_index
+        .or_else(|| var("CF_INSTANCE_INDEX").and_then(|i| i.parse().ok()));
+    for route in &routes {
+        add(route.clone());
     }
-    if !staged.egress.is_empty() {
-        return Err(StartError::Unsupported {
-            field: "egress".to_owned(),
-            what: "egress (mTLS to other apps)".to_owned(),
-            app: app_name(env),
-        });
+    if let Some(index) = index {
+        for route in &routes {
+            add(format!("{index}.{route}"));
+        }
     }
-    Ok(())
+    let instance = var("CF_INSTANCE_GUID");
+    if let Some(guid) = &instance {
+        add(guid.clone());
+    }
+    for name in &c.names {
+        add(name.clone());
+    }
+    if routes.is_empty() {
+        warnings.push(format!(
+            "certificate.source minted: no route of this app (VCAP_APPLICATION.application_uris) is under {}; the minted certificate names only {} (map one: cf map-route APP {} --hostname APP)",
+            c.internal_domains.join(", "),
+            if dns_names.is_empty() { "its IP".to_owned() } else { dns_names.join(", ") },
+            c.internal_domains.first().map_or("apps.internal", String::as_str),
+        ));
+    }
+    let ips: Vec<IpAddr> = var("CF_INSTANCE_INTERNAL_IP")
+        .and_then(|ip| ip.parse().ok())
+        .into_iter()
+        .collect();
+    let common_name = instance.unwrap_or_else(|| {
+        warnings.push(
+            "CF_INSTANCE_GUID is not set (not running on Diego?); the minted certificate's CN is \"tls-sidecar\"".to_owned(),
+        );
+        "tls-sidecar".to_owned()
+    });
+    let mut organizational_units = Vec::new();
+    for (prefix, value, field) in [
+        ("app", &app.application_id, "application_id"),
+        ("space", &app.space_id, "space_id"),
+        ("organization", &app.organization_id, "organization_id"),
+    ] {
+        match value {
+            Some(guid) => organizational_units.push(format!("{prefix}:{guid}")),
+            None => warnings.push(format!(
+                "VCAP_APPLICATION.{field} is not set: the minted certificate carries no OU={prefix}:<guid>, so peers cannot match it with cf: rules"
+            )),
+        }
+    }
+    MintConfig {
+        service: c.service.clone().unwrap_or_default(),
+        vcap_services: env.get("VCAP_SERVICES").cloned(),
+        common_name,
+        organizational_units,
+        dns_names,
+        ips,
+        validity: c.validity.duration(),
+    }
+}
+
+/// The host names in `uris` (`host.domain[/path]`) under one of `domains`, lower-cased, in
+/// order, without duplicates.
+pub(crate) fn internal_routes(uris: &[String], domains: &[String]) -> Vec<String> {
+    let mut routes: Vec<String> = Vec::new();
+    for uri in uris {
+        let host = uri.split('/').next().unwrap_or_default();
+        let host = host
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let under = domains.iter().any(|d| {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            host.len() > d.len() + 1
+                && host.ends_with(&d)
+                && host.as_bytes()[host.len() - d.len() - 1] == b'.'
+        });
+        if under && !routes.contains(&host) {
+            routes.push(host);
+        }
+    }
+    routes
 }
 
 #[cfg(test)]
@@ -646,28 +871,90 @@ mod tests {
         assert_eq!(e.exit_code(), crate::EX_USAGE);
     }
 
-    #[test]
-    fn minted_certificates_and_egress_are_refused_as_not_supported_by_this_version() {
-        let yaml = "certificate:\n  source: minted\n  service: ca\n";
-        let e = resolve(yaml, &Env::new()).unwrap_err();
-        assert!(
-            matches!(e, StartError::UnsupportedCertificateSource { .. }),
-            "{e:?}"
-        );
-        assert!(
-            e.to_string().contains("is not supported by tls-sidecar"),
-            "{e}"
-        );
-        assert_eq!(e.exit_code(), crate::EX_USAGE);
+    const ORG: &str = "0f8a4d6e-6c61-4c39-a6d0-2b0d6c1f8b11";
+    const SPACE: &str = "5c4d1b0e-2a3f-4e5d-9c8b-7a6f5e4d3c2b";
+    const APP: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
 
-        let yaml = "egress:\n  - name: backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n";
+    #[test]
+    fn egress_entries_resolve_their_listen_address_target_and_expectations() {
+        let yaml = "egress:\n  - name: backend\n    listen: localhost:9001\n    target: b.apps.internal:8443\n    expect: [cf:same-space, dns:b.apps.internal]\n";
+        let vcap = format!(r#"{{"space_id":"{SPACE}"}}"#);
+        let (c, _) = resolve(yaml, &env(&[("VCAP_APPLICATION", &vcap)])).unwrap();
+        assert_eq!(c.egress.len(), 1);
+        let e = &c.egress[0];
+        assert_eq!(
+            (e.name.as_str(), e.bind.to_string()),
+            ("backend", "127.0.0.1:9001".to_owned())
+        );
+        assert_eq!(e.target.to_string(), "b.apps.internal:8443");
+        assert_eq!(e.addrs, None);
+        assert_eq!(c.expectations().unwrap().len(), 1);
+        assert!(c.verifies_peers());
+
         let e = resolve(yaml, &Env::new()).unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("egress: egress (mTLS to other apps) is not supported"),
+                .starts_with("egress[0].expect: cf:same-space needs VCAP_APPLICATION.space_id"),
             "{e}"
         );
         assert_eq!(e.exit_code(), crate::EX_USAGE);
+    }
+
+    #[test]
+    fn a_minted_source_names_the_internal_routes_their_index_forms_the_guid_and_the_ip() {
+        let yaml = "certificate:\n  source: minted\n  service: ca\n  names: [extra.example.com]\n  validity: 2h\n";
+        let vcap = format!(
+            r#"{{"application_id":"{APP}","space_id":"{SPACE}","organization_id":"{ORG}","instance_index":2,
+                "application_uris":["web.example.com","backend.apps.internal","Backend.apps.internal","x.internal.example/path"]}}"#
+        );
+        let services = r#"{"user-provided":[{"name":"ca","credentials":{"ca_certificate":"CA PEM","ca_private_key":"K"}}]}"#;
+        let (c, warnings) = resolve(
+            yaml,
+            &env(&[
+                ("VCAP_APPLICATION", &vcap),
+                ("VCAP_SERVICES", services),
+                ("CF_INSTANCE_GUID", "4e0a8b9c-1d2e-4f3a-5b6c-7d8e"),
+                ("CF_INSTANCE_INTERNAL_IP", "10.255.0.7"),
+            ]),
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let CertificateConfig::Minted(m) = &c.certificate else {
+            panic!("not minted: {:?}", c.certificate);
+        };
+        assert_eq!(
+            m.dns_names,
+            [
+                "backend.apps.internal",
+                "2.backend.apps.internal",
+                "4e0a8b9c-1d2e-4f3a-5b6c-7d8e",
+                "extra.example.com"
+            ]
+        );
+        assert_eq!(m.ips, ["10.255.0.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(m.common_name, "4e0a8b9c-1d2e-4f3a-5b6c-7d8e");
+        assert_eq!(
+            m.organizational_units,
+            [
+                format!("app:{APP}"),
+                format!("space:{SPACE}"),
+                format!("organization:{ORG}")
+            ]
+        );
+        assert_eq!(m.validity, Duration::from_secs(7200));
+        assert_eq!(
+            c.trust.extra,
+            [(
+                "service \"ca\" credentials.ca_certificate".to_owned(),
+                "CA PEM".to_owned()
+            )]
+        );
+
+        let (_, warnings) = resolve(yaml, &Env::new()).unwrap();
+        assert!(
+            warnings.iter().any(|w| w.contains("no route of this app")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! is a log line, never an exit, because a sidecar exit kills the whole app instance.
 
 use std::path::PathBuf;
-use tls_sidecar_config::{CertificateSource, ConfigError, Env, Origin, VcapApplication};
+use tls_sidecar_config::{ConfigError, Env, Origin, VcapApplication};
 
 /// `EX_USAGE` from sysexits.h: the configuration cannot work (docs/DESIGN.md, "Exit codes").
 pub const EX_USAGE: u8 = 64;
@@ -44,30 +44,19 @@ pub enum StartError {
     )]
     AppPort { value: String, app: String },
 
-    /// A certificate source this version cannot serve from.
+    /// An egress `listen` host that is neither an IP address nor `localhost`.
     #[error(
-        "certificate.source: \"{configured}\" is not supported by tls-sidecar {version}, which serves the instance identity (source: instance), the app's own files (source: files) or a bound service's credentials (source: service). Fix: pick one of those in tls-sidecar.yml, then cf push {app}",
-        version = env!("CARGO_PKG_VERSION")
+        "{field}: \"{value}\" is not an IP address or localhost. Fix: listen on an address of this container, e.g. 127.0.0.1:9001, in tls-sidecar.yml, then cf push {app}"
     )]
-    UnsupportedCertificateSource {
-        configured: CertificateSource,
-        app: String,
-    },
-
-    /// A feature of the configuration contract this version does not implement yet. Refusing is
-    /// safer than serving without it.
-    #[error(
-        "{field}: {what} is not supported by tls-sidecar {version}. Fix: remove {field} from tls-sidecar.yml, then cf push {app}",
-        version = env!("CARGO_PKG_VERSION")
-    )]
-    Unsupported {
+    EgressListen {
         field: String,
-        what: String,
+        value: String,
         app: String,
     },
 
-    /// An `allow` rule that cannot be resolved in this container, e.g. `cf:same-space` without
-    /// `VCAP_APPLICATION.space_id`. Dropping the rule would change who may call.
+    /// An `allow` or `expect` rule that cannot be resolved in this container, e.g.
+    /// `cf:same-space` without `VCAP_APPLICATION.space_id`. Dropping the rule would change who
+    /// may call (or be called).
     #[error(
         "{field}: {problem}. Fix: Cloud Foundry sets VCAP_APPLICATION for every app process; outside CF set it (with space_id and organization_id), or name the space or org explicitly (cf:space:<guid>, cf:org:<guid>; cf space SPACE --guid) in tls-sidecar.yml, then cf push {app}"
     )]
@@ -98,8 +87,7 @@ impl StartError {
             | StartError::ConfigFileMissing { .. }
             | StartError::ConfigFileUnreadable { .. }
             | StartError::AppPort { .. }
-            | StartError::UnsupportedCertificateSource { .. }
-            | StartError::Unsupported { .. }
+            | StartError::EgressListen { .. }
             | StartError::AccessRule { .. } => EX_USAGE,
             StartError::Runtime(_) | StartError::Signals(_) | StartError::Tls(_) => EX_SOFTWARE,
         }

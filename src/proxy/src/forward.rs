@@ -4,7 +4,7 @@
 
 use crate::http::{Caller, Drain};
 use crate::identity::{CfIdentity, Denial};
-use crate::metrics::{HandshakeFailure, ListenerMetrics};
+use crate::metrics::HandshakeFailure;
 use crate::server::{Listener, Shared, stopped};
 use crate::{proxy_protocol, verifier};
 use rustls::ProtocolVersion;
@@ -13,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -23,13 +24,13 @@ use tokio::time::{Instant, Sleep, sleep, timeout};
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
-/// Size of the app-to-client buffer, allocated on the first byte from the app and reused. The
-/// client-to-app direction needs none: it writes straight out of rustls's plaintext buffer.
-/// Small on purpose: an idle connection should cost little more than its rustls state.
-const APP_READ_BUFFER: usize = 8 * 1024;
+/// Size of the plaintext-to-TLS buffer, allocated on the first plaintext byte and reused. The
+/// other direction needs none: it writes straight out of rustls's plaintext buffer. Small on
+/// purpose: an idle connection should cost little more than its rustls state.
+const PLAIN_READ_BUFFER: usize = 8 * 1024;
 
 /// How long a connection we close gets to take our close_notify.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// After the drain timeout, how long the HTTP side gets to close its connection itself (and
 /// report what it did) before the task is dropped.
@@ -73,9 +74,11 @@ impl ConnError {
 
 /// Plaintext bytes moved so far; read after the connection ends for any reason.
 #[derive(Debug, Default)]
-struct Counts {
-    bytes_in: u64,
-    bytes_out: u64,
+pub(crate) struct Counts {
+    /// Out of TLS (decrypted).
+    pub(crate) bytes_in: u64,
+    /// Into TLS (before encryption).
+    pub(crate) bytes_out: u64,
 }
 
 /// What the connection's log line says.
@@ -301,18 +304,21 @@ async fn forward(
         app.write_all(&header).await.map_err(ConnError::Upstream)?;
     }
 
-    let result = {
-        let mut pump = Pump::new(
-            &mut tls,
-            &mut app,
-            &mut conn.counts,
-            &listener.metrics,
-            limits.idle_timeout,
-        );
-        let idle = tokio::time::sleep(limits.idle_timeout);
-        tokio::pin!(idle);
-        poll_fn(|cx| pump.poll(cx, idle.as_mut())).await
-    };
+    let metrics = &listener.metrics;
+    let result = pump(
+        &mut tls,
+        &mut app,
+        &mut conn.counts,
+        &metrics.bytes_in,
+        &metrics.bytes_out,
+        limits.idle_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        PumpError::Tls(e) => ConnError::Client(e),
+        PumpError::Plain(e) => ConnError::Upstream(e),
+        PumpError::Idle(d) => ConnError::Idle(d),
+    });
     if let Err(ConnError::Idle(_)) = result {
         // A clean close_notify tells the client this was on purpose, not a network fault.
         let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
@@ -320,28 +326,68 @@ async fn forward(
     result
 }
 
-/// Copies client→app and app→client at once. A FIN (or close_notify) from one side shuts down
-/// writing to the other, and the pump ends when both directions have, when either fails, or
-/// after `idle` without a byte either way.
-struct Pump<'a> {
-    tls: &'a mut TlsStream<TcpStream>,
-    app: &'a mut TcpStream,
+/// How a [`pump`] ended badly: on the TLS side, on the plaintext side, or idle.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    Tls(io::Error),
+    Plain(io::Error),
+    Idle(Duration),
+}
+
+/// Copies TLS→plaintext and plaintext→TLS at once until both directions are done (see
+/// [`Pump`]). `counts.bytes_in` is what came out of TLS, `counts.bytes_out` what went in; the
+/// same amounts are added to `from_tls` and `to_tls` as they move.
+pub(crate) async fn pump<T>(
+    tls: &mut T,
+    plain: &mut TcpStream,
+    counts: &mut Counts,
+    from_tls: &AtomicU64,
+    to_tls: &AtomicU64,
+    idle: Duration,
+) -> Result<(), PumpError>
+where
+    T: AsyncBufRead + AsyncWrite + Unpin,
+{
+    let mut pump = Pump {
+        tls,
+        plain,
+        counts,
+        from_tls,
+        to_tls,
+        idle,
+        last_activity: Instant::now(),
+        to_plain: ToPlain::default(),
+        to_tls_side: ToTls::default(),
+    };
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    poll_fn(|cx| pump.poll(cx, timer.as_mut())).await
+}
+
+/// Copies both ways at once. A FIN (or close_notify) from one side shuts down writing to the
+/// other, and the pump ends when both directions have, when either fails, or after `idle`
+/// without a byte either way. Used for ingress (TLS = the client, plaintext = the app) and for
+/// egress (TLS = the target, plaintext = the app).
+struct Pump<'a, T> {
+    tls: &'a mut T,
+    plain: &'a mut TcpStream,
     counts: &'a mut Counts,
-    metrics: &'a ListenerMetrics,
+    from_tls: &'a AtomicU64,
+    to_tls: &'a AtomicU64,
     idle: Duration,
     last_activity: Instant,
-    to_app: ToApp,
-    to_client: ToClient,
+    to_plain: ToPlain,
+    to_tls_side: ToTls,
 }
 
 #[derive(Default)]
-struct ToApp {
+struct ToPlain {
     eof: bool,
     done: bool,
 }
 
 #[derive(Default)]
-struct ToClient {
+struct ToTls {
     buf: Vec<u8>,
     pos: usize,
     cap: usize,
@@ -350,45 +396,26 @@ struct ToClient {
     need_flush: bool,
 }
 
-impl<'a> Pump<'a> {
-    fn new(
-        tls: &'a mut TlsStream<TcpStream>,
-        app: &'a mut TcpStream,
-        counts: &'a mut Counts,
-        metrics: &'a ListenerMetrics,
-        idle: Duration,
-    ) -> Self {
-        Pump {
-            tls,
-            app,
-            counts,
-            metrics,
-            idle,
-            last_activity: Instant::now(),
-            to_app: ToApp::default(),
-            to_client: ToClient::default(),
-        }
-    }
-
+impl<T: AsyncBufRead + AsyncWrite + Unpin> Pump<'_, T> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         mut idle: Pin<&mut Sleep>,
-    ) -> Poll<Result<(), ConnError>> {
+    ) -> Poll<Result<(), PumpError>> {
         let moved = self.counts.bytes_in + self.counts.bytes_out;
-        if !self.to_app.done
-            && let Poll::Ready(result) = self.poll_to_app(cx)
+        if !self.to_plain.done
+            && let Poll::Ready(result) = self.poll_to_plain(cx)
         {
             result?;
-            self.to_app.done = true;
+            self.to_plain.done = true;
         }
-        if !self.to_client.done
-            && let Poll::Ready(result) = self.poll_to_client(cx)
+        if !self.to_tls_side.done
+            && let Poll::Ready(result) = self.poll_to_tls(cx)
         {
             result?;
-            self.to_client.done = true;
+            self.to_tls_side.done = true;
         }
-        if self.to_app.done && self.to_client.done {
+        if self.to_plain.done && self.to_tls_side.done {
             return Poll::Ready(Ok(()));
         }
         if self.counts.bytes_in + self.counts.bytes_out != moved {
@@ -398,86 +425,86 @@ impl<'a> Pump<'a> {
         while idle.as_mut().poll(cx).is_ready() {
             let deadline = self.last_activity + self.idle;
             if Instant::now() >= deadline {
-                return Poll::Ready(Err(ConnError::Idle(self.idle)));
+                return Poll::Ready(Err(PumpError::Idle(self.idle)));
             }
             idle.as_mut().reset(deadline);
         }
         Poll::Pending
     }
 
-    fn poll_to_app(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+    fn poll_to_plain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
         loop {
-            if self.to_app.eof {
-                ready!(Pin::new(&mut *self.app).poll_shutdown(cx)).map_err(ConnError::Upstream)?;
+            if self.to_plain.eof {
+                ready!(Pin::new(&mut *self.plain).poll_shutdown(cx)).map_err(PumpError::Plain)?;
                 return Poll::Ready(Ok(()));
             }
             let data = match ready!(Pin::new(&mut *self.tls).poll_fill_buf(cx)) {
                 Ok(data) => data,
-                // Most clients close the TCP connection without a close_notify. For a byte
+                // Most peers close the TCP connection without a close_notify. For a byte
                 // stream that is simply the end, as it would be without TLS.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => &[],
-                Err(e) => return Poll::Ready(Err(ConnError::Client(e))),
+                Err(e) => return Poll::Ready(Err(PumpError::Tls(e))),
             };
             if data.is_empty() {
-                self.to_app.eof = true;
+                self.to_plain.eof = true;
                 continue;
             }
-            let n = ready!(Pin::new(&mut *self.app).poll_write(cx, data))
-                .map_err(ConnError::Upstream)?;
+            let n = ready!(Pin::new(&mut *self.plain).poll_write(cx, data))
+                .map_err(PumpError::Plain)?;
             if n == 0 {
-                return Poll::Ready(Err(ConnError::Upstream(io::ErrorKind::WriteZero.into())));
+                return Poll::Ready(Err(PumpError::Plain(io::ErrorKind::WriteZero.into())));
             }
             Pin::new(&mut *self.tls).consume(n);
             self.counts.bytes_in += n as u64;
-            self.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+            self.from_tls.fetch_add(n as u64, Relaxed);
         }
     }
 
-    fn poll_to_client(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
-        let out = &mut self.to_client;
+    fn poll_to_tls(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        let out = &mut self.to_tls_side;
         loop {
             if out.pos < out.cap {
                 let written =
                     ready!(Pin::new(&mut *self.tls).poll_write(cx, &out.buf[out.pos..out.cap]))
-                        .map_err(ConnError::Client)?;
+                        .map_err(PumpError::Tls)?;
                 if written == 0 {
-                    return Poll::Ready(Err(ConnError::Client(io::ErrorKind::WriteZero.into())));
+                    return Poll::Ready(Err(PumpError::Tls(io::ErrorKind::WriteZero.into())));
                 }
                 out.pos += written;
                 out.need_flush = true;
                 self.counts.bytes_out += written as u64;
-                self.metrics.bytes_out.fetch_add(written as u64, Relaxed);
+                self.to_tls.fetch_add(written as u64, Relaxed);
                 continue;
             }
             if out.eof {
-                // Flushes, sends close_notify, then the TCP FIN; the client may keep sending.
-                ready!(Pin::new(&mut *self.tls).poll_shutdown(cx)).map_err(ConnError::Client)?;
+                // Flushes, sends close_notify, then the TCP FIN; the peer may keep sending.
+                ready!(Pin::new(&mut *self.tls).poll_shutdown(cx)).map_err(PumpError::Tls)?;
                 return Poll::Ready(Ok(()));
             }
-            // Wait for readiness before touching the buffer, so that a connection whose app
-            // has not answered yet holds no buffer at all.
-            if let Poll::Ready(ready) = self.app.poll_read_ready(cx) {
-                ready.map_err(ConnError::Upstream)?;
+            // Wait for readiness before touching the buffer, so that a connection whose
+            // plaintext side has not sent anything yet holds no buffer at all.
+            if let Poll::Ready(ready) = self.plain.poll_read_ready(cx) {
+                ready.map_err(PumpError::Plain)?;
             } else {
                 // rustls keeps encrypted bytes that the socket did not take; push them out
                 // before going quiet.
                 if out.need_flush {
-                    ready!(Pin::new(&mut *self.tls).poll_flush(cx)).map_err(ConnError::Client)?;
+                    ready!(Pin::new(&mut *self.tls).poll_flush(cx)).map_err(PumpError::Tls)?;
                     out.need_flush = false;
                 }
                 return Poll::Pending;
             }
             if out.buf.is_empty() {
-                out.buf = vec![0; APP_READ_BUFFER];
+                out.buf = vec![0; PLAIN_READ_BUFFER];
             }
-            match self.app.try_read(&mut out.buf) {
+            match self.plain.try_read(&mut out.buf) {
                 Ok(0) => out.eof = true,
                 Ok(n) => {
                     out.pos = 0;
                     out.cap = n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(ConnError::Upstream(e))),
+                Err(e) => return Poll::Ready(Err(PumpError::Plain(e))),
             }
         }
     }

@@ -171,6 +171,51 @@ impl AccessPolicy {
     }
 }
 
+/// An egress entry's resolved `expect` rules (OR'd): CF identity rules over the server
+/// certificate's OUs (no hostname check: Diego certificates name no routes), and `dns:` names
+/// the certificate's SANs must match (standard hostname verification, for minted or
+/// self-managed certificates).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expectation {
+    /// The `cf:` rules; empty when only `dns:` selectors are written.
+    pub(crate) identity: AccessPolicy,
+    /// The `dns:` names, lower case.
+    pub(crate) dns: Vec<String>,
+    /// The selectors as written, for messages.
+    written: Vec<String>,
+}
+
+impl Expectation {
+    /// Resolves `cf:same-space`/`cf:same-org` against this app's `VCAP_APPLICATION`.
+    pub fn resolve(selectors: &[Selector], me: &VcapApplication) -> Result<Self, String> {
+        let (dns, cf): (Vec<&Selector>, Vec<&Selector>) = selectors
+            .iter()
+            .partition(|s| matches!(s, Selector::Dns(_)));
+        let cf: Vec<Selector> = cf.into_iter().cloned().collect();
+        Ok(Expectation {
+            identity: AccessPolicy::resolve(&cf, me)?,
+            dns: dns
+                .into_iter()
+                .filter_map(|s| match s {
+                    Selector::Dns(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect(),
+            written: selectors.iter().map(Selector::to_string).collect(),
+        })
+    }
+
+    /// Whether a `cf:` rule admits `identity`.
+    pub fn admits(&self, identity: &CfIdentity) -> bool {
+        self.identity.has_rules() && self.identity.check(Some(identity)).is_ok()
+    }
+
+    /// The selectors as written, comma-separated.
+    pub fn written(&self) -> String {
+        self.written.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +358,26 @@ mod tests {
                 .contains("no CF app/space/org identity")
         );
         assert!(AccessPolicy::default().check(None).is_ok());
+    }
+
+    #[test]
+    fn an_expectation_matches_cf_rules_by_ous_and_keeps_dns_names_for_hostname_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = diego(dir.path());
+        let sels = |s: &[&str]| -> Vec<Selector> { s.iter().map(|x| x.parse().unwrap()).collect() };
+        let e =
+            Expectation::resolve(&sels(&["cf:same-org", "dns:B.apps.internal"]), &vcap()).unwrap();
+        assert!(e.admits(&id));
+        assert_eq!(e.dns, ["b.apps.internal"]);
+        assert_eq!(e.written(), "cf:same-org, dns:b.apps.internal");
+        let other = "11111111-2222-4333-8444-555555555555";
+        let e = Expectation::resolve(&sels(&[&format!("cf:app:{other}")]), &vcap()).unwrap();
+        assert!(!e.admits(&id));
+        let dns_only = Expectation::resolve(&sels(&["dns:b.apps.internal"]), &vcap()).unwrap();
+        assert!(
+            !dns_only.admits(&id),
+            "no cf: rule admits anything by itself"
+        );
     }
 
     #[test]

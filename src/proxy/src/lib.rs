@@ -1,8 +1,10 @@
 //! `tls-sidecar`: terminates TLS (the Diego instance identity certificate, the app's own pair,
-//! or a bound service's) in front of a Cloud Foundry app and forwards plaintext to it on
-//! `127.0.0.1:$PORT`: raw TCP (optionally after a PROXY protocol v2 header) or HTTP. Listeners
-//! can verify client certificates against the platform's CAs and admit callers by their CF
-//! identity (`allow: [cf:same-space]`).
+//! a bound service's, or one it mints from a bound CA) in front of a Cloud Foundry app and
+//! forwards plaintext to it on `127.0.0.1:$PORT`: raw TCP (optionally after a PROXY protocol v2
+//! header) or HTTP. Listeners can verify client certificates against the platform's CAs and
+//! admit callers by their CF identity (`allow: [cf:same-space]`). Egress listeners take the
+//! app's plaintext connections to other apps and carry them over mutual TLS with the same
+//! certificate, checking the server's identity (`expect: [cf:app:<guid>]`).
 //!
 //! In CF a sidecar exit kills the whole app instance, so only an invalid configuration stops
 //! it at start (exit 64, see [`StartError`]); once serving, missing certificates, busy ports,
@@ -18,6 +20,7 @@ mod admin;
 pub mod check;
 mod cli;
 pub mod config;
+mod egress;
 mod errors;
 mod forward;
 #[doc(hidden)]
@@ -25,6 +28,7 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+mod mint;
 pub mod proxy_protocol;
 mod reload;
 mod retry;
@@ -38,8 +42,8 @@ pub mod xfcc;
 
 pub use cli::{Cli, Command};
 pub use config::{
-    CertificateConfig, CertificatePaths, Limits, ListenerConfig, Loaded, ReloadTiming,
-    SidecarConfig, TrustConfig, load,
+    CertificateConfig, CertificatePaths, EgressConfig, Limits, ListenerConfig, Loaded, MintConfig,
+    ReloadTiming, SidecarConfig, TrustConfig, load,
 };
 pub use errors::{EX_SOFTWARE, EX_USAGE, StartError};
 pub use server::{Running, start};

@@ -107,10 +107,101 @@ impl ListenerMetrics {
     }
 }
 
+/// Why an egress connection did not reach its target. The label values are part of the
+/// metrics contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressFailure {
+    /// This instance has no certificate loaded yet, so it has nothing to prove itself with.
+    NoCertificate,
+    /// The target's name did not resolve.
+    Resolve,
+    /// No address of the target accepted a TCP connection within `limits.connect_timeout`.
+    Connect,
+    /// The TLS handshake did not finish within `limits.handshake_timeout`.
+    Timeout,
+    /// The server's certificate does not chain to a trusted CA.
+    UnknownCa,
+    /// The server's certificate is expired, not valid yet, malformed or not for servers.
+    BadCertificate,
+    /// The server's CF identity is not one `expect` names.
+    Identity,
+    /// `expect: [dns:...]` and the server's certificate does not name that host.
+    Hostname,
+    /// The server refused us (an alert: e.g. its `allow` rules do not name this app).
+    Refused,
+    /// Anything else in the handshake (protocol, version, broken connection).
+    Handshake,
+}
+
+impl EgressFailure {
+    pub const ALL: [EgressFailure; 10] = [
+        EgressFailure::NoCertificate,
+        EgressFailure::Resolve,
+        EgressFailure::Connect,
+        EgressFailure::Timeout,
+        EgressFailure::UnknownCa,
+        EgressFailure::BadCertificate,
+        EgressFailure::Identity,
+        EgressFailure::Hostname,
+        EgressFailure::Refused,
+        EgressFailure::Handshake,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressFailure::NoCertificate => "no_certificate",
+            EgressFailure::Resolve => "resolve",
+            EgressFailure::Connect => "connect",
+            EgressFailure::Timeout => "timeout",
+            EgressFailure::UnknownCa => "unknown_ca",
+            EgressFailure::BadCertificate => "bad_certificate",
+            EgressFailure::Identity => "identity",
+            EgressFailure::Hostname => "hostname",
+            EgressFailure::Refused => "refused",
+            EgressFailure::Handshake => "handshake",
+        }
+    }
+}
+
+/// Per-egress series; `name` (the entry's `name`) is the label.
+#[derive(Debug, Default)]
+pub struct EgressMetrics {
+    pub name: String,
+    pub active: AtomicI64,
+    /// Connections accepted from the app.
+    pub accepted: AtomicU64,
+    /// Refused at once because `limits.max_connections` was reached.
+    pub refused: AtomicU64,
+    failures: [AtomicU64; EgressFailure::ALL.len()],
+    /// Plaintext bytes from the app to the target.
+    pub bytes_sent: AtomicU64,
+    /// Plaintext bytes from the target to the app.
+    pub bytes_received: AtomicU64,
+}
+
+impl EgressMetrics {
+    pub fn new(name: &str) -> Self {
+        EgressMetrics {
+            name: name.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    pub fn failed(&self, why: EgressFailure) {
+        self.failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn failures(&self, why: EgressFailure) -> u64 {
+        self.failures[why as usize].load(Relaxed)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Shared with each listener's connection tasks (and its HTTP service).
     pub listeners: Vec<Arc<ListenerMetrics>>,
+    /// One per `egress` entry, in config order.
+    pub egress: Vec<Arc<EgressMetrics>>,
     /// notAfter of the serving certificate, Unix seconds; 0 until one is loaded.
     pub cert_not_after: AtomicI64,
     pub reloads_succeeded: AtomicU64,
@@ -126,6 +217,22 @@ impl Metrics {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Adds one block of egress series per name.
+    pub fn with_egress<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        self.egress = names
+            .into_iter()
+            .map(|name| Arc::new(EgressMetrics::new(name)))
+            .collect();
+        self
+    }
+
+    pub fn egress(&self, name: &str) -> Option<&EgressMetrics> {
+        self.egress
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.as_ref())
     }
 
     pub fn listener(&self, port: u16) -> Option<&ListenerMetrics> {
@@ -290,7 +397,73 @@ impl Metrics {
                 );
             },
         );
+        if !self.egress.is_empty() {
+            self.render_egress(&mut out);
+        }
         out
+    }
+
+    fn render_egress(&self, out: &mut String) {
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        type Value = fn(&EgressMetrics) -> String;
+        let simple: [(&str, &str, &str, Value); 5] = [
+            (
+                "tls_sidecar_egress_connections_active",
+                "gauge",
+                "Egress connections open now.",
+                |e| e.active.load(Relaxed).to_string(),
+            ),
+            (
+                "tls_sidecar_egress_connections_total",
+                "counter",
+                "Connections the app opened to an egress listener.",
+                |e| e.accepted.load(Relaxed).to_string(),
+            ),
+            (
+                "tls_sidecar_egress_connections_refused_total",
+                "counter",
+                "Egress connections refused because max_connections was reached.",
+                |e| e.refused.load(Relaxed).to_string(),
+            ),
+            (
+                "tls_sidecar_egress_sent_bytes_total",
+                "counter",
+                "Bytes from the app to egress targets (before encryption).",
+                |e| e.bytes_sent.load(Relaxed).to_string(),
+            ),
+            (
+                "tls_sidecar_egress_received_bytes_total",
+                "counter",
+                "Bytes from egress targets to the app (decrypted).",
+                |e| e.bytes_received.load(Relaxed).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            family(out, name, kind, help);
+            for e in &self.egress {
+                let _ = writeln!(out, "{name}{{egress=\"{}\"}} {}", e.name, value(e));
+            }
+        }
+        let name = "tls_sidecar_egress_failures_total";
+        family(
+            out,
+            name,
+            "counter",
+            "Egress connections closed before reaching the target, by reason.",
+        );
+        for e in &self.egress {
+            for why in EgressFailure::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{egress=\"{}\",reason=\"{}\"}} {}",
+                    e.name,
+                    why.as_str(),
+                    e.failures(why)
+                );
+            }
+        }
     }
 }
 
@@ -349,6 +522,39 @@ mod tests {
                 "{family}"
             );
         }
+    }
+
+    #[test]
+    fn egress_series_are_labelled_by_name_and_failures_by_reason() {
+        let m = Metrics::new([8443]).with_egress(["backend", "db"]);
+        let e = m.egress("db").unwrap();
+        e.accepted.fetch_add(2, Relaxed);
+        e.failed(EgressFailure::Identity);
+        e.bytes_sent.fetch_add(10, Relaxed);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "tls_sidecar_egress_connections_total{egress=\"db\"}"),
+            "2"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_egress_failures_total{egress=\"db\",reason=\"identity\"}"
+            ),
+            "1"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "tls_sidecar_egress_failures_total{egress=\"backend\",reason=\"identity\"}"
+            ),
+            "0"
+        );
+        assert_eq!(
+            value(&text, "tls_sidecar_egress_sent_bytes_total{egress=\"db\"}"),
+            "10"
+        );
+        assert!(!Metrics::new([8443]).render().contains("egress"));
     }
 
     #[test]

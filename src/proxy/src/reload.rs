@@ -9,6 +9,7 @@
 //! failed load never drops what is being served.
 
 use crate::config::{CertificateConfig, ReloadTiming, TrustConfig};
+use crate::egress::EgressTls;
 use crate::logging::rfc3339;
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
@@ -41,6 +42,11 @@ pub(crate) trait Job: Send + 'static {
     fn log_failure(&self, error: &str, retry_ms: u64, held_back: u64);
     /// Logs an explicit reload request (SIGHUP).
     fn log_request(&self);
+    /// When the next attempt is due regardless of changes (a minted certificate's renewal),
+    /// if sooner than the periodic re-check.
+    fn due_in(&self) -> Option<Duration> {
+        None
+    }
 }
 
 pub(crate) struct Reloader<J> {
@@ -96,7 +102,10 @@ impl<J: Job> Reloader<J> {
             Ok(()) => {
                 self.backoff.reset();
                 self.throttle.clear();
-                self.timing.recheck
+                match self.job.due_in() {
+                    Some(due) => due.min(self.timing.recheck),
+                    None => self.timing.recheck,
+                }
             }
             Err(text) => {
                 let retry = self.backoff.next_delay();
@@ -183,6 +192,8 @@ pub(crate) struct CertJob {
     /// Hash of the material behind the pair being served: unchanged material is not parsed
     /// again.
     loaded: Option<[u8; 32]>,
+    /// `source: minted`: when the leaf being served is due for renewal (Unix seconds).
+    renew_at: Option<i64>,
 }
 
 impl CertJob {
@@ -198,10 +209,14 @@ impl CertJob {
             provider,
             metrics,
             loaded: None,
+            renew_at: None,
         }
     }
 
     async fn load(&mut self) -> Result<(), LoadError> {
+        if let CertificateConfig::Minted(config) = &self.source {
+            return self.mint(config.clone()).await;
+        }
         let source = self.source.clone();
         let material = tokio::task::spawn_blocking(move || source.read())
             .await
@@ -229,8 +244,45 @@ impl CertJob {
     }
 }
 
+impl CertJob {
+    /// Mints a new leaf when none is served yet or the served one is due for renewal.
+    async fn mint(&mut self, config: crate::config::MintConfig) -> Result<(), LoadError> {
+        let now = unix_now();
+        if self.renew_at.is_some_and(|at| now < at) && self.store.is_loaded() {
+            return Ok(());
+        }
+        let provider = self.provider.clone();
+        let minted =
+            tokio::task::spawn_blocking(move || crate::mint::mint(&config, &provider, now))
+                .await
+                .map_err(|e| LoadError::Service(format!("minting failed: {e}")))??;
+        self.store.replace(minted.certified);
+        self.renew_at = Some(minted.renew_at);
+        let leaf = minted.leaf;
+        self.metrics.cert_not_after.store(leaf.not_after, Relaxed);
+        self.metrics.reloads_succeeded.fetch_add(1, Relaxed);
+        info!(
+            subject_cn = %leaf.subject_cn,
+            serial = %leaf.serial,
+            sans = %leaf.sans.join(","),
+            ca = %minted.ca_subject,
+            not_after = %rfc3339(leaf.not_after),
+            renew_at = %rfc3339(minted.renew_at),
+            left_out = (!minted.left_out.is_empty()).then(|| minted.left_out.join(",")).as_deref(),
+            "certificate minted"
+        );
+        Ok(())
+    }
+}
+
 impl Job for CertJob {
     const WHAT: &'static str = "certificate";
+
+    fn due_in(&self) -> Option<Duration> {
+        let at = self.renew_at?;
+        let secs = u64::try_from(at.saturating_sub(unix_now())).unwrap_or(0);
+        Some(Duration::from_secs(secs))
+    }
 
     fn directories(&self) -> Vec<PathBuf> {
         self.source.directories()
@@ -271,10 +323,12 @@ impl Job for CertJob {
     }
 }
 
-/// The trust bundle of every listener that verifies client certificates.
+/// The trust bundle of every listener that verifies client certificates and of every egress
+/// entry.
 pub(crate) struct TrustJob {
     config: TrustConfig,
     listeners: Vec<Arc<ListenerTls>>,
+    egress: Vec<Arc<EgressTls>>,
     /// Fingerprint of the bundle installed now.
     installed: [u8; 32],
 }
@@ -284,11 +338,13 @@ impl TrustJob {
     pub(crate) fn new(
         config: TrustConfig,
         listeners: Vec<Arc<ListenerTls>>,
+        egress: Vec<Arc<EgressTls>>,
         installed: &TrustBundle,
     ) -> Self {
         TrustJob {
             config,
             listeners,
+            egress,
             installed: installed.fingerprint,
         }
     }
@@ -318,6 +374,9 @@ impl Job for TrustJob {
                 .install(&bundle.roots)
                 .map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
         }
+        for egress in &self.egress {
+            egress.install(&bundle.roots);
+        }
         self.installed = bundle.fingerprint;
         log_bundle(&bundle, "trust bundle loaded");
         Ok(())
@@ -328,7 +387,7 @@ impl Job for TrustJob {
             error,
             retry_ms,
             held_back,
-            "trust bundle reload failed; still verifying client certificates against the anchors loaded before"
+            "trust bundle reload failed; still verifying peer certificates against the anchors loaded before"
         );
     }
 

@@ -1,6 +1,7 @@
 //! Listeners, admission, readiness and the drain.
 
-use crate::config::{ListenerConfig, SidecarConfig};
+use crate::config::{EgressConfig, ListenerConfig, SidecarConfig};
+use crate::egress::{self, Egress, EgressTls};
 use crate::errors::StartError;
 use crate::http::{HttpService, HttpSettings};
 use crate::identity::AccessPolicy;
@@ -39,15 +40,21 @@ pub(crate) struct Shared {
     pub(crate) graceful: watch::Receiver<bool>,
     /// Turns true when the drain timeout ends: every connection still open closes.
     pub(crate) close_all: watch::Receiver<bool>,
-    /// One permit per open connection.
+    /// One permit per open TLS listener connection.
     permits: Arc<Semaphore>,
+    /// One permit per open egress connection: separate, because egress keeps accepting while
+    /// the TLS listeners drain (the app may still call other apps to finish its requests).
+    egress_permits: Arc<Semaphore>,
     /// `max_connections`, within what a semaphore and `acquire_many` can count.
     capacity: u32,
 }
 
 impl Shared {
     fn in_flight(&self) -> usize {
-        (self.capacity as usize).saturating_sub(self.permits.available_permits())
+        let open = |permits: &Semaphore| {
+            (self.capacity as usize).saturating_sub(permits.available_permits())
+        };
+        open(&self.permits) + open(&self.egress_permits)
     }
 }
 
@@ -72,6 +79,8 @@ pub(crate) struct Health {
     /// What a missing certificate is waited for from.
     cert_source: String,
     listeners: Vec<Slot>,
+    /// One per egress entry, with its name.
+    egress: Vec<(String, Slot)>,
     draining: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -97,8 +106,14 @@ impl Health {
                 None => waiting,
             });
         }
-        match self.listeners.iter().find(|s| s.bound.get().is_none()) {
-            Some(slot) => Err(format!("not listening on {} yet", slot.configured)),
+        if let Some(slot) = self.listeners.iter().find(|s| s.bound.get().is_none()) {
+            return Err(format!("not listening on {} yet", slot.configured));
+        }
+        match self.egress.iter().find(|(_, s)| s.bound.get().is_none()) {
+            Some((name, slot)) => Err(format!(
+                "egress \"{name}\" not listening on {} yet",
+                slot.configured
+            )),
             None => Ok(()),
         }
     }
@@ -111,9 +126,11 @@ pub struct Running {
     admin_addr: Arc<OnceLock<SocketAddr>>,
     reload_now: Vec<Arc<Notify>>,
     stop_accepting: watch::Sender<bool>,
+    stop_egress: watch::Sender<bool>,
     close_all: watch::Sender<bool>,
     stop_background: watch::Sender<bool>,
     listener_tasks: Vec<JoinHandle<()>>,
+    egress_tasks: Vec<JoinHandle<()>>,
     background_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -124,15 +141,17 @@ pub struct Running {
 /// that cannot be resolved (exit 64) or when TLS cannot be set up at all.
 pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
     let policies = config.policies()?;
+    let expectations = config.expectations()?;
     let provider = tls::provider();
     let store = Arc::new(CertStore::default());
-    let trust = if config.verifies_clients() {
+    let trust = if config.verifies_peers() {
         initial_trust(&config)
     } else {
         TrustBundle::empty()
     };
 
     let (stop_accepting, graceful) = watch::channel(false);
+    let (stop_egress, _) = watch::channel(false);
     let (close_all, close_all_rx) = watch::channel(false);
     let (stop_background, _) = watch::channel(false);
 
@@ -152,7 +171,14 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
                 .map_or(l.bind.port(), |a| a.port())
         })
         .collect();
-    let metrics = Arc::new(Metrics::new(ports.iter().copied()));
+    let mut egress_firsts = Vec::with_capacity(config.egress.len());
+    for e in &config.egress {
+        egress_firsts.push(TcpListener::bind(e.bind).await.ok());
+    }
+    let metrics = Arc::new(
+        Metrics::new(ports.iter().copied())
+            .with_egress(config.egress.iter().map(|e| e.name.as_str())),
+    );
 
     let capacity = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
     let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
@@ -162,6 +188,7 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
         graceful,
         close_all: close_all_rx,
         permits: Arc::new(Semaphore::new(capacity as usize)),
+        egress_permits: Arc::new(Semaphore::new(capacity as usize)),
         capacity,
     });
     let health = Arc::new(Health {
@@ -173,6 +200,17 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
             .map(|l| Slot {
                 configured: l.bind,
                 bound: OnceLock::new(),
+            })
+            .collect(),
+        egress: config
+            .egress
+            .iter()
+            .map(|e| {
+                let slot = Slot {
+                    configured: e.bind,
+                    bound: OnceLock::new(),
+                };
+                (e.name.clone(), slot)
             })
             .collect(),
         draining: AtomicBool::new(false),
@@ -216,6 +254,18 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
         }));
     }
 
+    let mut egress = Vec::with_capacity(config.egress.len());
+    for ((e, expect), metrics) in config.egress.iter().zip(expectations).zip(&metrics.egress) {
+        let tls = EgressTls::new(provider.clone(), store.clone(), expect, &trust.roots);
+        egress.push(Arc::new(Egress {
+            name: e.name.clone(),
+            target: e.target.clone(),
+            addrs: e.addrs.clone(),
+            tls: Arc::new(tls),
+            metrics: metrics.clone(),
+        }));
+    }
+
     let cert_now = Arc::new(Notify::new());
     let cert_job = CertJob::new(
         config.certificate.clone(),
@@ -227,9 +277,10 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
         Reloader::new(cert_job, config.reload).run(cert_now.clone(), stop_background.subscribe()),
     )];
     let mut reload_now = vec![cert_now];
-    if !verifying.is_empty() {
+    if !verifying.is_empty() || !egress.is_empty() {
         let trust_now = Arc::new(Notify::new());
-        let job = TrustJob::new(config.trust.clone(), verifying, &trust);
+        let egress_tls = egress.iter().map(|e| e.tls.clone()).collect();
+        let job = TrustJob::new(config.trust.clone(), verifying, egress_tls, &trust);
         background_tasks.push(tokio::spawn(
             Reloader::new(job, config.reload).run(trust_now.clone(), stop_background.subscribe()),
         ));
@@ -259,6 +310,29 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
         listener_tasks.push(tokio::spawn(task));
     }
 
+    let mut egress_tasks = Vec::with_capacity(config.egress.len());
+    for (index, ((e, first), entry)) in config
+        .egress
+        .iter()
+        .zip(egress_firsts)
+        .zip(egress)
+        .enumerate()
+    {
+        if let Some(bound) = &first {
+            announce_egress(bound, &health.egress[index].1.bound, e);
+        }
+        let task = egress_listener(
+            index,
+            e.clone(),
+            first,
+            entry,
+            shared.clone(),
+            health.clone(),
+            stop_egress.subscribe(),
+        );
+        egress_tasks.push(tokio::spawn(task));
+    }
+
     let admin_addr = Arc::new(OnceLock::new());
     if let Some(addr) = config.admin {
         let first = TcpListener::bind(addr).await.ok();
@@ -285,9 +359,11 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
         admin_addr,
         reload_now,
         stop_accepting,
+        stop_egress,
         close_all,
         stop_background,
         listener_tasks,
+        egress_tasks,
         background_tasks,
     })
 }
@@ -301,7 +377,7 @@ fn initial_trust(config: &SidecarConfig) -> TrustBundle {
     }
     if bundle.anchor_count() == 0 {
         warn!(
-            "no trust anchors for client certificates: every client certificate is refused (set trust.ca_files, or run where CF_SYSTEM_CERT_PATH is set)"
+            "no trust anchors: every client certificate and every egress server is refused (set trust.ca_files, or run where CF_SYSTEM_CERT_PATH is set)"
         );
     } else {
         reload::log_bundle(&bundle, "trust bundle loaded");
@@ -317,6 +393,16 @@ impl Running {
             .listeners
             .iter()
             .map(|s| s.bound.get().copied())
+            .collect()
+    }
+
+    /// The bound address of each egress listener, in config order; `None` while its port is
+    /// still being retried.
+    pub fn egress_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.health
+            .egress
+            .iter()
+            .map(|(_, s)| s.bound.get().copied())
             .collect()
     }
 
@@ -347,13 +433,16 @@ impl Running {
         self.health.metrics.clone()
     }
 
-    /// Drains: `/ready` turns 503, the listeners close (new connections are refused), open
-    /// connections get up to `limits.drain_timeout` to finish, then the rest are closed.
+    /// Drains: `/ready` turns 503, the TLS listeners close (new connections are refused) and
+    /// their open connections get up to `limits.drain_timeout` to finish. Egress listeners keep
+    /// accepting until then (the app may still call other apps to finish its own requests),
+    /// then close, and their connections get what is left of the drain timeout. Whatever is
+    /// still open at the end is closed.
     pub async fn shutdown(self) {
         let started = Instant::now();
         self.health.draining.store(true, Ordering::Relaxed);
         let _ = self.stop_accepting.send(true);
-        // Once these return every listening socket is closed.
+        // Once these return every TLS listening socket is closed.
         for task in self.listener_tasks {
             let _ = task.await;
         }
@@ -366,15 +455,32 @@ impl Running {
         );
 
         let everyone = self.shared.capacity;
+        let deadline = started + drain_timeout;
         let permits = self.shared.permits.clone();
-        let closed = match timeout(drain_timeout, permits.acquire_many(everyone)).await {
-            Ok(_) => 0,
-            Err(_) => {
-                let left = self.shared.in_flight();
-                let _ = self.close_all.send(true);
-                let _ = timeout(FORCED_CLOSE_GRACE, permits.acquire_many(everyone)).await;
-                left
-            }
+        let egress_permits = self.shared.egress_permits.clone();
+        let mut drained = tokio::time::timeout_at(deadline, permits.acquire_many(everyone))
+            .await
+            .is_ok();
+        let _ = self.stop_egress.send(true);
+        for task in self.egress_tasks {
+            let _ = task.await;
+        }
+        if drained {
+            drained = tokio::time::timeout_at(deadline, egress_permits.acquire_many(everyone))
+                .await
+                .is_ok();
+        }
+        let closed = if drained {
+            0
+        } else {
+            let left = self.shared.in_flight();
+            let _ = self.close_all.send(true);
+            let _ = timeout(FORCED_CLOSE_GRACE, async {
+                let _ = permits.acquire_many(everyone).await;
+                let _ = egress_permits.acquire_many(everyone).await;
+            })
+            .await;
+            left
         };
         info!(
             finished = in_flight.saturating_sub(closed),
@@ -476,6 +582,93 @@ async fn tls_listener(
     };
     accept_loop(&socket, &listener, &shared, &mut stop).await;
     // Returning drops the socket: the port now refuses connections.
+}
+
+/// Marks an egress listener bound and logs where the app reaches it.
+fn announce_egress(listener: &TcpListener, slot: &OnceLock<SocketAddr>, config: &EgressConfig) {
+    if let Ok(addr) = listener.local_addr() {
+        let _ = slot.set(addr);
+        info!(
+            listener = "egress",
+            egress = %config.name,
+            target = %config.target,
+            expect = %config
+                .expect
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            "listening on {addr}"
+        );
+    }
+}
+
+async fn egress_listener(
+    index: usize,
+    config: EgressConfig,
+    first: Option<TcpListener>,
+    egress: Arc<Egress>,
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slot = &health.egress[index].1.bound;
+    let socket = match first {
+        Some(first) => first,
+        None => {
+            // Logs "listening on" itself once the port is free.
+            let Some(socket) = bound_or_retry(None, config.bind, "egress", slot, &mut stop).await
+            else {
+                return;
+            };
+            socket
+        }
+    };
+    let name = egress.name.clone();
+    let mut backoff = Backoff::new(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
+    let mut accept_errors = LogThrottle::new(LOG_REPEAT);
+    let mut refusals = LogThrottle::new(LOG_REPEAT);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff.reset();
+                egress.metrics.accepted.fetch_add(1, Relaxed);
+                match shared.egress_permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let task = egress::serve(tcp, peer, egress.clone(), shared.clone(), permit);
+                        tokio::spawn(task);
+                    }
+                    Err(_) => {
+                        drop(tcp);
+                        egress.metrics.refused.fetch_add(1, Relaxed);
+                        if let Some(held_back) = refusals.allow("max_connections") {
+                            let max_connections = shared.limits.max_connections;
+                            warn!(
+                                egress = %name, peer = %peer, max_connections, held_back,
+                                "egress connection refused: max_connections reached"
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if let Some(held_back) = accept_errors.allow(&e.to_string()) {
+                    let retry_ms = millis(delay);
+                    warn!(egress = %name, error = %e, held_back, retry_ms, "accept failed");
+                }
+                tokio::select! {
+                    () = sleep(delay) => {}
+                    () = stopped(&mut stop) => return,
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(

@@ -16,6 +16,20 @@
 //! For example: `cf create-user-provided-service my-tls -p '{"certificate":"-----BEGIN
 //! CERTIFICATE-----\n...","private_key":"-----BEGIN PRIVATE KEY-----\n..."}'`. `VCAP_SERVICES`
 //! changes only when the app restarts, so there is nothing to watch.
+//!
+//! # `certificate.source: minted`
+//!
+//! The service named by `certificate.service` holds a CA the sidecar signs its own leaves with
+//! (see [`crate::mint`]):
+//!
+//! | Key | Alias | Content |
+//! |---|---|---|
+//! | `ca_certificate` | `certificate` | PEM: the signing CA first, then optionally its issuers (sent after the leaf) |
+//! | `ca_private_key` | `private_key` | PEM private key of the signing CA: RSA or ECDSA, PKCS#1, PKCS#8 or SEC1 |
+//!
+//! The CA is also added to the trust bundle, so apps bound to the same CA service verify each
+//! other. Use an intermediate name-constrained to the internal domains (`permitted;DNS:
+//! .apps.internal`) rather than a root: whoever can read the app's environment holds this key.
 
 use crate::config::CertificateConfig;
 use crate::tls::LoadError;
@@ -36,58 +50,101 @@ pub(crate) fn service_credentials(
     vcap_services: &str,
     name: &str,
 ) -> Result<ServiceCredentials, String> {
-    let all: Value = serde_json::from_str(vcap_services)
-        .map_err(|e| format!("VCAP_SERVICES is not valid JSON: {e}"))?;
-    let labels = all
-        .as_object()
-        .ok_or("VCAP_SERVICES is not a JSON object")?;
-    let instances = || labels.values().filter_map(Value::as_array).flatten();
-    let Some(instance) = instances().find(|i| i.get("name").and_then(Value::as_str) == Some(name))
-    else {
-        let mut bound: Vec<&str> = instances()
-            .filter_map(|i| i.get("name").and_then(Value::as_str))
-            .collect();
-        bound.sort_unstable();
-        let bound = if bound.is_empty() {
-            "none".to_owned()
-        } else {
-            bound.join(", ")
+    let credentials = Credentials::find(vcap_services, name)?;
+    Ok(ServiceCredentials {
+        certificate: credentials.required(&["certificate", "cert"], "the PEM certificate chain")?,
+        private_key: credentials.required(&["private_key", "key"], "the PEM private key")?,
+        ca: credentials.key(&["ca"])?,
+    })
+}
+
+/// What a bound CA service provides for `certificate.source: minted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CaCredentials {
+    /// PEM: the signing CA first, then optionally its issuers.
+    pub(crate) certificate: String,
+    /// PEM private key of the signing CA.
+    pub(crate) private_key: String,
+}
+
+/// The keys of a CA service's credentials, as messages name them.
+pub(crate) const CA_CERT_KEYS: [&str; 2] = ["ca_certificate", "certificate"];
+pub(crate) const CA_KEY_KEYS: [&str; 2] = ["ca_private_key", "private_key"];
+
+/// The CA certificate and key of the service instance called `name` (for
+/// `certificate.source: minted`): `ca_certificate` (alias `certificate`) and `ca_private_key`
+/// (alias `private_key`).
+pub(crate) fn ca_credentials(vcap_services: &str, name: &str) -> Result<CaCredentials, String> {
+    let credentials = Credentials::find(vcap_services, name)?;
+    Ok(CaCredentials {
+        certificate: credentials.required(&CA_CERT_KEYS, "the PEM CA certificate")?,
+        private_key: credentials.required(&CA_KEY_KEYS, "the CA's PEM private key")?,
+    })
+}
+
+/// One service instance's `credentials` object.
+struct Credentials<'a> {
+    name: &'a str,
+    map: serde_json::Map<String, Value>,
+}
+
+impl<'a> Credentials<'a> {
+    fn find(vcap_services: &str, name: &'a str) -> Result<Self, String> {
+        let all: Value = serde_json::from_str(vcap_services)
+            .map_err(|e| format!("VCAP_SERVICES is not valid JSON: {e}"))?;
+        let labels = all
+            .as_object()
+            .ok_or("VCAP_SERVICES is not a JSON object")?;
+        let instances = || labels.values().filter_map(Value::as_array).flatten();
+        let Some(instance) =
+            instances().find(|i| i.get("name").and_then(Value::as_str) == Some(name))
+        else {
+            let mut bound: Vec<&str> = instances()
+                .filter_map(|i| i.get("name").and_then(Value::as_str))
+                .collect();
+            bound.sort_unstable();
+            let bound = if bound.is_empty() {
+                "none".to_owned()
+            } else {
+                bound.join(", ")
+            };
+            return Err(format!(
+                "no service named \"{name}\" is bound to this app (VCAP_SERVICES holds: {bound})"
+            ));
         };
-        return Err(format!(
-            "no service named \"{name}\" is bound to this app (VCAP_SERVICES holds: {bound})"
-        ));
-    };
-    let credentials = instance
-        .get("credentials")
-        .and_then(Value::as_object)
-        .ok_or_else(|| format!("the service \"{name}\" has no credentials object"))?;
-    let key = |names: &[&str]| -> Result<Option<String>, String> {
+        let map = instance
+            .get("credentials")
+            .and_then(Value::as_object)
+            .ok_or_else(|| format!("the service \"{name}\" has no credentials object"))?
+            .clone();
+        Ok(Credentials { name, map })
+    }
+
+    /// The first of `names` that is set, as a string.
+    fn key(&self, names: &[&str]) -> Result<Option<String>, String> {
         for n in names {
-            match credentials.get(*n) {
+            match self.map.get(*n) {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) => return Ok(Some(s.clone())),
                 Some(_) => {
                     return Err(format!(
-                        "credentials.{n} of the service \"{name}\" is not a string"
+                        "credentials.{n} of the service \"{}\" is not a string",
+                        self.name
                     ));
                 }
             }
         }
         Ok(None)
-    };
-    let required = |names: &[&str], what: &str| -> Result<String, String> {
-        key(names)?.ok_or_else(|| {
+    }
+
+    fn required(&self, names: &[&str; 2], what: &str) -> Result<String, String> {
+        self.key(names)?.ok_or_else(|| {
             format!(
-                "the credentials of the service \"{name}\" have no \"{}\" key (or \"{}\"): expected {what}",
-                names[0], names[1]
+                "the credentials of the service \"{}\" have no \"{}\" key (or \"{}\"): expected {what}",
+                self.name, names[0], names[1]
             )
         })
-    };
-    Ok(ServiceCredentials {
-        certificate: required(&["certificate", "cert"], "the PEM certificate chain")?,
-        private_key: required(&["private_key", "key"], "the PEM private key")?,
-        ca: key(&["ca"])?,
-    })
+    }
 }
 
 /// One read of a key/cert pair, with names for messages.
@@ -149,6 +206,9 @@ impl CertificateConfig {
                     },
                 })
             }
+            CertificateConfig::Minted(_) => Err(LoadError::Service(
+                "a minted certificate is made in memory, not read".to_owned(),
+            )),
         }
     }
 
@@ -164,7 +224,7 @@ impl CertificateConfig {
                 dirs.dedup();
                 dirs
             }
-            CertificateConfig::Service { .. } => Vec::new(),
+            CertificateConfig::Service { .. } | CertificateConfig::Minted(_) => Vec::new(),
         }
     }
 }

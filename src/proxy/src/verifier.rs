@@ -221,7 +221,7 @@ pub(crate) fn classify(
     }
 }
 
-fn describe(e: &CertificateError) -> String {
+pub(crate) fn describe(e: &CertificateError) -> String {
     let unix = |t: &UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
     match e {
         CertificateError::UnknownIssuer => {

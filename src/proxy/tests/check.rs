@@ -241,3 +241,62 @@ fn check_names_an_empty_trust_directory_when_client_certificates_are_required() 
     assert!(out.contains(&expected), "{out}");
     assert!(out.contains("1 problem:"), "{out}");
 }
+
+#[test]
+fn check_mints_a_leaf_in_memory_and_lists_every_egress_entry_with_its_variable() {
+    let pki = Pki::shared();
+    let ca = TestCa::new(CaKey::EcSec1, None);
+    let me = Identity::random();
+    let guid = new_guid();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    let other = Identity::random();
+    std::fs::write(
+        &config,
+        format!(
+            "{MINTED_YAML}egress:\n  - name: my-backend\n    listen: 127.0.0.1:9001\n    target: backend.apps.internal:8443\n    expect: [cf:app:{}, cf:same-space]\n",
+            other.app
+        ),
+    )
+    .unwrap();
+    let minted = minted_env(&me, &ca, &guid);
+    let mut env: Vec<(&str, String)> = minted
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    env.push((
+        "CF_SYSTEM_CERT_PATH",
+        trust.dir.path().display().to_string(),
+    ));
+    let (code, out) = check(Path::new(BIN), Some(&config), &env);
+    println!("{out}");
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        "Serving certificate (source: minted): a certificate minted from the CA of the bound service \"test-ca\"".to_owned(),
+        format!("identity   app={} space={} org={} instance={guid}", me.app, me.space, me.org),
+        format!("SANs       DNS:backend.apps.internal, DNS:0.backend.apps.internal, DNS:{guid}, IP:127.0.0.1"),
+        "(key: ECDSA P-256, made in memory)".to_owned(),
+        "chain      2 certificates, signed by CN=testMintCA".to_owned(),
+        "egress[0] my-backend  127.0.0.1:9001 -> backend.apps.internal:8443  (the app finds it in $TLS_SIDECAR_EGRESS_MY_BACKEND)".to_owned(),
+        format!("expect: cf:app:{}, cf:same-space (= cf:space:{})", other.app, me.space),
+        "Trust anchors for egress servers (2 in total)".to_owned(),
+        "service \"test-ca\" credentials.ca_certificate: testMintCA (1 certificate)".to_owned(),
+        "OK: no problems found.".to_owned(),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+
+    // Without the CA service bound, check says what to bind.
+    let env: Vec<(&str, String)> = env
+        .into_iter()
+        .filter(|(k, _)| *k != "VCAP_SERVICES")
+        .collect();
+    let (code, out) = check(Path::new(BIN), Some(&config), &env);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("VCAP_SERVICES is not set"), "{out}");
+    assert!(
+        out.contains("\"ca_certificate\" and \"ca_private_key\""),
+        "{out}"
+    );
+}

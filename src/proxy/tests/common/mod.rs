@@ -339,6 +339,101 @@ impl Pki {
     }
 }
 
+/// The key of a [`TestCa`].
+#[derive(Debug, Clone, Copy)]
+pub enum CaKey {
+    /// RSA 2048, `RSA PRIVATE KEY`.
+    RsaPkcs1,
+    /// P-256, `EC PRIVATE KEY`.
+    EcSec1,
+    /// P-256, `PRIVATE KEY`.
+    EcPkcs8,
+}
+
+/// A CA for `certificate.source: minted`, as an operator would make one with openssl.
+pub struct TestCa {
+    _dir: TempDir,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: CertificateDer<'static>,
+}
+
+impl TestCa {
+    /// A self-signed CA (CA:TRUE, keyCertSign, SKI) with `constraints` as its nameConstraints
+    /// extension value if given (e.g. `critical,permitted;DNS:apps.internal`).
+    pub fn new(key: CaKey, constraints: Option<&str>) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut cnf = String::from(
+            "[req]\ndistinguished_name = dn\n[dn]\n[mintca]\nbasicConstraints = critical,CA:true\n\
+             keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
+        );
+        if let Some(c) = constraints {
+            cnf.push_str(&format!("nameConstraints = {c}\n"));
+        }
+        std::fs::write(d.join("ca.cnf"), cnf).unwrap();
+        match key {
+            CaKey::RsaPkcs1 => openssl(d, "genrsa -traditional -out ca.key 2048"),
+            CaKey::EcSec1 => openssl(d, "ecparam -name prime256v1 -genkey -noout -out ca.key"),
+            CaKey::EcPkcs8 => openssl(
+                d,
+                "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key",
+            ),
+        }
+        openssl(
+            d,
+            "req -x509 -new -key ca.key -subj /CN=testMintCA -days 30 -sha256 -config ca.cnf \
+             -extensions mintca -out ca.crt",
+        );
+        let cert_pem = std::fs::read_to_string(d.join("ca.crt")).unwrap();
+        TestCa {
+            cert_der: CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap(),
+            cert_pem,
+            key_pem: std::fs::read_to_string(d.join("ca.key")).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    /// `VCAP_SERVICES` with this CA bound as the user-provided service `name`.
+    pub fn vcap_services(&self, name: &str) -> String {
+        serde_json::json!({
+            "user-provided": [{
+                "name": name,
+                "label": "user-provided",
+                "credentials": {"ca_certificate": self.cert_pem, "ca_private_key": self.key_pem}
+            }]
+        })
+        .to_string()
+    }
+}
+
+/// The environment of an instance of `me` whose `certificate.source: minted` uses `ca`
+/// (service `test-ca`), with the route `backend.apps.internal`, instance GUID `guid`, index
+/// 0, internal IP 127.0.0.1.
+pub fn minted_env(me: &Identity, ca: &TestCa, guid: &str) -> Env {
+    let vcap = serde_json::json!({
+        "application_id": me.app,
+        "application_name": "backend",
+        "space_id": me.space,
+        "organization_id": me.org,
+        "application_uris": ["backend.apps.internal", "backend.example.com"],
+        "instance_index": 0,
+    });
+    [
+        ("VCAP_APPLICATION", vcap.to_string()),
+        ("VCAP_SERVICES", ca.vcap_services("test-ca")),
+        ("CF_INSTANCE_GUID", guid.to_owned()),
+        ("CF_INSTANCE_INTERNAL_IP", "127.0.0.1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The tls-sidecar.yml of a minted instance.
+pub const MINTED_YAML: &str =
+    "certificate:\n  source: minted\n  service: test-ca\n  validity: 2h\n";
+
 /// The production shape (RSA-3072, PKCS#1), made once per test binary because it is slow.
 pub fn leaf_3072() -> &'static Leaf {
     static LEAF: OnceLock<Leaf> = OnceLock::new();

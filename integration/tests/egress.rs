@@ -1,0 +1,281 @@
+//! Egress across two hosts: two instances in their own network namespaces, joined by a veth
+//! pair (TEST-NET-1 addresses, inside the test's namespaces only), with `backend.apps.internal`
+//! in the client's `/etc/hosts` as BOSH DNS would answer it. The client app calls plain
+//! `http://$TLS_SIDECAR_EGRESS_BACKEND` (the profile.d variable); its sidecar carries the call
+//! over mutual TLS with its instance identity to the server's sidecar, which lets only that
+//! app in and tells the server app who called (XFCC). A third app calling directly is refused;
+//! an egress expecting another identity refuses to forward. With a minted certificate the
+//! server's certificate names its internal route, so plain `curl --cacert` verifies the host.
+
+// Test code: a failed unwrap is a failed test, with the error printed.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::net::IpAddr;
+use tls_sidecar_integration::netpair::{HostsFile, NetPair};
+use tls_sidecar_integration::sidecar::{TLS_PORT, metrics};
+use tls_sidecar_integration::{AppIdentity, AppInfo, CellCa, Instance, LaunchOptions, NetNs};
+
+const ROUTE: &str = "backend.apps.internal";
+
+/// An identity of `app` whose instance IP differs from every one in `taken`.
+fn identity_apart_from(app: &AppInfo, taken: &[IpAddr]) -> AppIdentity {
+    loop {
+        let id = app.instance_identity();
+        if !taken.contains(&id.ip) {
+            return id;
+        }
+    }
+}
+
+/// `command` in the client instance as `cf ssh` runs it (after the profile.d scripts).
+fn ssh(instance: &Instance, command: &str) -> std::process::Output {
+    instance.ssh(command, &[]).unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
+fn an_app_calls_another_app_on_another_host_through_its_egress_with_its_own_identity() {
+    let server_app = AppInfo::new("backend");
+    let client_app = AppInfo::new("frontend");
+    let third = client_app.instance_identity().app_in_other_org();
+    let server_id = server_app.instance_identity();
+    let client_id = identity_apart_from(&client_app, &[server_id.ip]);
+
+    let server_staging = stage_with_config(
+        &server_app,
+        &format!(
+            "listeners:\n  - port: 8443\n    mode: http\n    allow: [cf:app:{}]\n",
+            client_app.guid
+        ),
+    );
+    let client_staging = stage_with_config(
+        &client_app,
+        &format!(
+            "egress:\n\
+             \x20 - name: backend\n    listen: 127.0.0.1:9001\n    target: {ROUTE}:8443\n    expect: [cf:app:{}]\n\
+             \x20 - name: impostor\n    listen: 127.0.0.1:9002\n    target: {ROUTE}:8443\n    expect: [cf:app:{}]\n",
+            server_app.guid, third.app_guid
+        ),
+    );
+    let server = launch_ready(
+        &server_staging,
+        &LaunchOptions {
+            identity: Some(server_id.clone()),
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+    let client = launch_ready(
+        &client_staging,
+        &LaunchOptions {
+            identity: Some(client_id.clone()),
+            hosts: vec![(ROUTE.to_owned(), server_id.ip)],
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+    let _wire = NetPair::connect(server.netns(), client.netns()).unwrap();
+
+    // The app finds its egress listener in the variable the buildpack's profile.d exports.
+    let out = ssh(
+        &client,
+        "echo \"$TLS_SIDECAR_EGRESS_BACKEND $TLS_SIDECAR_EGRESS_IMPOSTOR\"",
+    );
+    assert_eq!(
+        text(&out).trim(),
+        "127.0.0.1:9001 127.0.0.1:9002",
+        "{}",
+        output_text(&out)
+    );
+
+    // Plain HTTP from the client app; the server app sees the client's identity in XFCC.
+    let out = ssh(
+        &client,
+        "curl -sS --max-time 20 http://$TLS_SIDECAR_EGRESS_BACKEND/headers",
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        output_text(&out),
+        client.logs(),
+        server.logs()
+    );
+    let headers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let xfcc = headers
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-client-cert"))
+        .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("no XFCC header in {headers}"));
+    assert!(
+        xfcc.contains(&format!("Subject=\"{}\"", client_id.rfc2253_subject())),
+        "the server app sees the client app's instance identity: {xfcc}"
+    );
+    assert!(
+        xfcc.contains(&format!("DNS={}", client_id.instance_guid)),
+        "{xfcc}"
+    );
+    let line = client
+        .process("tls-sidecar")
+        .unwrap()
+        .wait_for_log("egress connection closed", ready())
+        .unwrap();
+    assert!(
+        line.contains(&server_app.guid),
+        "the server's identity is logged: {line}"
+    );
+
+    // A third app, calling the server directly over the veth with its own instance identity,
+    // is refused.
+    let ca = CellCa::shared().unwrap();
+    let (_dir, cert) = ca.issue_client(&third).unwrap();
+    let root = ca.root_cert().display().to_string();
+    let resolve = format!("{}:8443:{}", server_id.instance_guid, server_id.ip);
+    let url = format!("https://{}:8443/", server_id.instance_guid);
+    let out = client
+        .exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            &root,
+            "--cert",
+            &cert.cert.display().to_string(),
+            "--key",
+            &cert.key.display().to_string(),
+            "--resolve",
+            &resolve,
+            "--write-out",
+            "\n%{http_code}",
+            &url,
+        ])
+        .unwrap();
+    assert!(
+        text(&out).ends_with("\n403"),
+        "a third app is refused: {}",
+        output_text(&out)
+    );
+    assert!(
+        text(&out).contains(&third.app_guid),
+        "{}",
+        output_text(&out)
+    );
+
+    // An egress expecting another app refuses to forward: the app's connection just closes,
+    // the sidecar says why, and /metrics counts it.
+    let out = ssh(
+        &client,
+        "curl -sS --max-time 20 http://$TLS_SIDECAR_EGRESS_IMPOSTOR/headers",
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing came back: {}",
+        output_text(&out)
+    );
+    let line = client
+        .process("tls-sidecar")
+        .unwrap()
+        .wait_for_log("egress connection refused", ready())
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "wrong identity: expected cf:app:{} got app={}",
+            third.app_guid, server_app.guid
+        )),
+        "{line}"
+    );
+    let m = metrics(&client).unwrap();
+    assert_eq!(
+        m.value("tls_sidecar_egress_failures_total{egress=\"impostor\",reason=\"identity\"}")
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        m.value("tls_sidecar_egress_failures_total{egress=\"backend\",reason=\"identity\"}")
+            .unwrap(),
+        0.0
+    );
+    assert!(
+        m.value("tls_sidecar_egress_connections_total{egress=\"backend\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+#[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
+fn a_minted_certificate_names_the_internal_route_so_curl_verifies_the_hostname_from_another_host() {
+    // The CA a platform team would bind as a user-provided service (here: a fresh cell root,
+    // RSA with a PKCS#8 key).
+    let ca = CellCa::generate().unwrap();
+    let mut server_app = AppInfo::new("backend");
+    server_app.uris = vec![ROUTE.to_owned(), "backend.example.com".to_owned()];
+    server_app.services = serde_json::json!({
+        "user-provided": [{
+            "name": "internal-ca",
+            "label": "user-provided",
+            "credentials": {
+                "ca_certificate": std::fs::read_to_string(ca.root_cert()).unwrap(),
+                "ca_private_key": std::fs::read_to_string(ca.root_key()).unwrap(),
+            }
+        }]
+    });
+    let staging = stage_with_config(
+        &server_app,
+        "certificate:\n  source: minted\n  service: internal-ca\n",
+    );
+    let server_id = server_app.instance_identity();
+    let server = launch_ready(
+        &staging,
+        &LaunchOptions {
+            identity: Some(server_id.clone()),
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+
+    // The client host: a namespace of its own on the wire, resolving the route (and the
+    // per-instance name) to the server instance.
+    let client_ip = identity_apart_from(&server_app, &[server_id.ip]).ip;
+    let client = NetNs::create(Some(client_ip)).unwrap();
+    let _hosts = HostsFile::write(
+        client.name(),
+        &[
+            (ROUTE.to_owned(), server_id.ip),
+            (format!("0.{ROUTE}"), server_id.ip),
+        ],
+    )
+    .unwrap();
+    let _wire = NetPair::connect(server.netns(), &client).unwrap();
+
+    let root = ca.root_cert().display().to_string();
+    for host in [ROUTE.to_owned(), format!("0.{ROUTE}")] {
+        let url = format!("https://{host}:8443/");
+        let out = client
+            .exec(&["curl", "-sS", "--max-time", "20", "--cacert", &root, &url])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl verifies {host}: {}\n{}",
+            output_text(&out),
+            server.logs()
+        );
+        assert_eq!(text(&out), HELLO);
+    }
+    let line = server
+        .process("tls-sidecar")
+        .unwrap()
+        .wait_for_log("certificate minted", ready())
+        .unwrap();
+    assert!(line.contains(&format!("DNS:{ROUTE}")), "{line}");
+}

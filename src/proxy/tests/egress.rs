@@ -1,0 +1,494 @@
+//! Egress: the app connects in plaintext to a loopback listener and the sidecar carries the
+//! connection over mutual TLS to another app's ingress sidecar (Diego-shaped certificates made
+//! with openssl), checking the server's chain and then its identity: right identity forwards,
+//! wrong identity, unknown CA and a hostname mismatch refuse; several addresses are tried in
+//! turn; a rotated client certificate is presented on new connections.
+
+// Tests may unwrap (clippy.toml); the lint exempts only #[test] fns, not their helpers.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use tls_sidecar::{EgressConfig, SidecarConfig};
+use tls_sidecar_config::{ClientAuth, HostPort, Selector};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An ingress sidecar for the app `me` serving `leaf`, forwarding to `app`, requiring client
+/// certificates from the shared PKI and admitting only `allow`.
+fn server(
+    creds: &Creds,
+    app: SocketAddr,
+    trust: &TrustDir,
+    me: &Identity,
+    allow: &[&str],
+) -> SidecarConfig {
+    let mut config = sidecar_config(creds, app);
+    config.listeners[0].client_auth = ClientAuth::Required;
+    config.listeners[0].allow = allow
+        .iter()
+        .map(|s| s.parse::<Selector>().unwrap())
+        .collect();
+    config.trust = trust.config();
+    config.app = me.vcap_application();
+    config
+}
+
+/// A sidecar with no TLS listener and `entries` as its egress, presenting the pair in
+/// `creds`, trusting `trust`.
+fn client(
+    creds: &Creds,
+    trust: &TrustDir,
+    me: &Identity,
+    entries: Vec<EgressConfig>,
+) -> SidecarConfig {
+    let mut config = sidecar_config(creds, loopback(9));
+    config.listeners.clear();
+    config.egress = entries;
+    config.trust = trust.config();
+    config.app = me.vcap_application();
+    config
+}
+
+/// An egress entry to `127.0.0.1:<port of target>` expecting `expect`.
+fn entry(name: &str, target: SocketAddr, expect: &[&str]) -> EgressConfig {
+    EgressConfig {
+        name: name.to_owned(),
+        bind: loopback(0),
+        target: HostPort {
+            host: "127.0.0.1".to_owned(),
+            port: target.port(),
+        },
+        expect: expect
+            .iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect(),
+        addrs: None,
+    }
+}
+
+/// What the app gets back through the egress listener at `addr` after sending `message` and
+/// half-closing: the echo, or nothing when the sidecar closed the connection.
+async fn through(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    // The sidecar may already have closed (refused); what matters is what comes back.
+    let _ = plain.write_all(message).await;
+    let _ = plain.shutdown().await;
+    let mut back = Vec::new();
+    match tokio::time::timeout(DEADLINE, plain.read_to_end(&mut back)).await {
+        Ok(_) => back,
+        Err(_) => panic!("the egress connection neither answered nor closed"),
+    }
+}
+
+struct Started {
+    running: tls_sidecar::Running,
+    admin: SocketAddr,
+}
+
+async fn start(config: SidecarConfig) -> Started {
+    let running = tls_sidecar::start(config).await.unwrap();
+    let admin = running.admin_addr().unwrap();
+    until_ready(admin).await;
+    Started { running, admin }
+}
+
+impl Started {
+    fn tls(&self) -> SocketAddr {
+        self.running.tls_addrs()[0].unwrap()
+    }
+
+    fn egress(&self, i: usize) -> SocketAddr {
+        self.running.egress_addrs()[i].unwrap()
+    }
+}
+
+fn egress_series(family: &str, name: &str) -> String {
+    format!("tls_sidecar_egress_{family}{{egress=\"{name}\"}}")
+}
+
+fn egress_failures(name: &str, reason: &str) -> String {
+    format!("tls_sidecar_egress_failures_total{{egress=\"{name}\",reason=\"{reason}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_connection_presents_this_instances_identity_to_a_server_with_the_expected_identity()
+ {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let my_leaf = pki.client(&me);
+    let their_leaf = pki.issue(&them, KeyKind::Ec, Validity::OneDay);
+    let (my_creds, their_creds) = (Creds::with(&my_leaf), Creds::with(&their_leaf));
+    let allow = format!("cf:app:{}", me.app);
+    let backend = start(server(
+        &their_creds,
+        echo_app().await,
+        &trust,
+        &them,
+        &[&allow],
+    ))
+    .await;
+    let expect = format!("cf:app:{}", them.app);
+    let sidecar = start(client(
+        &my_creds,
+        &trust,
+        &me,
+        vec![entry("backend", backend.tls(), &[&expect])],
+    ))
+    .await;
+
+    assert_eq!(through(sidecar.egress(0), b"ping").await, b"ping");
+
+    // The server saw this app's instance identity; the client logged the server's.
+    let seen = log_line(&["connection closed", &me.app, &my_leaf.guid]).await;
+    assert!(seen.contains(&me.space) && seen.contains(&me.org), "{seen}");
+    let line = log_line(&["egress connection closed", &them.app, &their_leaf.guid]).await;
+    assert!(
+        line.contains("bytes_sent=4") && line.contains("bytes_received=4"),
+        "{line}"
+    );
+    until_metric(
+        sidecar.admin,
+        &egress_series("connections_total", "backend"),
+        "1",
+    )
+    .await;
+    until_metric(
+        sidecar.admin,
+        &egress_series("sent_bytes_total", "backend"),
+        "4",
+    )
+    .await;
+    until_metric(
+        sidecar.admin,
+        &egress_series("received_bytes_total", "backend"),
+        "4",
+    )
+    .await;
+    sidecar.running.shutdown().await;
+    backend.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_refuses_a_server_with_another_identity_and_closes_the_apps_connection() {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them, expected) = (Identity::random(), Identity::random(), Identity::random());
+    let (app, reached) = counting_echo_app().await;
+    let their_leaf = pki.issue(&them, KeyKind::Ec, Validity::OneDay);
+    let backend = start(server(
+        &Creds::with(&their_leaf),
+        app,
+        &trust,
+        &them,
+        &["cf:any"],
+    ))
+    .await;
+    let expect = format!("cf:app:{}", expected.app);
+    let my_creds = Creds::with(&pki.client(&me));
+    let sidecar = start(client(
+        &my_creds,
+        &trust,
+        &me,
+        vec![entry("wrong", backend.tls(), &[&expect])],
+    ))
+    .await;
+
+    assert_eq!(
+        through(sidecar.egress(0), b"secret").await,
+        b"",
+        "closed without an answer"
+    );
+
+    let line = log_line(&["egress connection refused", &expected.app, &their_leaf.guid]).await;
+    assert!(
+        line.contains(&format!(
+            "wrong identity: expected cf:app:{} got app={}",
+            expected.app, them.app
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("reason=") && line.contains("identity"),
+        "{line}"
+    );
+    until_metric(sidecar.admin, &egress_failures("wrong", "identity"), "1").await;
+    until_metric(
+        sidecar.admin,
+        &egress_series("sent_bytes_total", "wrong"),
+        "0",
+    )
+    .await;
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "not one byte reached the server's app"
+    );
+    sidecar.running.shutdown().await;
+    backend.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_refuses_a_server_whose_certificate_chains_to_an_unknown_ca() {
+    capture_logs();
+    let pki = Pki::shared();
+    let other = Pki::other();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let foreign = other.issue(&them, KeyKind::Ec, Validity::OneDay);
+    let backend = start(server(
+        &Creds::with(&foreign),
+        echo_app().await,
+        &TrustDir::with(&[&pki.root_pem]),
+        &them,
+        &["cf:any"],
+    ))
+    .await;
+    let expect = format!("cf:app:{}", them.app);
+    let my_creds = Creds::with(&pki.client(&me));
+    let sidecar = start(client(
+        &my_creds,
+        &trust,
+        &me,
+        vec![entry("foreign", backend.tls(), &[&expect])],
+    ))
+    .await;
+
+    assert_eq!(through(sidecar.egress(0), b"ping").await, b"");
+    let line = log_line(&["egress connection refused", "foreign", "unknown CA"]).await;
+    assert!(line.contains("unknown_ca"), "{line}");
+    until_metric(
+        sidecar.admin,
+        &egress_failures("foreign", "unknown_ca"),
+        "1",
+    )
+    .await;
+    sidecar.running.shutdown().await;
+    backend.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_selector_verifies_the_hostname_in_a_minted_server_certificate() {
+    capture_logs();
+    let ca = TestCa::new(CaKey::EcSec1, None);
+    let pki = Pki::shared();
+    let them = Identity::random();
+    let guid = new_guid();
+    let (mut config, _) = resolved_config(
+        MINTED_YAML,
+        &minted_env(&them, &ca, &guid),
+        echo_app().await,
+    );
+    let server_trust = TrustDir::with(&[&pki.root_pem]);
+    config.listeners[0].client_auth = ClientAuth::Required;
+    config.trust = server_trust.config();
+    let backend = start(config).await;
+
+    // The server's certificate names backend.apps.internal; the client dials that name (SNI)
+    // at the server's address, and trusts the minted certificates' CA.
+    let trust = TrustDir::with(&[&pki.root_pem, &ca.cert_pem]);
+    let me = Identity::random();
+    let at = |name: &str, host: &str, expect: &str| EgressConfig {
+        target: HostPort {
+            host: host.to_owned(),
+            port: backend.tls().port(),
+        },
+        addrs: Some(vec![backend.tls()]),
+        ..entry(name, backend.tls(), &[expect])
+    };
+    let my_creds = Creds::with(&pki.client(&me));
+    let sidecar = start(client(
+        &my_creds,
+        &trust,
+        &me,
+        vec![
+            at(
+                "routed",
+                "backend.apps.internal",
+                "dns:backend.apps.internal",
+            ),
+            at(
+                "misnamed",
+                "backend.apps.internal",
+                "dns:frontend.apps.internal",
+            ),
+            at(
+                "by-identity",
+                "backend.apps.internal",
+                &format!("cf:app:{}", them.app),
+            ),
+        ],
+    ))
+    .await;
+
+    assert_eq!(through(sidecar.egress(0), b"ping").await, b"ping");
+    assert_eq!(
+        through(sidecar.egress(2), b"ping").await,
+        b"ping",
+        "minted OUs carry the app"
+    );
+    assert_eq!(through(sidecar.egress(1), b"ping").await, b"");
+    let line = log_line(&["egress connection refused", "misnamed"]).await;
+    assert!(
+        line.contains("hostname mismatch: expected dns:frontend.apps.internal, the certificate names DNS:backend.apps.internal"),
+        "{line}"
+    );
+    until_metric(sidecar.admin, &egress_failures("misnamed", "hostname"), "1").await;
+    until_metric(sidecar.admin, &egress_failures("routed", "hostname"), "0").await;
+    sidecar.running.shutdown().await;
+    backend.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_target_addresses_are_tried_in_turn_within_the_connect_timeout() {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let backend = start(server(
+        &Creds::with(&pki.issue(&them, KeyKind::Ec, Validity::OneDay)),
+        echo_app().await,
+        &trust,
+        &them,
+        &["cf:any"],
+    ))
+    .await;
+    let (dead1, dead2) = (dead_app().await, dead_app().await);
+    let expect = format!("cf:app:{}", them.app);
+    let mut live = entry("instances", backend.tls(), &[&expect]);
+    live.addrs = Some(vec![dead1, dead2, backend.tls()]);
+    let mut gone = entry("gone", backend.tls(), &[&expect]);
+    gone.addrs = Some(vec![dead1, dead2]);
+    let my_creds = Creds::with(&pki.client(&me));
+    let sidecar = start(client(&my_creds, &trust, &me, vec![live, gone])).await;
+
+    assert_eq!(through(sidecar.egress(0), b"ping").await, b"ping");
+    assert_eq!(through(sidecar.egress(1), b"ping").await, b"");
+    let line = log_line(&["egress connection refused", "\"gone\""]).await;
+    assert!(
+        line.contains(&format!("{dead1}: ")) && line.contains(&format!("{dead2}: ")),
+        "every address is named with its failure: {line}"
+    );
+    until_metric(sidecar.admin, &egress_failures("gone", "connect"), "1").await;
+    until_metric(sidecar.admin, &egress_failures("instances", "connect"), "0").await;
+    sidecar.running.shutdown().await;
+    backend.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_certificate_is_presented_on_new_egress_connections() {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let backend = start(server(
+        &Creds::with(&pki.issue(&them, KeyKind::Ec, Validity::OneDay)),
+        echo_app().await,
+        &trust,
+        &them,
+        &[&format!("cf:app:{}", me.app)],
+    ))
+    .await;
+    let first = pki.client(&me);
+    let my_creds = Creds::with(&first);
+    let expect = format!("cf:app:{}", them.app);
+    let sidecar = start(client(
+        &my_creds,
+        &trust,
+        &me,
+        vec![entry("backend", backend.tls(), &[&expect])],
+    ))
+    .await;
+    assert_eq!(through(sidecar.egress(0), b"one").await, b"one");
+    log_line(&["connection closed", &first.guid]).await;
+
+    let second = pki.client(&me);
+    my_creds.rotate_the_diego_way(&second);
+    log_line(&["certificate loaded", &second.guid]).await;
+    assert_eq!(through(sidecar.egress(0), b"two").await, b"two");
+    let line = log_line(&["connection closed", &second.guid, "bytes_in=3"]).await;
+    assert!(line.contains(&me.app), "{line}");
+    sidecar.running.shutdown().await;
+    backend.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_every_egress_listener_and_names_a_busy_one() {
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let me = Identity::random();
+    let taken = std::net::TcpListener::bind(loopback(0)).unwrap();
+    let mut busy = entry("busy", loopback(1), &["cf:any"]);
+    busy.bind = taken.local_addr().unwrap();
+    let my_creds = Creds::with(&pki.client(&me));
+    let running = tls_sidecar::start(client(&my_creds, &trust, &me, vec![busy]))
+        .await
+        .unwrap();
+    let admin = running.admin_addr().unwrap();
+    eventually("/ready to name the busy egress port", || async {
+        match get(admin, "/ready").await {
+            Ok((503, body)) => body.contains("egress \"busy\" not listening on"),
+            _ => false,
+        }
+    })
+    .await;
+    drop(taken);
+    until_ready(admin).await;
+    assert!(running.egress_addrs()[0].is_some());
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_keeps_accepting_while_the_tls_listeners_drain_and_closes_after_them() {
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let backend = start(server(
+        &Creds::with(&pki.issue(&them, KeyKind::Ec, Validity::OneDay)),
+        echo_app().await,
+        &trust,
+        &them,
+        &["cf:any"],
+    ))
+    .await;
+    let my_creds = Creds::with(&pki.client(&me));
+    let expect = format!("cf:app:{}", them.app);
+    let mut config = sidecar_config(&my_creds, echo_app().await);
+    config.egress = vec![entry("backend", backend.tls(), &[&expect])];
+    config.trust = trust.config();
+    config.app = me.vcap_application();
+    let sidecar = start(config).await;
+    let egress = sidecar.egress(0);
+
+    // An ingress connection still open keeps the drain going.
+    let mut caller = connect(sidecar.tls()).await.unwrap();
+    assert_eq!(echo(&mut caller, b"hold").await, b"hold");
+    let admin = sidecar.admin;
+    let draining = tokio::spawn(sidecar.running.shutdown());
+    eventually("/ready to turn 503", || async {
+        matches!(get(admin, "/ready").await, Ok((503, _)))
+    })
+    .await;
+    assert_eq!(
+        through(egress, b"still").await,
+        b"still",
+        "the app can still call out while it finishes its requests"
+    );
+
+    drop(caller);
+    tokio::time::timeout(DEADLINE, draining)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(egress).await.is_err(),
+        "the egress listener closed after the drain"
+    );
+    backend.running.shutdown().await;
+}
