@@ -8,16 +8,18 @@
 #   --uncached             leave it out; supply downloads it from the manifest's uri (default)
 #   --stack S              the stack the zip is for (default cflinuxfs4; `any` = every stack)
 #   --version V            the version to package (default: the VERSION file)
-#   --output DIR           where the zip, the tarball and their .sha256 files go (default: out/
-#                          in the repository; a relative DIR is relative to the current directory)
+#   --output DIR           where the zip, the tarball, their .sha256 files and the zip's SBOM
+#                          (<zip>.cdx.json, CycloneDX) go (default: out/ in the repository; a
+#                          relative DIR is relative to the current directory)
 #   --dependency-uri-base URL
 #                          where the tarball will be published (default: the GitHub release of
 #                          v<version>; TLS_SIDECAR_DEPENDENCY_URI_BASE sets it too)
 #
 # Builds the static musl binaries tls-sidecar and tls-sidecar-buildpack (release profile), then
 # runs tls-sidecar-packager, which checks that both are static, builds the tarball, the manifest
-# and the zip. Progress goes to stderr; the LAST line of stdout is the zip's absolute path, and
-# nothing else is printed on stdout. Works from any directory.
+# and the zip, and writes the SBOM from `cargo metadata` (SOURCE_DATE_EPOCH, if set, dates it).
+# Progress goes to stderr; the LAST line of stdout is the zip's absolute path, and nothing else
+# is printed on stdout. Works from any directory.
 set -euo pipefail
 
 readonly TARGET=x86_64-unknown-linux-musl
@@ -111,8 +113,14 @@ executable() {
 sidecar="$(executable tls-sidecar)"
 buildpack="$(executable tls-sidecar-buildpack)"
 
+# The SBOM lists the crates of both binaries as cargo resolves them for the target.
+metadata="$(mktemp)"
+trap 'rm -f "$metadata"' EXIT
+cargo metadata --format-version 1 --locked --filter-platform "$TARGET" > "$metadata" \
+  || die "cargo metadata failed (see above)"
+
 args=(--sidecar "$sidecar" --buildpack-binary "$buildpack" --repo-root "$repo_root"
-  "$cached" --stack "$stack" --output "$output")
+  "$cached" --stack "$stack" --output "$output" --cargo-metadata "$metadata")
 [[ -z $version ]] || args+=(--version "$version")
 [[ -z $uri_base ]] || args+=(--dependency-uri-base "$uri_base")
 

@@ -13,6 +13,15 @@ cargo fmt --all --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Dependency policy: licences, bans (a second crypto provider), sources"
+# Advisories need the RustSec database from GitHub, which this CI cannot reach
+# (docs/RELIABILITY.md); run `cargo deny check advisories` where it can.
+cargo deny --version >/dev/null 2>&1 || cargo install cargo-deny --locked
+cargo deny --locked check licenses bans sources
+
+step "Fuzzing smoke (every target, briefly; scripts/fuzz.sh --seconds 600 for a real run)"
+./scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-10}"
+
 step "Packaging the buildpack (cached and uncached)"
 zips="$root/target/test-zips"
 TLS_SIDECAR_BUILDPACK_ZIP="$(./scripts/package.sh --cached --output "$zips" | tail -n 1)"

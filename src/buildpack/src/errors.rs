@@ -217,6 +217,10 @@ pub enum ExtractError {
         entry: String,
         source: io::Error,
     },
+    /// The tarball lacks a file it must install (checked before anything is installed).
+    Missing {
+        path: String,
+    },
 }
 
 /// Something that works but is probably not what the user wants.
@@ -563,6 +567,7 @@ fn extract_text(e: &ExtractError) -> String {
         ExtractError::Io { entry, source } => {
             format!("cannot write tarball entry \"{entry}\": {source}")
         }
+        ExtractError::Missing { path } => format!("the dependency tarball has no {path}"),
     }
 }
 

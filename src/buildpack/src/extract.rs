@@ -27,6 +27,25 @@ use tar::{Archive, Entry, EntryType};
 /// replaces the files of the previous install). Returns the installed paths, relative to
 /// `dest`, directories excluded.
 pub fn install_tgz(tarball: &Path, dest: &Path) -> Result<Vec<PathBuf>, ExtractError> {
+    install(tarball, dest, None)
+}
+
+/// [`install_tgz`], refusing a tarball without the regular file `required` (relative to
+/// `dest`): that is checked before anything is moved into `dest`, so such a tarball installs
+/// none of its other files either.
+pub fn install_tgz_requiring(
+    tarball: &Path,
+    dest: &Path,
+    required: &Path,
+) -> Result<Vec<PathBuf>, ExtractError> {
+    install(tarball, dest, Some(required))
+}
+
+fn install(
+    tarball: &Path,
+    dest: &Path,
+    required: Option<&Path>,
+) -> Result<Vec<PathBuf>, ExtractError> {
     let io_err = |entry: &Path| {
         let entry = entry.display().to_string();
         move |source| ExtractError::Io { entry, source }
@@ -48,6 +67,13 @@ pub fn install_tgz(tarball: &Path, dest: &Path) -> Result<Vec<PathBuf>, ExtractE
         unpack_entry(&mut entry, root)?;
     }
     check_symlinks_on_disk(root, root)?;
+    if let Some(required) = required
+        && !fs::symlink_metadata(root.join(required)).is_ok_and(|m| m.is_file())
+    {
+        return Err(ExtractError::Missing {
+            path: required.display().to_string(),
+        });
+    }
     let mut installed = Vec::new();
     merge_into(root, dest, Path::new(""), &mut installed)?;
     Ok(installed)

@@ -173,7 +173,8 @@ fn install<W: Write>(
         errors::warn(&w, app, out);
     }
     let installed =
-        crate::extract::install_tgz(tarball.path(), &dep_dir).map_err(|e| failed(e.into()))?;
+        crate::extract::install_tgz_requiring(tarball.path(), &dep_dir, Path::new(SIDECAR_BINARY))
+            .map_err(|e| failed(e.into()))?;
     for f in &installed {
         out.debug(format_args!("installed {}", f.display()));
     }

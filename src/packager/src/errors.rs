@@ -161,6 +161,20 @@ pub enum PackagerError {
         listed: String,
     },
 
+    /// `--cargo-metadata` is not usable `cargo metadata --format-version 1` output.
+    #[error(
+        "{} is not usable cargo metadata: {problem}. Generate it with `cargo metadata \
+         --format-version 1 --locked --filter-platform x86_64-unknown-linux-musl` \
+         (scripts/package.sh does this)",
+        path.display()
+    )]
+    InvalidCargoMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// A file listed in `include_files` is not in the repository.
     #[error(
         "{} is listed in include_files but does not exist. Restore it, or remove it from \

@@ -15,6 +15,7 @@ pub mod elf;
 pub mod errors;
 pub mod manifest;
 pub mod output;
+pub mod sbom;
 pub mod stack;
 pub mod tarball;
 
@@ -60,6 +61,11 @@ pub struct PackageOptions {
     /// The URL the tarball is published under; `None` means the GitHub release of `v<version>`
     /// ([`manifest::default_dependency_uri_base`]).
     pub dependency_uri_base: Option<String>,
+    /// `cargo metadata --format-version 1` output for the SBOM's crate lists; `None` writes an
+    /// SBOM that names only the zip and the two binaries.
+    pub cargo_metadata: Option<PathBuf>,
+    /// `SOURCE_DATE_EPOCH`: the SBOM's timestamp; `None` leaves the timestamp out.
+    pub source_date_epoch: Option<u64>,
 }
 
 /// What a packaging run wrote.
@@ -75,6 +81,8 @@ pub struct Packaged {
     pub tarball_sha256: String,
     /// The manifest written into the zip.
     pub manifest: PackagedManifest,
+    /// The CycloneDX SBOM beside the zip (`<zip>.cdx.json`), absolute.
+    pub sbom_path: PathBuf,
 }
 
 /// Builds the tarball, the manifest and the zip, and writes them (with `.sha256` files) into
@@ -115,6 +123,11 @@ pub fn package<W: Write>(
     }
     let sidecar = read_static_binary(&options.sidecar_binary, out)?;
     let buildpack = read_static_binary(&options.buildpack_binary, out)?;
+    let (sidecar_sha256, buildpack_sha256) = (sha256_hex(&sidecar), sha256_hex(&buildpack));
+    let crates = match &options.cargo_metadata {
+        Some(path) => Some(read_crates(path)?),
+        None => None,
+    };
 
     let tarball_name = tarball_name(&version);
     let tarball = build_tarball(&sidecar).map_err(PackagerError::BuildTarball)?;
@@ -175,18 +188,62 @@ pub fn package<W: Write>(
 
     let zip = archive::build_zip(&files).map_err(PackagerError::BuildZip)?;
     let zip_sha256 = sha256_hex(&zip);
+    let crate_count = crates.as_ref().map(|c| {
+        c.iter()
+            .flatten()
+            .map(|k| (&k.name, &k.version))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    });
+    let sbom = sbom::render(&sbom::SbomInput {
+        zip_name: &zip_name,
+        zip_sha256: &zip_sha256,
+        version: &version,
+        stack: options.stack.as_str(),
+        cached: options.cached,
+        binaries: vec![
+            sbom::Binary {
+                package: BUILDPACK_PACKAGE,
+                location: BUILDPACK_BINARY_IN_ZIP.to_owned(),
+                sha256: &buildpack_sha256,
+            },
+            sbom::Binary {
+                package: DEPENDENCY_NAME,
+                location: format!("bin/{DEPENDENCY_NAME} in {tarball_name}"),
+                sha256: &sidecar_sha256,
+            },
+        ],
+        crates,
+        timestamp: options.source_date_epoch,
+    })
+    .map_err(|cause| PackagerError::InvalidCargoMetadata {
+        path: options.cargo_metadata.clone().unwrap_or_default(),
+        problem: format!("cannot render the SBOM: {cause}"),
+    })?;
 
     let output_dir = create_output_dir(&options.output_dir)?;
     let tarball_path = output_dir.join(&tarball_name);
     write_with_checksum(&tarball_path, &tarball, &tarball_sha256)?;
     let zip_path = output_dir.join(&zip_name);
     write_with_checksum(&zip_path, &zip, &zip_sha256)?;
+    let sbom_path = output_dir.join(format!("{zip_name}.cdx.json"));
+    write_atomically(&sbom_path, sbom.as_bytes())?;
     out.step(format_args!("Wrote {zip_name}"));
     out.detail(format_args!(
         "{} ({}), sha256 {zip_sha256}",
         zip_path.display(),
         human_size(zip.len())
     ));
+    match crate_count {
+        Some(n) => out.detail(format_args!(
+            "{} (CycloneDX 1.5: the zip, 2 binaries, {n} crates)",
+            sbom_path.display()
+        )),
+        None => out.detail(format_args!(
+            "{} (CycloneDX 1.5: the zip and 2 binaries; pass --cargo-metadata to list their crates)",
+            sbom_path.display()
+        )),
+    }
 
     Ok(Packaged {
         zip_path,
@@ -194,7 +251,35 @@ pub fn package<W: Write>(
         tarball_path,
         tarball_sha256,
         manifest: packaged,
+        sbom_path,
     })
+}
+
+/// The Cargo package of the multi-call buildpack binary.
+const BUILDPACK_PACKAGE: &str = "tls-sidecar-buildpack";
+
+/// The crate closures of the buildpack binary and the sidecar, in that order, from a
+/// `cargo metadata --format-version 1` file.
+fn read_crates(path: &Path) -> Result<Vec<Vec<sbom::Crate>>, PackagerError> {
+    let invalid = |problem: String| PackagerError::InvalidCargoMetadata {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let text = fs::read_to_string(path).map_err(|cause| PackagerError::ReadInput {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let metadata = sbom::CargoMetadata::parse(&text).map_err(|e| invalid(e.to_string()))?;
+    [BUILDPACK_PACKAGE, DEPENDENCY_NAME]
+        .iter()
+        .map(|package| {
+            metadata.closure(package).ok_or_else(|| {
+                invalid(format!(
+                    "it has no resolved package {package} (is it the output of cargo metadata in this repository, without --no-deps?)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Reads every `include_files` entry (the repository's files, the buildpack binary, `VERSION`),

@@ -50,6 +50,16 @@ struct Args {
     /// [default: the GitHub release download URL of v<version>]
     #[arg(long, value_name = "URL", env = "TLS_SIDECAR_DEPENDENCY_URI_BASE")]
     dependency_uri_base: Option<String>,
+
+    /// Output of `cargo metadata --format-version 1` for this repository: the SBOM beside the
+    /// zip (<zip>.cdx.json) then lists the crates each binary is built from
+    #[arg(long, value_name = "PATH")]
+    cargo_metadata: Option<PathBuf>,
+
+    /// Seconds since the epoch for the SBOM's timestamp (reproducible builds); no timestamp
+    /// without it
+    #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<u64>,
 }
 
 fn parse_stack(value: &str) -> Result<Stack, String> {
@@ -69,6 +79,8 @@ fn main() -> ExitCode {
         cached: args.cached,
         version: args.version,
         dependency_uri_base: args.dependency_uri_base,
+        cargo_metadata: args.cargo_metadata,
+        source_date_epoch: args.source_date_epoch,
     };
     let mut out = Output::new(std::io::stderr().lock());
     match package(&options, &mut out) {

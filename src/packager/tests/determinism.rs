@@ -85,7 +85,7 @@ fn packaging_again_into_the_same_directory_replaces_the_files_with_identical_one
     assert_eq!(before, fs::read(&again).expect("zip"));
     assert_eq!(
         fs::read_dir(out.path()).expect("list").count(),
-        4,
+        5,
         "no temporary files left behind"
     );
 }

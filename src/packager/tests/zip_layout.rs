@@ -244,6 +244,7 @@ fn every_output_file_has_a_sha256sum_file_beside_it() {
             "tls-sidecar-1.0.0-linux-x64.tgz",
             "tls-sidecar-1.0.0-linux-x64.tgz.sha256",
             "tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip",
+            "tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip.cdx.json",
             "tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip.sha256",
         ]
     );

@@ -170,17 +170,46 @@ pub enum M<'a> {
     Dir(&'a str),
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
+    /// A member that holds no data: a fifo or a character or block device.
+    Special(&'a str, tar::EntryType),
+    /// A pax extended header whose `path` record renames the member after it.
+    PaxPath(&'a str),
+    /// A GNU long-name member (`././@LongLink`) giving the name of the member after it.
+    GnuLongName(&'a str),
 }
 
 pub fn tgz(members: &[M]) -> Vec<u8> {
     let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
     for m in members {
         let mut h = tar::Header::new_gnu();
+        let record;
+        let long_name;
         let (name, link, ty, mode, data): (&str, &str, tar::EntryType, u32, &[u8]) = match *m {
             M::File(n, mode, d) => (n, "", tar::EntryType::Regular, mode, d),
             M::Dir(n) => (n, "", tar::EntryType::Directory, 0o755, b""),
             M::Symlink(n, t) => (n, t, tar::EntryType::Symlink, 0o777, b""),
             M::Hardlink(n, t) => (n, t, tar::EntryType::Link, 0o644, b""),
+            M::Special(n, ty) => (n, "", ty, 0o644, b""),
+            M::PaxPath(p) => {
+                record = pax_record("path", p);
+                (
+                    "PaxHeader",
+                    "",
+                    tar::EntryType::XHeader,
+                    0o644,
+                    record.as_bytes(),
+                )
+            }
+            M::GnuLongName(n) => {
+                long_name = format!("{n}\0");
+                (
+                    "././@LongLink",
+                    "",
+                    tar::EntryType::GNULongName,
+                    0o644,
+                    long_name.as_bytes(),
+                )
+            }
         };
         let old = h.as_old_mut();
         old.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -192,6 +221,16 @@ pub fn tgz(members: &[M]) -> Vec<u8> {
         b.append(&h, data).expect("append");
     }
     b.into_inner().expect("tar").finish().expect("gzip")
+}
+
+/// One pax record, `"<length> <key>=<value>\n"`, where the length counts the whole record.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len();
+    while len != body.len() + len.to_string().len() {
+        len = body.len() + len.to_string().len();
+    }
+    format!("{len}{body}")
 }
 
 /// The tarball the packager makes (docs/DESIGN.md): `bin/tls-sidecar`, 0755.
@@ -294,6 +333,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(responses: Vec<(u16, Vec<u8>)>) -> Server {
+        Server::start_raw(
+            responses
+                .iter()
+                .map(|(code, body)| response(*code, body))
+                .collect(),
+        )
+    }
+
+    /// Like [`Server::start`], but each reply is sent byte for byte as given (a head that lies
+    /// about the body, a body cut short), and then the connection is closed.
+    pub fn start_raw(replies: Vec<Vec<u8>>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -305,8 +355,7 @@ impl Server {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (code, body) = &responses[i.min(responses.len() - 1)];
-                serve(stream, *code, body, &log);
+                serve(stream, &replies[i.min(replies.len() - 1)], &log);
             }
         });
         Server {
@@ -341,7 +390,24 @@ impl Drop for Server {
     }
 }
 
-fn serve(stream: TcpStream, code: u16, body: &[u8], log: &Mutex<Vec<String>>) {
+/// A complete `HTTP/1.1` response with `Content-Length` and `Connection: close`.
+pub fn response(code: u16, body: &[u8]) -> Vec<u8> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        _ => "Status",
+    };
+    let mut r = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn serve(stream: TcpStream, reply: &[u8], log: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut stream = stream;
     let Some(mut line) = read_head(&mut reader) else {
@@ -356,18 +422,7 @@ fn serve(stream: TcpStream, code: u16, body: &[u8], log: &Mutex<Vec<String>>) {
         line = inner;
     }
     log.lock().expect("lock").push(line);
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        _ => "Status",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
+    let _ = stream.write_all(reply);
     let _ = stream.flush();
 }
 
