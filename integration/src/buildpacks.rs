@@ -354,7 +354,16 @@ fn newest_source_mtime(root: &Path) -> Option<SystemTime> {
             }
         }
     }
-    let skip = ["target", ".git", "integration", "fixtures", "docs", "out", "fuzz", "bench"];
+    let skip = [
+        "target",
+        ".git",
+        "integration",
+        "fixtures",
+        "docs",
+        "out",
+        "fuzz",
+        "bench",
+    ];
     let mut newest = None;
     for e in std::fs::read_dir(root).ok()?.flatten() {
         let name = e.file_name();
