@@ -81,12 +81,27 @@ async fn respond(
     parts.version = Version::HTTP_11;
     let request = Request::from_parts(parts, body);
 
-    let mut response = match conn.shared.client.request(request).await {
-        Ok(response) => response,
-        Err(e) => {
+    // A hung app must not hold the client, a max_connections slot and an app connection
+    // forever: the response head has to start within limits.idle_timeout.
+    let idle = conn.shared.settings.idle_timeout;
+    let mut response = match tokio::time::timeout(idle, conn.shared.client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
             let (status, text) = app_error(conn, &e);
             log.fail(text.clone());
             return local(status, format!("tls-sidecar: {text}\n"));
+        }
+        Err(_) => {
+            let text = format!(
+                "the app on {} did not answer within {} ms (limits.idle_timeout)",
+                conn.shared.settings.upstream,
+                millis(idle)
+            );
+            log.fail(text.clone());
+            return local(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("tls-sidecar: {text}\n"),
+            );
         }
     };
 
