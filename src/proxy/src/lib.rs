@@ -40,6 +40,25 @@ mod trust;
 mod verifier;
 pub mod xfcc;
 
+/// Entry points for the fuzz targets in `fuzz/` into parsers that are otherwise private. Not an
+/// API: nothing outside the fuzz targets may use it.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The admin server's request-head parser: `(method, path)`, `None` while incomplete, or
+    /// the error's status text.
+    pub fn admin_head(buf: &[u8]) -> Result<Option<(String, String)>, String> {
+        crate::admin::parse_head(buf)
+            .map(|h| h.map(|h| (h.method.to_owned(), h.path.to_owned())))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// The http mode's request-framing watcher fed `buf` in pieces of the given sizes (the
+    /// rest in one piece): the index of the first request it refuses, if any.
+    pub fn framing_verdict(buf: &[u8], pieces: &[usize]) -> Option<u64> {
+        crate::http::framing_verdict(buf, pieces)
+    }
+}
+
 pub use cli::{Cli, Command};
 pub use config::{
     CertificateConfig, CertificatePaths, EgressConfig, Limits, ListenerConfig, Loaded, MintConfig,

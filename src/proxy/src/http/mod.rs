@@ -387,3 +387,17 @@ fn later(at: Instant, by: Duration) -> Instant {
     at.checked_add(by)
         .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365))
 }
+
+/// See [`crate::fuzzing::framing_verdict`].
+pub(crate) fn framing_verdict(buf: &[u8], pieces: &[usize]) -> Option<u64> {
+    let mut framing = framing::Framing::default();
+    let mut rest = buf;
+    for &n in pieces {
+        let (piece, tail) = rest.split_at(n.min(rest.len()));
+        if let Some(flagged) = framing.feed(piece) {
+            return Some(flagged);
+        }
+        rest = tail;
+    }
+    framing.feed(rest)
+}
