@@ -1,0 +1,518 @@
+//! The client subcommands. Each prints one JSON line with its counts, the wall time of the
+//! measured window, the terminator's CPU seconds in that window (`--watch-pid`) and the
+//! generator's own CPU seconds.
+
+use crate::ClientArgs;
+use crate::client::{self, Target};
+use crate::http::{self, HttpConn};
+use crate::procfs::{self, TreeSample};
+use clap::Args;
+use serde_json::{Value, json};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+/// Buffer per keep-alive connection (64 KiB for bulk, so reads are large).
+const SMALL_BUFFER: usize = 16 * 1024;
+const BULK_BUFFER: usize = 256 * 1024;
+/// No single operation may take longer than this: a stuck peer ends the run, not the machine.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct KeepaliveArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// Length of the measured window, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct RateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// Requests per second, scheduled open-loop (latency counts from the scheduled time when
+    /// the generator is behind schedule).
+    #[arg(long)]
+    rate: f64,
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Totals of open connections at which RSS is sampled, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    steps: Vec<usize>,
+    /// Spread connections over this many source addresses 127.0.0.2… (0: let the kernel pick).
+    #[arg(long, default_value_t = 0)]
+    sources: u8,
+    /// Handshakes in flight while opening.
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
+    /// Seconds to wait after each step (and after closing) before sampling RSS.
+    #[arg(long, default_value_t = 3.0)]
+    settle: f64,
+}
+
+fn secs(s: f64) -> crate::Result<Duration> {
+    if !(0.0..=3600.0).contains(&s) {
+        return Err(format!("{s} s is outside 0..3600").into());
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// CPU and wall time around the measured window.
+struct Window {
+    pid: Option<u32>,
+    before: TreeSample,
+    start: Instant,
+    self_cpu: f64,
+    accounted: Vec<u32>,
+    accounted_before: u64,
+    cpus_before: f64,
+}
+
+fn accounted_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| procfs::sample_tree(*p).ok())
+        .map(|s| s.ticks)
+        .sum()
+}
+
+impl Window {
+    fn start(args: &ClientArgs) -> crate::Result<Self> {
+        let pid = args.watch_pid;
+        let before = match pid {
+            Some(pid) => procfs::sample_tree(pid)?,
+            None => TreeSample::default(),
+        };
+        Ok(Window {
+            pid,
+            before,
+            start: Instant::now(),
+            self_cpu: procfs::self_cpu_seconds(),
+            accounted: args.account_pid.clone(),
+            accounted_before: accounted_ticks(&args.account_pid),
+            cpus_before: procfs::cpus01_busy_seconds(),
+        })
+    }
+
+    /// {elapsed_s, server_cpu_s, server_rss_kb, client_cpu_s, upstream_cpu_s, cpus01_busy_s}
+    fn stop(&self) -> Value {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let client_cpu = procfs::self_cpu_seconds() - self.self_cpu;
+        let after = self.pid.and_then(|p| procfs::sample_tree(p).ok());
+        let accounted = accounted_ticks(&self.accounted).saturating_sub(self.accounted_before);
+        json!({
+            "upstream_cpu_s": accounted as f64 / procfs::TICKS_PER_SECOND,
+            "cpus01_busy_s": procfs::cpus01_busy_seconds() - self.cpus_before,
+            "elapsed_s": elapsed,
+            "server_cpu_s": after.map(|a| a.ticks.saturating_sub(self.before.ticks) as f64 / procfs::TICKS_PER_SECOND),
+            "server_rss_kb": after.map(|a| a.rss_kb),
+            "server_processes": after.map(|a| a.processes),
+            "client_cpu_s": client_cpu,
+        })
+    }
+}
+
+fn emit(args: &ClientArgs, metric: &str, window: Value, extra: Value) {
+    let mut line = json!({"type": "run", "metric": metric, "peer": args.label, "rep": args.rep});
+    for v in [window, extra] {
+        if let (Some(line), Value::Object(v)) = (line.as_object_mut(), v) {
+            line.extend(v);
+        }
+    }
+    println!("{line}");
+}
+
+async fn with_timeout<T>(fut: impl Future<Output = std::io::Result<T>>) -> Result<T, String> {
+    match timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no progress for {} s", OP_TIMEOUT.as_secs())),
+    }
+}
+
+pub fn probe(args: &ClientArgs) -> crate::Result<()> {
+    crate::runtime()?.block_on(async {
+        let target = Target::new(args)?;
+        let config = target.config(true)?;
+        let req = http::request(&args.path, true);
+        let mut resumed = false;
+        let mut described = None;
+        let mut body = 0;
+        // Twice: the second connection shows whether the peer resumes.
+        for _ in 0..2 {
+            let tls = with_timeout(target.connect(&config, None)).await?;
+            resumed = client::resumed(&tls);
+            described.get_or_insert_with(|| client::describe(&tls));
+            let mut conn = HttpConn::new(tls, SMALL_BUFFER);
+            body = with_timeout(conn.get(&req)).await?;
+            let _ = conn.io.shutdown().await;
+        }
+        let (version, suite, group) = described.unwrap_or_default();
+        println!(
+            "{}",
+            json!({"type": "probe", "peer": args.label, "version": version, "suite": suite,
+                   "group": group, "body_bytes": body, "second_resumed": resumed})
+        );
+        Ok(())
+    })
+}
+
+/// Keep-alive request loop (`bulk` only changes the buffer size and the metric name).
+pub fn keepalive(args: &KeepaliveArgs, bulk: bool) -> crate::Result<()> {
+    let duration = secs(args.duration)?;
+    let conns = args.conns.clamp(1, 10_000);
+    crate::runtime()?.block_on(async {
+        let target = Target::new(&args.client)?;
+        let config = target.config(false)?;
+        let req = Arc::new(http::request(&args.client.path, false));
+        let buffer = if bulk { BULK_BUFFER } else { SMALL_BUFFER };
+        let mut pool = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let tls = with_timeout(target.connect(&config, None)).await?;
+            pool.push(HttpConn::new(tls, buffer));
+        }
+        // Warm-up: one request each (handshakes and first allocations out of the window).
+        for conn in &mut pool {
+            with_timeout(conn.get(&req)).await?;
+        }
+        let window = Window::start(&args.client)?;
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = pool
+            .into_iter()
+            .map(|mut conn| {
+                let req = req.clone();
+                tokio::spawn(async move {
+                    let (mut n, mut bytes, mut error) = (0u64, 0u64, None);
+                    while Instant::now() < deadline {
+                        match with_timeout(conn.get(&req)).await {
+                            Ok(b) => {
+                                n += 1;
+                                bytes += b;
+                            }
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    (n, bytes, error, conn)
+                })
+            })
+            .collect();
+        let (mut requests, mut bytes, mut errors, mut first_error) = (0, 0, 0, None);
+        let mut keep = Vec::new();
+        for task in tasks {
+            let (n, b, e, conn) = task.await?;
+            requests += n;
+            bytes += b;
+            if let Some(e) = e {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+            keep.push(conn);
+        }
+        // Sampled before the connections close, so closing is not in the window.
+        let measured = window.stop();
+        drop(keep);
+        let elapsed = measured["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+        emit(
+            &args.client,
+            if bulk { "bulk" } else { "keepalive" },
+            measured,
+            json!({"conns": conns, "requests": requests, "bytes": bytes, "errors": errors,
+                   "first_error": first_error,
+                   "per_s": requests as f64 / elapsed,
+                   "mb_per_s": bytes as f64 / 1e6 / elapsed}),
+        );
+        Ok(())
+    })
+}
+
+/// New connection per request: full handshakes (`resume` false) or resumed ones.
+pub fn connections(args: &ConnArgs, resume: bool) -> crate::Result<()> {
+    let duration = secs(args.duration)?;
+    let conns = args.conns.clamp(1, 1_000);
+    crate::runtime()?.block_on(async {
+        let target = Arc::new(Target::new(&args.client)?);
+        let req = Arc::new(http::request(&args.client.path, true));
+        // Resumption: each task has its own session store, so the ticket one connection receives
+        // is offered by that task's next connection (rustls keeps at most 8 per server name).
+        let shared = target.config(false)?;
+        let mut configs = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            configs.push(if resume {
+                target.config(true)?
+            } else {
+                shared.clone()
+            });
+        }
+        // Warm-up: one connection per task, which also primes every resumption store.
+        for config in &configs {
+            one_connection(&target, config, &req).await?;
+        }
+        let window = Window::start(&args.client)?;
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = configs
+            .into_iter()
+            .map(|config| {
+                let (target, req) = (target.clone(), req.clone());
+                tokio::spawn(async move {
+                    let (mut full, mut resumed, mut errors, mut first_error) =
+                        (0u64, 0u64, 0u64, None);
+                    while Instant::now() < deadline {
+                        match one_connection(&target, &config, &req).await {
+                            Ok(true) => resumed += 1,
+                            Ok(false) => full += 1,
+                            Err(e) => {
+                                errors += 1;
+                                first_error.get_or_insert(e);
+                                sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                    }
+                    (full, resumed, errors, first_error)
+                })
+            })
+            .collect();
+        let (mut full, mut resumed, mut errors, mut first_error) = (0, 0, 0, None);
+        for task in tasks {
+            let (f, r, e, fe) = task.await?;
+            full += f;
+            resumed += r;
+            errors += e;
+            if first_error.is_none() {
+                first_error = fe;
+            }
+        }
+        let measured = window.stop();
+        let elapsed = measured["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+        let total = full + resumed;
+        emit(
+            &args.client,
+            if resume { "resume" } else { "handshake" },
+            measured,
+            json!({"conns": conns, "requests": total, "full": full, "resumed": resumed,
+                   "resumed_fraction": if total > 0 { resumed as f64 / total as f64 } else { 0.0 },
+                   "errors": errors, "first_error": first_error,
+                   "per_s": total as f64 / elapsed}),
+        );
+        Ok(())
+    })
+}
+
+/// Connect, one `Connection: close` request, close_notify. `Ok(true)` if it resumed.
+async fn one_connection(
+    target: &Target,
+    config: &Arc<rustls::ClientConfig>,
+    req: &[u8],
+) -> Result<bool, String> {
+    let tls = with_timeout(target.connect(config, None)).await?;
+    let resumed = client::resumed(&tls);
+    let mut conn = HttpConn::new(tls, 4096);
+    with_timeout(conn.get(req)).await?;
+    let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+    Ok(resumed)
+}
+
+pub fn rate(args: &RateArgs) -> crate::Result<()> {
+    let duration = secs(args.duration)?;
+    let conns = args.conns.clamp(1, 10_000);
+    if !(1.0..=1e7).contains(&args.rate) {
+        return Err("--rate must be within 1..10^7 requests/s".into());
+    }
+    let interval = Duration::from_secs_f64(conns as f64 / args.rate);
+    crate::runtime()?.block_on(async {
+        let target = Target::new(&args.client)?;
+        let config = target.config(false)?;
+        let req = Arc::new(http::request(&args.client.path, false));
+        let mut pool = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let tls = with_timeout(target.connect(&config, None)).await?;
+            let mut conn = HttpConn::new(tls, SMALL_BUFFER);
+            with_timeout(conn.get(&req)).await?;
+            pool.push(conn);
+        }
+        let window = Window::start(&args.client)?;
+        let t0 = Instant::now() + Duration::from_millis(5);
+        let deadline = t0 + duration;
+        let tasks: Vec<_> = pool
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut conn)| {
+                let req = req.clone();
+                // Connection k sends requests k, k+C, k+2C, … at t0 + i/rate.
+                let first = t0 + Duration::from_secs_f64(k as f64 / args.rate);
+                tokio::spawn(async move {
+                    let mut latencies: Vec<u32> = Vec::new();
+                    let (mut late, mut error) = (0u64, None);
+                    let mut intended = first;
+                    while intended < deadline {
+                        let start = if Instant::now() < intended {
+                            // The timer wakes up to ~1 ms late; that delay is the generator's,
+                            // not the terminator's, so it is not counted.
+                            sleep_until(intended).await;
+                            Instant::now()
+                        } else {
+                            // Behind schedule (the previous response was slow): count the wait.
+                            late += 1;
+                            intended
+                        };
+                        if let Err(e) = with_timeout(conn.get(&req)).await {
+                            error = Some(e);
+                            break;
+                        }
+                        let micros = start.elapsed().as_micros();
+                        latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                        intended += interval;
+                    }
+                    (latencies, late, error, conn)
+                })
+            })
+            .collect();
+        let (mut all, mut late, mut errors, mut first_error, mut keep) =
+            (Vec::new(), 0, 0, None, Vec::new());
+        for task in tasks {
+            let (l, lt, e, conn) = task.await?;
+            all.extend(l);
+            late += lt;
+            if let Some(e) = e {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+            keep.push(conn);
+        }
+        let measured = window.stop();
+        drop(keep);
+        all.sort_unstable();
+        let pct = |p: f64| -> Option<u32> {
+            let last = all.len().checked_sub(1)?;
+            all.get(((last as f64) * p).round() as usize).copied()
+        };
+        let n = all.len();
+        let elapsed = measured["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+        emit(
+            &args.client,
+            "rate",
+            measured,
+            json!({"conns": conns, "target_rate": args.rate, "requests": n,
+                   "per_s": n as f64 / elapsed, "late": late, "errors": errors,
+                   "first_error": first_error,
+                   "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99),
+                   "p999_us": pct(0.999), "max_us": all.last()}),
+        );
+        Ok(())
+    })
+}
+
+pub fn idle(args: &IdleArgs) -> crate::Result<()> {
+    let settle = secs(args.settle)?;
+    let pid = args
+        .client
+        .watch_pid
+        .ok_or("idle needs --watch-pid (it samples the terminator's RSS)")?;
+    let mut steps = args.steps.clone();
+    steps.sort_unstable();
+    if steps.last().is_some_and(|&n| n > 50_000) {
+        return Err("at most 50,000 idle connections".into());
+    }
+    let sources: Vec<Option<IpAddr>> = if args.sources == 0 {
+        vec![None]
+    } else {
+        (0..args.sources)
+            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))))
+            .collect()
+    };
+    crate::runtime()?.block_on(async {
+        let target = Arc::new(Target::new(&args.client)?);
+        let config = target.config(false)?;
+        let rss = || procfs::sample_tree(pid).map(|s| s.rss_kb);
+        let idle_kb = rss()?;
+        let started = Instant::now();
+        let mut open = Vec::new();
+        let (mut failed, mut first_error) = (0usize, None);
+        let mut samples = Vec::new();
+        for &step in &steps {
+            let want = step.saturating_sub(open.len());
+            let next = Arc::new(AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..args.parallel.clamp(1, 256))
+                .map(|_| {
+                    let (target, config, next, sources) = (
+                        target.clone(),
+                        config.clone(),
+                        next.clone(),
+                        sources.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let (mut got, mut failed, mut first_error) = (Vec::new(), 0, None);
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= want {
+                                break;
+                            }
+                            let source = sources[i % sources.len()];
+                            match with_timeout(target.connect(&config, source)).await {
+                                Ok(tls) => got.push(tls),
+                                Err(e) => {
+                                    failed += 1;
+                                    first_error.get_or_insert(e);
+                                }
+                            }
+                        }
+                        (got, failed, first_error)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let (got, f, e) = task.await?;
+                open.extend(got);
+                failed += f;
+                if first_error.is_none() {
+                    first_error = e;
+                }
+            }
+            sleep(settle).await;
+            let kb = rss()?;
+            samples.push(json!({"target": step, "open": open.len(), "rss_kb": kb}));
+        }
+        let opened = open.len();
+        let open_s = started.elapsed().as_secs_f64();
+        drop(open);
+        sleep(Duration::from_secs(1)).await;
+        let after_1s_kb = rss()?;
+        sleep(settle).await;
+        let after_kb = rss()?;
+        println!(
+            "{}",
+            json!({"type": "idle", "peer": args.client.label, "rep": args.client.rep,
+                   "idle_kb": idle_kb, "steps": samples, "after_close_1s_kb": after_1s_kb,
+                   "after_close_kb": after_kb, "opened": opened, "failed": failed,
+                   "first_error": first_error, "open_s": open_s})
+        );
+        Ok(())
+    })
+}
