@@ -568,6 +568,26 @@ fn markdown(d: &Data, summary: &str, targets: &[String]) -> String {
              spreads wide. CPU time per unit of work is the figure least affected.\n"
         );
     }
+    let disturbed: Vec<String> = ["keepalive", "handshake", "resume", "bulk", "rate"]
+        .iter()
+        .filter_map(|m| {
+            let worst = d
+                .peers()
+                .iter()
+                .filter_map(|p| d.foreign(m, p))
+                .reduce(f64::max)?;
+            (worst > 0.10).then(|| format!("{m} (up to {:.0} % of a CPU)", worst * 100.0))
+        })
+        .collect();
+    if !disturbed.is_empty() {
+        let _ = writeln!(
+            o,
+            "> **Disturbed measurements:** other processes took CPU time on the two CPUs during: {}. \
+             See the `other load` columns: rates of those repetitions are low and spreads wide; \
+             CPU time per unit of work is affected least.\n",
+            disturbed.join(", ")
+        );
+    }
     let _ = writeln!(o, "## Summary\n");
     let _ = writeln!(
         o,
