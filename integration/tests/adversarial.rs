@@ -515,26 +515,24 @@ fn with_default_limits_an_idle_connection_flood_stays_within_the_declared_sideca
 }
 
 #[test]
-#[ignore = "bug: after a 10k idle-connection flood closes, RSS stays far above baseline (allocator keeps the memory; reused, not leaked)"]
-fn after_an_idle_connection_flood_closes_rss_returns_to_within_8_mib_of_baseline() {
-    if known_bug("after_an_idle_connection_flood_closes_rss_returns_to_within_8_mib_of_baseline") {
-        return;
-    }
+#[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
+fn after_an_idle_connection_flood_closes_rss_returns_to_within_4_mib_of_baseline_on_its_own() {
     let (reports, _, instance) = flood(
         "listeners:\n  - port: 8443\nlimits:\n  handshake_timeout: 300s\n",
         1,
     );
     let pid = instance.process(sidecar::NAME).unwrap().pid();
     let r = &reports[0];
-    // Give an allocator purge every chance: 60 s of quiet.
+    // Nothing touches the sidecar after the flood: it must give the memory back by itself
+    // (src/proxy/src/memory.rs), within a few seconds. Before it did, RSS stayed ~70 MiB up.
     let settled = tls_sidecar_integration::util::poll(
-        tls_sidecar_integration::util::Deadline::after(Duration::from_secs(60)),
+        tls_sidecar_integration::util::Deadline::after(Duration::from_secs(15)),
         "RSS to return near baseline",
-        || Ok((rss(pid) <= r.baseline_rss + 8 * 1024 * 1024).then_some(())),
+        || Ok((rss(pid) <= r.baseline_rss + 4 * 1024 * 1024).then_some(())),
     );
     assert!(
         settled.is_ok(),
-        "RSS {} 60 s after the flood (baseline {}, peak {})",
+        "RSS {} 15 s after the flood (baseline {}, peak {})",
         mib(rss(pid)),
         mib(r.baseline_rss),
         mib(r.peak_rss)

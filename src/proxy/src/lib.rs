@@ -27,6 +27,7 @@ mod forward;
 pub mod http;
 pub mod identity;
 pub mod logging;
+mod memory;
 pub mod metrics;
 mod mint;
 pub mod proxy_protocol;
