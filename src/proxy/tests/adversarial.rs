@@ -35,18 +35,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-sidecar");
-/// Set to run the tests that document known bugs. They are `#[ignore = "bug: ..."]`, and
-/// since CI runs `cargo test -- --include-ignored`, their bodies also return early without it,
-/// so that the suite stays green until the bug is fixed (then both go).
-const BUG_TESTS: &str = "TLS_SIDECAR_BUG_TESTS";
-
-fn known_bug(test: &str) -> bool {
-    if std::env::var_os(BUG_TESTS).is_some() {
-        return false;
-    }
-    eprintln!("{test}: documents a known bug; set {BUG_TESTS}=1 to run it");
-    true
-}
 /// `vcap` on cflinuxfs4: who runs the sidecar in CF.
 const VCAP_UID: u32 = 2000;
 
@@ -1142,13 +1130,7 @@ async fn a_tls_1_2_renegotiation_is_never_carried_out_and_the_sidecar_keeps_serv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: tcp mode never flushes the no_renegotiation alert rustls queues (pump writes TLS only after app bytes); the client hangs until idle_timeout"]
 async fn a_tls_1_2_renegotiation_attempt_is_answered_with_a_no_renegotiation_alert_at_once() {
-    if known_bug(
-        "a_tls_1_2_renegotiation_attempt_is_answered_with_a_no_renegotiation_alert_at_once",
-    ) {
-        return;
-    }
     let s = tcp_sidecar("").await;
     let out = renegotiate(s.port).await;
     assert!(
