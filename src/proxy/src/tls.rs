@@ -35,6 +35,12 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// is a few hundred bytes.
 const SESSION_CACHE_SIZE: usize = 1024;
 
+/// TLS 1.3 tickets sent per connection (rustls's default is 2, like OpenSSL after a full
+/// handshake). One is enough for a client to resume its next connection, and every resumed
+/// connection brings a fresh one, so the second only costs a ticket encryption and a key
+/// derivation on every connection (OpenSSL, too, sends one after a resumption).
+const TLS13_TICKETS: usize = 1;
+
 /// The only crypto provider in the graph, passed explicitly (docs/DESIGN.md).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -151,6 +157,7 @@ impl Settings {
             .with_cert_resolver(self.resolver.clone());
         config.ticketer = self.ticketer.clone();
         config.session_storage = self.sessions.clone();
+        config.send_tls13_tickets = TLS13_TICKETS;
         config.alpn_protocols = self.alpn.clone();
         Ok(Arc::new(config))
     }
