@@ -224,8 +224,13 @@ impl StagedConfig {
             ));
         }
 
-        let limits = limits(app.limits.clone().unwrap_or_default(), &o, &mut warnings)?;
         let sidecar = sidecar(app.sidecar.clone().unwrap_or_default(), &o)?;
+        let limits = limits(
+            app.limits.clone().unwrap_or_default(),
+            sidecar.memory,
+            &o,
+            &mut warnings,
+        )?;
         let log = log(app.log.clone().unwrap_or_default(), &o)?;
 
         Ok((
@@ -621,8 +626,25 @@ fn certificate(spec: CertificateSpec, o: &Origins) -> Result<Certificate, Config
     })
 }
 
+/// Memory the sidecar process needs before its first connection: code, runtime, certificates
+/// (5.8 MB measured idle, docs/benchmarks.md), with room to spare.
+const BASE_MEMORY_MB: u32 = 8;
+
+/// Memory budgeted per connection: measured 19 KiB per idle TLS connection in tcp mode and
+/// 30 KiB in http mode, plus the buffers of one that is moving data.
+const CONNECTION_MEMORY_KIB: u32 = 32;
+
+/// The default `limits.max_connections`: as many connections as `sidecar.memory` covers. CF
+/// gives the app what is left after the sidecar's memory (its `MEMORY_LIMIT` shrinks by it) in
+/// one shared container limit, so a sidecar that outgrows its share under a connection flood
+/// takes memory the app was promised, and can get the whole instance killed.
+fn default_max_connections(memory: MemoryMb) -> u32 {
+    (memory.0.saturating_sub(BASE_MEMORY_MB).max(1) * 1024 / CONNECTION_MEMORY_KIB).max(32)
+}
+
 fn limits(
     spec: LimitsSpec,
+    memory: MemoryMb,
     o: &Origins,
     warnings: &mut Vec<String>,
 ) -> Result<Limits, ConfigError> {
@@ -637,12 +659,24 @@ fn limits(
             Ok(v)
         }
     };
-    let max_connections = spec.max_connections.unwrap_or(10_000);
+    let max_connections = spec
+        .max_connections
+        .unwrap_or_else(|| default_max_connections(memory));
     if max_connections == 0 {
         return Err(ConfigError::invalid(
             &o.file,
             "limits.max_connections",
-            "0 would refuse every connection (e.g. 10000)",
+            format!(
+                "0 would refuse every connection (e.g. {})",
+                default_max_connections(memory)
+            ),
+        ));
+    }
+    if max_connections > default_max_connections(memory) {
+        let needs = BASE_MEMORY_MB + max_connections.div_ceil(1024 / CONNECTION_MEMORY_KIB);
+        warnings.push(format!(
+            "limits.max_connections {max_connections} can take about {needs} MB ({CONNECTION_MEMORY_KIB} KiB per connection), more than sidecar.memory ({memory} MB) covers: set sidecar.memory: {needs}M, or leave max_connections out to get the {} that {memory} MB covers",
+            default_max_connections(memory)
         ));
     }
     let drain_timeout = positive(
@@ -859,6 +893,39 @@ mod tests {
         let app = AppConfig::parse("limits:\n  drain_timeout: 12s\n", "f").unwrap();
         let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
         assert!(warnings[0].contains("10 s"), "{warnings:?}");
+    }
+
+    #[test]
+    fn max_connections_defaults_to_what_the_declared_sidecar_memory_covers() {
+        // (memory - 8 MB) at 32 KiB per connection.
+        assert_eq!(stage("").unwrap().limits.max_connections, 768);
+        let big = stage("sidecar:\n  memory: 264M\n").unwrap();
+        assert_eq!(big.limits.max_connections, 8192);
+        // Below the base memory, still a usable floor.
+        let tiny = stage("sidecar:\n  memory: 4\n").unwrap();
+        assert_eq!(tiny.limits.max_connections, 32);
+        // An explicit value wins, whatever the memory.
+        let explicit = stage("limits:\n  max_connections: 100\n").unwrap();
+        assert_eq!(explicit.limits.max_connections, 100);
+    }
+
+    #[test]
+    fn max_connections_beyond_the_declared_memory_warns_with_the_memory_it_needs() {
+        let app = AppConfig::parse("limits:\n  max_connections: 10000\n", "f").unwrap();
+        let (s, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
+        assert_eq!(s.limits.max_connections, 10_000);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("about 321 MB") && warnings[0].contains("sidecar.memory: 321M"),
+            "{warnings:?}"
+        );
+        let app = AppConfig::parse(
+            "limits:\n  max_connections: 10000\nsidecar:\n  memory: 321M\n",
+            "f",
+        )
+        .unwrap();
+        let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }
 
