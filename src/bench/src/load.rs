@@ -451,7 +451,8 @@ pub fn idle(args: &IdleArgs) -> crate::Result<()> {
         let target = Arc::new(Target::new(&args.client)?);
         let config = target.config(false)?;
         let rss = || procfs::sample_tree(pid).map(|s| s.rss_kb);
-        let idle_kb = rss()?;
+        let anon = || procfs::sample_tree(pid).map(|s| s.rss_anon_kb);
+        let (idle_kb, idle_anon_kb) = (rss()?, anon()?);
         let started = Instant::now();
         let mut open = Vec::new();
         let (mut failed, mut first_error) = (0usize, None);
@@ -505,12 +506,13 @@ pub fn idle(args: &IdleArgs) -> crate::Result<()> {
         sleep(Duration::from_secs(1)).await;
         let after_1s_kb = rss()?;
         sleep(settle).await;
-        let after_kb = rss()?;
+        let (after_kb, after_anon_kb) = (rss()?, anon()?);
         println!(
             "{}",
             json!({"type": "idle", "peer": args.client.label, "rep": args.client.rep,
-                   "idle_kb": idle_kb, "steps": samples, "after_close_1s_kb": after_1s_kb,
-                   "after_close_kb": after_kb, "opened": opened, "failed": failed,
+                   "idle_kb": idle_kb, "idle_anon_kb": idle_anon_kb, "steps": samples,
+                   "after_close_1s_kb": after_1s_kb, "after_close_kb": after_kb,
+                   "after_close_anon_kb": after_anon_kb, "opened": opened, "failed": failed,
                    "first_error": first_error, "open_s": open_s})
         );
         Ok(())

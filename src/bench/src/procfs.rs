@@ -14,6 +14,9 @@ pub const TICKS_PER_SECOND: f64 = 100.0;
 pub struct TreeSample {
     pub ticks: u64,
     pub rss_kb: u64,
+    /// The anonymous part of `rss_kb` (heap, stacks); the rest is mapped files: the program's
+    /// code and libraries, clean page cache shared with any other process mapping them.
+    pub rss_anon_kb: u64,
     pub processes: usize,
 }
 
@@ -35,15 +38,17 @@ fn parse_stat(text: &str) -> Option<(u32, u64)> {
     Some((ppid, utime + stime))
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+/// (VmRSS, RssAnon) in KB from `/proc/<pid>/status`; zeros once the process is gone.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 /// Sums CPU ticks and RSS over `root` and all its descendants.
@@ -73,7 +78,9 @@ pub fn sample_tree(root: u32) -> crate::Result<TreeSample> {
     while let Some(pid) = todo.pop() {
         if let Some(&(_, ticks)) = table.get(&pid) {
             sample.ticks += ticks;
-            sample.rss_kb += rss_kb(pid);
+            let (rss, anon) = rss_kb(pid);
+            sample.rss_kb += rss;
+            sample.rss_anon_kb += anon;
             sample.processes += 1;
         }
         todo.extend(

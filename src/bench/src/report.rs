@@ -785,11 +785,11 @@ fn markdown(d: &Data, summary: &str, targets: &[String]) -> String {
     }
     let _ = writeln!(
         o,
-        " KB per conn | 1 s after close | after close | after ÷ idle |"
+        " KB per conn | 1 s after close | after close | after ÷ idle | anonymous: idle / after close |"
     );
     let _ = writeln!(
         o,
-        "|---|---:|{}---:|---:|---:|---:|",
+        "|---|---:|{}---:|---:|---:|---:|---:|",
         "---:|".repeat(steps.len())
     );
     for p in d.peers() {
@@ -800,15 +800,32 @@ fn markdown(d: &Data, summary: &str, targets: &[String]) -> String {
             let _ = write!(o, " {} ({} open) |", num(kb), num(open));
         }
         let after = f(v, "after_close_kb");
+        // Older results files have no anonymous figures.
+        let anon = match (v.get("idle_anon_kb"), v.get("after_close_anon_kb")) {
+            (Some(_), Some(_)) => format!(
+                "{} / {}",
+                num(f(v, "idle_anon_kb")),
+                num(f(v, "after_close_anon_kb"))
+            ),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             o,
-            " {} | {} | {} | {:.2} |",
+            " {} | {} | {} | {:.2} | {anon} |",
             d.per_conn_kb(p).map_or("–".into(), num),
             num(f(v, "after_close_1s_kb")),
             num(after),
             after / idle
         );
     }
+    let _ = writeln!(
+        o,
+        "\nRSS is VmRSS: anonymous memory (heap, stacks) plus the pages of mapped files the \
+         process has touched: its code and libraries, clean page cache that other processes \
+         mapping the same files share. Linux maps up to 64 KB of code around each page a \
+         program first touches, so a static binary's resident code grows with how scattered \
+         its startup path is, not only with what it runs."
+    );
     let _ = writeln!(o, "\n### (7) Buildpack\n");
     if let Some(ms) = d.supply_ms() {
         let _ = writeln!(

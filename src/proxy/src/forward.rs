@@ -125,7 +125,8 @@ pub(crate) async fn serve(
         } => Err(ConnError::Drained),
     };
     metrics.active.fetch_sub(1, Relaxed);
-    crate::memory::connection_ended();
+    // Its buffers are freed: give them back once the sidecar is quiet.
+    crate::memory::collect_soon();
 
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let tls = match conn.tls {

@@ -26,27 +26,27 @@ const QUIET: Duration = Duration::from_millis(1_200);
 /// is skipped this time rather than stalling the rest.
 const GATHER: Duration = Duration::from_millis(20);
 
-/// Set by every ended connection; one stored permit however many end.
-static ENDED: Notify = Notify::const_new();
+/// Set by every [`collect_soon`]; one stored permit however many calls.
+static FREED: Notify = Notify::const_new();
 
-/// Records that a connection ended and freed its buffers (cheap: one atomic when a permit is
-/// already stored).
-pub(crate) fn connection_ended() {
-    ENDED.notify_one();
+/// Memory was just freed (a connection ended): collect once the sidecar has
+/// been quiet for [`QUIET`]. Cheap: one atomic when a permit is already stored.
+pub(crate) fn collect_soon() {
+    FREED.notify_one();
 }
 
-/// Runs until `stop`: once connections have ended and none has for [`QUIET`], returns what
-/// they freed to the OS.
+/// Runs until `stop`: after [`collect_soon`], once no call has come for [`QUIET`], returns
+/// what was freed to the OS.
 pub(crate) async fn reclaim_when_quiet(mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            () = ENDED.notified() => {}
+            () = FREED.notified() => {}
             () = stopped(&mut stop) => return,
         }
         loop {
             tokio::select! {
                 () = tokio::time::sleep(QUIET) => break,
-                () = ENDED.notified() => {}
+                () = FREED.notified() => {}
                 () = stopped(&mut stop) => return,
             }
         }
