@@ -21,10 +21,10 @@ use tokio::sync::{Notify, watch};
 /// seconds.
 const QUIET: Duration = Duration::from_millis(1_200);
 
-/// The longest a worker waits for the others to join a collection. They are idle when it runs,
-/// so they join within microseconds; the bound only matters if one is busy, and then that one
-/// is skipped this time rather than stalling the rest.
-const GATHER: Duration = Duration::from_millis(20);
+/// The longest a worker waits for the others to join a collection. Idle workers join within
+/// microseconds; the bound matters when one is busy with other connections' work, and then
+/// that one is skipped this time rather than stalling the connections of the rest for longer.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// Set by every [`collect_soon`]; one stored permit however many calls.
 static FREED: Notify = Notify::const_new();
@@ -36,21 +36,23 @@ pub(crate) fn collect_soon() {
 }
 
 /// Runs until `stop`: after [`collect_soon`], once no call has come for [`QUIET`], returns
-/// what was freed to the OS.
-pub(crate) async fn reclaim_when_quiet(mut stop: watch::Receiver<bool>) {
+/// what was freed to the OS. Returns how many times it did.
+pub(crate) async fn reclaim_when_quiet(mut stop: watch::Receiver<bool>) -> u64 {
+    let mut collections = 0;
     loop {
         tokio::select! {
             () = FREED.notified() => {}
-            () = stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return collections,
         }
         loop {
             tokio::select! {
                 () = tokio::time::sleep(QUIET) => break,
                 () = FREED.notified() => {}
-                () = stopped(&mut stop) => return,
+                () = stopped(&mut stop) => return collections,
             }
         }
         collect_on_every_worker().await;
+        collections += 1;
     }
 }
 
@@ -58,6 +60,7 @@ pub(crate) async fn reclaim_when_quiet(mut stop: watch::Receiver<bool>) {
 /// each holding its thread until all have started (or [`GATHER`] passed), so that no worker
 /// runs two of them while another runs none.
 async fn collect_on_every_worker() {
+    let started = std::time::Instant::now();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let gate = Arc::new(Gate {
         arrived: Mutex::new(0),
@@ -77,6 +80,8 @@ async fn collect_on_every_worker() {
         let _ = task.await;
     }
     trim_c_heap();
+    let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::debug!(workers, took_us, "returned freed memory to the OS");
 }
 
 struct Gate {
@@ -116,5 +121,52 @@ fn trim_c_heap() {
     // SAFETY: malloc_trim takes no pointers and locks each arena it trims.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collection_does_not_wait_for_a_worker_busy_with_other_work() {
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+        // Holds one of the two workers for 600 ms, as a long poll would.
+        let busy = tokio::spawn(async move {
+            let _ = busy_tx.send(());
+            std::thread::sleep(Duration::from_millis(600));
+        });
+        busy_rx.recv().unwrap();
+        let started = Instant::now();
+        collect_on_every_worker().await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(300),
+            "the collection waited {took:?} for the busy worker"
+        );
+        busy.await.unwrap();
+    }
+
+    // The only test in this binary that runs a reclaimer: they share the one signal.
+    #[tokio::test(start_paused = true)]
+    async fn the_reclaimer_collects_once_per_quiet_period_after_memory_is_freed_and_ends_when_told()
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reclaimer = tokio::spawn(reclaim_when_quiet(stop_rx));
+        // A burst of ended connections, each within QUIET of the last: one collection, after.
+        for _ in 0..5 {
+            collect_soon();
+            tokio::time::sleep(QUIET / 2).await;
+        }
+        tokio::time::sleep(QUIET).await;
+        // Nothing freed since: no more collections however long it stays idle.
+        tokio::time::sleep(QUIET * 10).await;
+        stop_tx.send(true).unwrap();
+        let collections = tokio::time::timeout(Duration::from_secs(5), reclaimer)
+            .await
+            .expect("the reclaimer did not stop")
+            .unwrap();
+        assert_eq!(collections, 1);
     }
 }

@@ -276,9 +276,10 @@ pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
     let mut background_tasks = vec![tokio::spawn(
         Reloader::new(cert_job, config.reload).run(cert_now.clone(), stop_background.subscribe()),
     )];
-    background_tasks.push(tokio::spawn(crate::memory::reclaim_when_quiet(
-        stop_background.subscribe(),
-    )));
+    let stop = stop_background.subscribe();
+    background_tasks.push(tokio::spawn(async move {
+        crate::memory::reclaim_when_quiet(stop).await;
+    }));
     let mut reload_now = vec![cert_now];
     if !verifying.is_empty() || !egress.is_empty() {
         let trust_now = Arc::new(Notify::new());
