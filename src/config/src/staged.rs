@@ -627,7 +627,7 @@ fn certificate(spec: CertificateSpec, o: &Origins) -> Result<Certificate, Config
 }
 
 /// Memory the sidecar process needs before its first connection: code, runtime, certificates
-/// (5.8 MB measured idle, docs/benchmarks.md), with room to spare.
+/// (6.7 MB measured idle for the static build, docs/benchmarks.md), with room to spare.
 const BASE_MEMORY_MB: u32 = 8;
 
 /// Memory budgeted per connection: measured 19 KiB per idle TLS connection in tcp mode and
