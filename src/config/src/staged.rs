@@ -639,7 +639,11 @@ const CONNECTION_MEMORY_KIB: u32 = 32;
 /// one shared container limit, so a sidecar that outgrows its share under a connection flood
 /// takes memory the app was promised, and can get the whole instance killed.
 fn default_max_connections(memory: MemoryMb) -> u32 {
-    (memory.0.saturating_sub(BASE_MEMORY_MB).max(1) * 1024 / CONNECTION_MEMORY_KIB).max(32)
+    // In u64: a memory of a few TB in KiB does not fit in u32 (the fuzzer found that).
+    let usable_kib = u64::from(memory.0.saturating_sub(BASE_MEMORY_MB).max(1)) * 1024;
+    u32::try_from(usable_kib / u64::from(CONNECTION_MEMORY_KIB))
+        .unwrap_or(u32::MAX)
+        .max(32)
 }
 
 fn limits(
@@ -904,6 +908,9 @@ mod tests {
         // Below the base memory, still a usable floor.
         let tiny = stage("sidecar:\n  memory: 4\n").unwrap();
         assert_eq!(tiny.limits.max_connections, 32);
+        // The largest memory a config can say does not overflow.
+        let huge = stage("sidecar:\n  memory: 4194303G\n").unwrap();
+        assert_eq!(huge.limits.max_connections, u32::MAX);
         // An explicit value wins, whatever the memory.
         let explicit = stage("limits:\n  max_connections: 100\n").unwrap();
         assert_eq!(explicit.limits.max_connections, 100);
