@@ -13,18 +13,20 @@
 
 mod common;
 
-use common::{DEADLINE, echo_app, eventually, get, loopback, metric};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
+use common::{
+    DEADLINE, Identity, KeyKind, Leaf, NOT_YET_VALID, Pki, Validity, client_config, echo_app,
+    eventually, get, loopback, metric, mtls_client, served_leaf,
+};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,345 +41,42 @@ const BIN: &str = env!("CARGO_BIN_EXE_tls-sidecar");
 const VCAP_UID: u32 = 2000;
 
 // ---------------------------------------------------------------------------------------------
-// Certificates: a CA pair of our own, so that leaves without OUs and every key type can be made
+// Certificates and clients: common's Diego-shaped PKI
 
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-[dn]
-[ca]
-default_ca = ca_default
-[ca_default]
-database = index.txt
-new_certs_dir = .
-serial = serial
-default_md = sha256
-policy = any
-unique_subject = no
-[any]
-organizationalUnitName = optional
-commonName = supplied
-[root]
-basicConstraints = critical,CA:true
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[intermediate]
-basicConstraints = critical,CA:true
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-[leaf]
-keyUsage = critical,digitalSignature,keyEncipherment,keyAgreement
-extendedKeyUsage = serverAuth,clientAuth
-subjectAltName = IP:127.0.0.1
-authorityKeyIdentifier = keyid
-";
-
-/// appRootCA → instanceIdentityCA, as cf-deployment has them.
-struct Pki {
-    dir: TempDir,
-    root_pem: String,
-    root_der: CertificateDer<'static>,
-    intermediate_pem: String,
-    next: AtomicU32,
+/// A Diego-shaped server leaf for a random app (P-256: quick to make).
+fn server(pki: &Pki) -> Leaf {
+    pki.ec_leaf()
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Key {
-    Rsa(u32),
-    P256,
-}
-
-/// Validity of a leaf: one day from now, or fixed `YYMMDDHHMMSSZ` dates.
-#[derive(Debug, Clone, Copy)]
-enum Dates {
-    OneDay,
-    Fixed(&'static str, &'static str),
-}
-
-const NOT_YET_VALID: Dates = Dates::Fixed("490101000000Z", "490102000000Z");
-
-/// A key pair as Diego writes it: `instance.crt` (leaf + intermediate) and `instance.key`.
-#[derive(Clone)]
-struct Issued {
-    chain_pem: String,
-    key_pem: String,
-    leaf_der: CertificateDer<'static>,
-}
-
-/// Org, space and app GUIDs (the three OUs of a Diego certificate).
-#[derive(Debug, Clone)]
-struct Cf {
-    org: String,
-    space: String,
-    app: String,
-}
-
-impl Cf {
-    fn random() -> Cf {
-        Cf {
-            org: guid(),
-            space: guid(),
-            app: guid(),
+/// A client trusting only the shared root, offering `alpn`, presenting `cert` if given. A fresh
+/// config: no session to resume, every connection is a full handshake.
+fn tls_client(alpn: &[&str], cert: Option<&Leaf>) -> Arc<ClientConfig> {
+    match cert {
+        Some(cert) => mtls_client(cert, alpn),
+        None => {
+            let mut config = (*client_config(rustls::ALL_VERSIONS)).clone();
+            config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            Arc::new(config)
         }
     }
-
-    fn same_space(&self) -> Cf {
-        Cf {
-            app: guid(),
-            ..self.clone()
-        }
-    }
-
-    /// Diego's subject: the three OUs in one multi-valued RDN, CN = an instance GUID.
-    fn subject(&self) -> String {
-        format!(
-            "/OU=organization:{}+OU=space:{}+OU=app:{}/CN={}",
-            self.org,
-            self.space,
-            self.app,
-            guid()
-        )
-    }
-
-    fn vcap_application(&self) -> String {
-        format!(
-            r#"{{"application_id":"{}","application_name":"backend","space_id":"{}","organization_id":"{}"}}"#,
-            self.app, self.space, self.org
-        )
-    }
 }
 
-impl Pki {
-    fn shared() -> &'static Pki {
-        static PKI: OnceLock<Pki> = OnceLock::new();
-        PKI.get_or_init(Pki::generate)
-    }
-
-    fn generate() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("openssl.cnf"), OPENSSL_CNF).unwrap();
-        openssl(d, &["genrsa", "-traditional", "-out", "root.key", "2048"]);
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "root.key",
-                "-subj",
-                "/CN=appRootCA",
-                "-days",
-                "3650",
-                "-sha256",
-                "-config",
-                "openssl.cnf",
-                "-extensions",
-                "root",
-                "-out",
-                "root.crt",
-            ],
-        );
-        openssl(d, &["genrsa", "-traditional", "-out", "int.key", "2048"]);
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-key",
-                "int.key",
-                "-subj",
-                "/CN=instanceIdentityCA",
-                "-config",
-                "openssl.cnf",
-                "-out",
-                "int.csr",
-            ],
-        );
-        let serial = format!("0x{}", hex::encode(random_bytes(16)));
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "int.csr",
-                "-CA",
-                "root.crt",
-                "-CAkey",
-                "root.key",
-                "-set_serial",
-                &serial,
-                "-days",
-                "3650",
-                "-sha256",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                "intermediate",
-                "-out",
-                "int.crt",
-            ],
-        );
-        let root_pem = std::fs::read_to_string(d.join("root.crt")).unwrap();
-        Pki {
-            root_der: CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap(),
-            root_pem,
-            intermediate_pem: std::fs::read_to_string(d.join("int.crt")).unwrap(),
-            dir,
-            next: AtomicU32::new(0),
-        }
-    }
-
-    /// A leaf for `subject` (e.g. [`Cf::subject`], or `/CN=x` for one without OUs) with SAN
-    /// IP:127.0.0.1 and EKU serverAuth + clientAuth.
-    fn issue(&self, subject: &str, key: Key, dates: Dates) -> Issued {
-        let n = self.next.fetch_add(1, SeqCst);
-        // `openssl ca` keeps a database: one per certificate, so parallel tests share none.
-        let db = self.dir.path().join(format!("leaf{n}"));
-        std::fs::create_dir(&db).unwrap();
-        std::fs::write(db.join("index.txt"), "").unwrap();
-        std::fs::write(
-            db.join("serial"),
-            format!("{}\n", hex::encode(random_bytes(16))),
-        )
-        .unwrap();
-        match key {
-            Key::Rsa(bits) => openssl(
-                &db,
-                &[
-                    "genrsa",
-                    "-traditional",
-                    "-out",
-                    "leaf.key",
-                    &bits.to_string(),
-                ],
-            ),
-            Key::P256 => openssl(
-                &db,
-                &[
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-noout",
-                    "-out",
-                    "leaf.key",
-                ],
-            ),
-        }
-        let cnf = self.dir.path().join("openssl.cnf").display().to_string();
-        openssl(
-            &db,
-            &[
-                "req", "-new", "-key", "leaf.key", "-subj", subject, "-config", &cnf, "-out",
-                "leaf.csr",
-            ],
-        );
-        let (int_crt, int_key) = (
-            self.dir.path().join("int.crt").display().to_string(),
-            self.dir.path().join("int.key").display().to_string(),
-        );
-        let mut args = vec![
-            "ca",
-            "-batch",
-            "-config",
-            &cnf,
-            "-cert",
-            &int_crt,
-            "-keyfile",
-            &int_key,
-            "-in",
-            "leaf.csr",
-            "-out",
-            "leaf.crt",
-            "-extfile",
-            &cnf,
-            "-extensions",
-            "leaf",
-            "-notext",
-            "-preserveDN",
-        ];
-        match dates {
-            Dates::OneDay => args.extend(["-days", "1"]),
-            Dates::Fixed(start, end) => args.extend(["-startdate", start, "-enddate", end]),
-        }
-        openssl(&db, &args);
-        let leaf = std::fs::read_to_string(db.join("leaf.crt")).unwrap();
-        Issued {
-            leaf_der: CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap(),
-            chain_pem: format!("{leaf}{}", self.intermediate_pem),
-            key_pem: std::fs::read_to_string(db.join("leaf.key")).unwrap(),
-        }
-    }
-
-    /// A Diego-shaped server leaf for a random app (P-256: quick to make).
-    fn server(&self) -> Issued {
-        self.issue(&Cf::random().subject(), Key::P256, Dates::OneDay)
-    }
-
-    /// A client trusting only the root, offering `alpn`, presenting `cert` if given. A fresh
-    /// config: no session to resume, every connection is a full handshake.
-    fn client(&self, alpn: &[&str], cert: Option<&Issued>) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.root_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let mut config = match cert {
-            Some(c) => {
-                let chain = CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Arc::new(config)
-    }
+/// `VCAP_APPLICATION` of an app with `identity`, as the binary reads it from its environment.
+fn vcap_json(identity: &Identity) -> String {
+    format!(
+        r#"{{"application_id":"{}","application_name":"backend","space_id":"{}","organization_id":"{}"}}"#,
+        identity.app, identity.space, identity.org
+    )
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
+/// `n` bytes of noise.
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .unwrap()
         .read_exact(&mut bytes)
         .unwrap();
-    if let Some(first) = bytes.first_mut() {
-        *first &= 0x7f; // a positive serial when used as one
-    }
     bytes
-}
-
-fn guid() -> String {
-    let h = hex::encode(random_bytes(16));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -402,7 +101,7 @@ impl Creds {
     }
 
     /// Diego's order: both `.tmp` files, then rename the key, then the certificate.
-    fn rotate(&self, pair: &Issued) {
+    fn rotate(&self, pair: &Leaf) {
         let (key_tmp, crt_tmp) = (
             self.dir.join("instance.key.tmp"),
             self.dir.join("instance.crt.tmp"),
@@ -699,11 +398,6 @@ async fn http_exchange(
     }
 }
 
-/// The certificate the server presented on `tls`.
-fn served_leaf(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
-}
-
 /// Reads until the peer closes the connection; `true` if it did within the deadline (cleanly,
 /// with a reset, or with a TLS alert).
 async fn closed_by_peer(stream: &mut TcpStream) -> bool {
@@ -882,14 +576,14 @@ async fn tcp_sidecar(rest: &str) -> TcpSetup {
     let app = echo_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(&creds, &[listener(port, app, "")], rest));
     sidecar.ready().await;
     TcpSetup {
         sidecar,
         port,
-        client: pki.client(&[], None),
+        client: tls_client(&[], None),
         _creds: dir,
     }
 }
@@ -1166,12 +860,12 @@ enum Outcome {
 async fn client_certificates_of_every_key_type_are_served_and_undated_or_ou_less_ones_refused_with_reasons()
  {
     let pki = Pki::shared();
-    let me = Cf::random();
+    let me = Identity::random();
     let trust = open_dir();
     std::fs::write(trust.path().join("trusted-ca-1.crt"), &pki.root_pem).unwrap();
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     let (echo, http_app) = (echo_app().await, RawApp::start().await);
     let [tcp_allow, http_allow, tcp_any] = [free_port(), free_port(), free_port()];
     let mut opts = Options::new(
@@ -1188,35 +882,35 @@ async fn client_certificates_of_every_key_type_are_served_and_undated_or_ou_less
         "",
     );
     opts.trust = Some(trust.path());
-    opts.env.push(("VCAP_APPLICATION", me.vcap_application()));
+    opts.env.push(("VCAP_APPLICATION", vcap_json(&me)));
     let sidecar = Sidecar::spawn(opts);
     sidecar.ready().await;
 
-    let neighbour = || me.same_space().subject();
-    let callers: Vec<(&str, Issued, [Outcome; 3])> = vec![
+    let neighbour = || me.same_space();
+    let callers: Vec<(&str, Leaf, [Outcome; 3])> = vec![
         (
             "RSA-2048",
-            pki.issue(&neighbour(), Key::Rsa(2048), Dates::OneDay),
+            pki.issue(&neighbour(), KeyKind::Rsa(2048), Validity::OneDay),
             [Outcome::Served; 3],
         ),
         (
             "RSA-3072 (Diego's size since 2025)",
-            pki.issue(&neighbour(), Key::Rsa(3072), Dates::OneDay),
+            pki.issue(&neighbour(), KeyKind::Rsa(3072), Validity::OneDay),
             [Outcome::Served; 3],
         ),
         (
             "ECDSA P-256",
-            pki.issue(&neighbour(), Key::P256, Dates::OneDay),
+            pki.issue(&neighbour(), KeyKind::Ec, Validity::OneDay),
             [Outcome::Served; 3],
         ),
         (
             "no OUs (a valid chain, no app/space/org)",
-            pki.issue(&format!("/CN={}", guid()), Key::P256, Dates::OneDay),
+            pki.issue_without_ous(KeyKind::Ec),
             [Outcome::DeniedAlert, Outcome::Forbidden, Outcome::Served],
         ),
         (
             "not yet valid",
-            pki.issue(&neighbour(), Key::P256, NOT_YET_VALID),
+            pki.issue(&neighbour(), KeyKind::Ec, NOT_YET_VALID),
             [Outcome::Invalid; 3],
         ),
     ];
@@ -1224,7 +918,7 @@ async fn client_certificates_of_every_key_type_are_served_and_undated_or_ou_less
         for (port, want) in [tcp_allow, http_allow, tcp_any].into_iter().zip(expected) {
             let got = if port == http_allow {
                 let request = b"GET /probe HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
-                match http_exchange(port, pki.client(&["http/1.1"], Some(cert)), request).await {
+                match http_exchange(port, tls_client(&["http/1.1"], Some(cert)), request).await {
                     Ok(a) if a.starts_with("HTTP/1.1 200") => Outcome::Served,
                     Ok(a) if a.starts_with("HTTP/1.1 403") => {
                         if *want == Outcome::Forbidden {
@@ -1242,7 +936,7 @@ async fn client_certificates_of_every_key_type_are_served_and_undated_or_ou_less
                     }
                 }
             } else {
-                match echo_once(port, pki.client(&[], Some(cert))).await {
+                match echo_once(port, tls_client(&[], Some(cert))).await {
                     Ok(()) => Outcome::Served,
                     Err(e) if e.contains("AccessDenied") => Outcome::DeniedAlert,
                     Err(_) => Outcome::Invalid,
@@ -1317,7 +1011,7 @@ async fn http_sidecar(rest: &str) -> (Sidecar, u16, RawApp, TempDir) {
     let app = RawApp::start().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1334,7 +1028,7 @@ const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_or_malformed_request_framing_is_refused_before_a_byte_reaches_the_app() {
     let (sidecar, port, app, _dir) = http_sidecar("").await;
-    let client = Pki::shared().client(&["http/1.1"], None);
+    let client = tls_client(&["http/1.1"], None);
     let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let cases: Vec<(&str, String, &str)> = vec![
         (
@@ -1423,7 +1117,7 @@ async fn ambiguous_or_malformed_request_framing_is_refused_before_a_byte_reaches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_lf_line_endings_are_normalised_to_crlf_before_the_app_sees_them() {
     let (sidecar, port, app, _dir) = http_sidecar("").await;
-    let client = Pki::shared().client(&["http/1.1"], None);
+    let client = tls_client(&["http/1.1"], None);
     let request = "POST /bare-lf HTTP/1.1\nHost: a\nContent-Length: 5\nConnection: close\n\nhello";
     let answer = http_exchange(port, client, request.as_bytes())
         .await
@@ -1455,7 +1149,7 @@ async fn bare_lf_line_endings_are_normalised_to_crlf_before_the_app_sees_them() 
 async fn a_malformed_chunked_body_cuts_the_request_off_and_the_smuggled_one_never_reaches_the_app()
 {
     let (sidecar, port, app, _dir) = http_sidecar("").await;
-    let client = Pki::shared().client(&["http/1.1"], None);
+    let client = tls_client(&["http/1.1"], None);
     // The head is fine, so it is forwarded; the chunk size is not hex. The app must see a
     // message that ends early, never a second request.
     let request = format!(
@@ -1494,7 +1188,7 @@ async fn in_tcp_mode_a_hung_app_costs_a_connection_only_until_the_idle_timeout()
     let (app, app_open) = hung_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1502,7 +1196,7 @@ async fn in_tcp_mode_a_hung_app_costs_a_connection_only_until_the_idle_timeout()
         "limits:\n  idle_timeout: 2s\n",
     ));
     sidecar.ready().await;
-    let mut tls = tls_connect(port, pki.client(&[], None)).await.unwrap();
+    let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
     tls.write_all(b"anyone there?").await.unwrap();
     let sent = Instant::now();
     let mut sink = Vec::new();
@@ -1536,7 +1230,7 @@ async fn in_http_mode_a_client_giving_up_on_a_hung_app_leaves_no_connection_behi
     let (app, app_open) = hung_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1545,7 +1239,7 @@ async fn in_http_mode_a_client_giving_up_on_a_hung_app_leaves_no_connection_behi
     ));
     sidecar.ready().await;
     for _ in 0..5 {
-        let mut tls = tls_connect(port, pki.client(&["http/1.1"], None))
+        let mut tls = tls_connect(port, tls_client(&["http/1.1"], None))
             .await
             .unwrap();
         tls.write_all(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -1577,7 +1271,7 @@ async fn in_http_mode_a_request_to_a_hung_app_ends_by_the_idle_timeout_with_504_
     let (app, app_open) = hung_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1585,7 +1279,7 @@ async fn in_http_mode_a_request_to_a_hung_app_ends_by_the_idle_timeout_with_504_
         "limits:\n  idle_timeout: 2s\n",
     ));
     sidecar.ready().await;
-    let mut tls = tls_connect(port, pki.client(&["http/1.1"], None))
+    let mut tls = tls_connect(port, tls_client(&["http/1.1"], None))
         .await
         .unwrap();
     tls.write_all(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -1635,7 +1329,7 @@ async fn sidecar_with_creds(creds: &Creds, as_vcap: bool) -> (Sidecar, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_certificate_files_leave_the_last_good_pair_serving_with_a_warning_and_ready_200() {
     let pki = Pki::shared();
-    let (first, second) = (pki.server(), pki.server());
+    let (first, second) = (server(pki), server(pki));
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
     creds.rotate(&first);
@@ -1656,7 +1350,7 @@ async fn deleted_certificate_files_leave_the_last_good_pair_serving_with_a_warni
     println!("{line}");
     assert_eq!(get(sidecar.admin, "/ready").await.unwrap().0, 200);
     for _ in 0..3 {
-        let mut tls = tls_connect(port, pki.client(&[], None)).await.unwrap();
+        let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
         assert_eq!(served_leaf(&tls), first.leaf_der, "the last good pair");
         echo_on(&mut tls, b"still here").await.unwrap();
     }
@@ -1672,7 +1366,7 @@ async fn deleted_certificate_files_leave_the_last_good_pair_serving_with_a_warni
     // A fresh client each time: a resumed TLS 1.3 session would show the chain of the
     // handshake that issued its ticket.
     eventually("the new pair to be served", || async {
-        match tls_connect(port, pki.client(&[], None)).await {
+        match tls_connect(port, tls_client(&[], None)).await {
             Ok(tls) => served_leaf(&tls) == second.leaf_der,
             Err(_) => false,
         }
@@ -1688,7 +1382,7 @@ async fn an_unreadable_credentials_dir_at_start_keeps_the_sidecar_waiting_at_503
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().join("creds"));
     std::fs::create_dir(&creds.dir).unwrap();
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     // Root owns it, mode 000: vcap (or, without root, this very user) cannot enter it.
     std::fs::set_permissions(&creds.dir, std::fs::Permissions::from_mode(0o000)).unwrap();
     let (sidecar, port) = sidecar_with_creds(&creds, true).await;
@@ -1712,7 +1406,7 @@ async fn an_unreadable_credentials_dir_at_start_keeps_the_sidecar_waiting_at_503
 
     std::fs::set_permissions(&creds.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     sidecar.ready().await;
-    echo_once(port, pki.client(&[], None)).await.unwrap();
+    echo_once(port, tls_client(&[], None)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1732,9 +1426,9 @@ async fn a_credentials_dir_that_does_not_exist_yet_keeps_the_sidecar_waiting_unt
 
     std::fs::create_dir(&creds.dir).unwrap();
     std::fs::set_permissions(&creds.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    creds.rotate(&pki.server());
+    creds.rotate(&server(pki));
     sidecar.ready().await;
-    echo_once(port, pki.client(&[], None)).await.unwrap();
+    echo_once(port, tls_client(&[], None)).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1770,13 +1464,13 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
     /// Each load task stops after this many exchanges even if the storm never ended.
     const MAX_EXCHANGES: u64 = 100_000;
     let pki = Pki::shared();
-    let leaves: Vec<Issued> = (0..5).map(|_| pki.server()).collect();
+    let leaves: Vec<Leaf> = (0..5).map(|_| server(pki)).collect();
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
     creds.rotate(&leaves[0]);
     let (sidecar, port) = sidecar_with_creds(&creds, false).await;
     sidecar.ready().await;
-    let client = pki.client(&[], None);
+    let client = tls_client(&[], None);
     let stop = Arc::new(AtomicBool::new(false));
     let (keep_alive, fresh) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
 
@@ -1799,7 +1493,7 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
             while !stop.load(SeqCst) && n < MAX_EXCHANGES {
                 n += 1;
                 // A fresh config: a full handshake each time, meeting every reload.
-                tally.record(echo_once(port, pki.client(&[], None)).await);
+                tally.record(echo_once(port, tls_client(&[], None)).await);
             }
         }));
     }
@@ -1811,7 +1505,7 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
     }
     let last = &leaves[1 + ROTATIONS % 4];
     eventually("the last rotated pair to be served", || async {
-        match tls_connect(port, pki.client(&[], None)).await {
+        match tls_connect(port, tls_client(&[], None)).await {
             Ok(tls) => served_leaf(&tls) == last.leaf_der,
             Err(_) => false,
         }
@@ -1852,7 +1546,7 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
 async fn sigterm_under_load_finishes_every_request_already_started_and_refuses_new_connections() {
     const IN_FLIGHT: usize = 32;
     let (mut sidecar, port, app, _dir) = http_sidecar("").await;
-    let client = Pki::shared().client(&["http/1.1"], None);
+    let client = tls_client(&["http/1.1"], None);
     // Warm keep-alive connections, then one request on each that the app holds.
     let mut conns = Vec::new();
     for _ in 0..IN_FLIGHT {

@@ -58,7 +58,7 @@ pub struct Leaf {
     pub key_pem: String,
     pub leaf_der: CertificateDer<'static>,
     pub guid: String,
-    /// The org, space and app in its OUs.
+    /// The org, space and app in its OUs (empty for [`Pki::issue_without_ous`]).
     pub identity: Identity,
 }
 
@@ -239,6 +239,16 @@ impl Pki {
 
     /// A Diego-shaped leaf for `identity`.
     pub fn issue(&self, identity: &Identity, key_kind: KeyKind, validity: Validity) -> Leaf {
+        self.issue_as(Some(identity), key_kind, validity)
+    }
+
+    /// Like [`Pki::issue`], but the subject is only `CN=<guid>`: no OUs, so no CF identity
+    /// (its [`Leaf::identity`] fields are empty).
+    pub fn issue_without_ous(&self, key_kind: KeyKind) -> Leaf {
+        self.issue_as(None, key_kind, Validity::OneDay)
+    }
+
+    fn issue_as(&self, identity: Option<&Identity>, key_kind: KeyKind, validity: Validity) -> Leaf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let d = self.dir.path();
         let guid = new_guid();
@@ -254,7 +264,7 @@ impl Pki {
              subjectAltName = DNS:{guid},IP:127.0.0.1\nauthorityKeyIdentifier = keyid\n"
         );
         std::fs::write(d.join(&ext), extensions).unwrap();
-        let subject = identity.subject(&guid);
+        let subject = identity.map_or_else(|| format!("/CN={guid}"), |id| id.subject(&guid));
         match key_kind {
             KeyKind::Rsa(bits) => openssl(d, &format!("genrsa -traditional -out {key} {bits}")),
             KeyKind::Ec => openssl(
@@ -311,7 +321,11 @@ impl Pki {
             chain_pem: format!("{leaf_pem}{}", self.intermediate_pem),
             key_pem: std::fs::read_to_string(d.join(&key)).unwrap(),
             guid,
-            identity: identity.clone(),
+            identity: identity.cloned().unwrap_or(Identity {
+                org: String::new(),
+                space: String::new(),
+                app: String::new(),
+            }),
         }
     }
 
