@@ -663,24 +663,19 @@ fn limits(
             Ok(v)
         }
     };
-    let max_connections = spec
-        .max_connections
-        .unwrap_or_else(|| default_max_connections(memory));
+    let covered = default_max_connections(memory);
+    let max_connections = spec.max_connections.unwrap_or(covered);
     if max_connections == 0 {
         return Err(ConfigError::invalid(
             &o.file,
             "limits.max_connections",
-            format!(
-                "0 would refuse every connection (e.g. {})",
-                default_max_connections(memory)
-            ),
+            format!("0 would refuse every connection (e.g. {covered})"),
         ));
     }
-    if max_connections > default_max_connections(memory) {
+    if max_connections > covered {
         let needs = BASE_MEMORY_MB + max_connections.div_ceil(1024 / CONNECTION_MEMORY_KIB);
         warnings.push(format!(
-            "limits.max_connections {max_connections} can take about {needs} MB ({CONNECTION_MEMORY_KIB} KiB per connection), more than sidecar.memory ({memory} MB) covers: set sidecar.memory: {needs}M, or leave max_connections out to get the {} that {memory} MB covers",
-            default_max_connections(memory)
+            "limits.max_connections {max_connections} can take about {needs} MB ({CONNECTION_MEMORY_KIB} KiB per connection), more than sidecar.memory ({memory} MB) covers: set sidecar.memory: {needs}M, or leave max_connections out to get the {covered} that {memory} MB covers"
         ));
     }
     let drain_timeout = positive(
