@@ -6,7 +6,7 @@
 #
 #   ./scripts/demo.sh [--hold]      --hold keeps the instance running until Enter
 #
-# Needs root (namespaces). Run `bash .ci/run` once on a fresh machine to install the tools.
+# Needs root (namespaces). Installs what is missing first (scripts/setup.sh says what).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,6 +16,8 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "       Run: sudo ./scripts/demo.sh" >&2
   exit 1
 fi
+
+./scripts/setup.sh
 
 echo "-----> Packaging the buildpack (cached, cflinuxfs4)"
 zip="$(./scripts/package.sh --cached --output "$root/out" | tail -n 1)"

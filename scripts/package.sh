@@ -4,16 +4,18 @@
 # Usage: scripts/package.sh [--cached|--uncached] [--stack cflinuxfs4|cflinuxfs3|cflinuxfs5|any]
 #                           [--version V] [--output DIR] [--dependency-uri-base URL]
 #
-#   --cached               put the tls-sidecar tarball into the zip (no downloads at staging)
-#   --uncached             leave it out; supply downloads it from the manifest's uri (default)
+#   --cached               put the tls-sidecar tarball into the zip: staging downloads nothing
+#                          (default)
+#   --uncached             leave it out; supply downloads it from the manifest's uri, so this
+#                          needs --dependency-uri-base: publish the tarball there (see README)
 #   --stack S              the stack the zip is for (default cflinuxfs4; `any` = every stack)
 #   --version V            the version to package (default: the VERSION file)
 #   --output DIR           where the zip, the tarball, their .sha256 files and the zip's SBOM
 #                          (<zip>.cdx.json, CycloneDX) go (default: out/ in the repository; a
 #                          relative DIR is relative to the current directory)
 #   --dependency-uri-base URL
-#                          where the tarball will be published (default: the GitHub release of
-#                          v<version>; TLS_SIDECAR_DEPENDENCY_URI_BASE sets it too)
+#                          where you will publish the tarball (required with --uncached;
+#                          TLS_SIDECAR_DEPENDENCY_URI_BASE sets it too)
 #
 # Builds the static musl binaries tls-sidecar and tls-sidecar-buildpack (release profile), then
 # runs tls-sidecar-packager, which checks that both are static, builds the tarball, the manifest
@@ -45,7 +47,7 @@ need_value() {
   [[ $2 -ge 2 ]] || die "$1 needs a value (see scripts/package.sh --help)"
 }
 
-cached=--uncached
+cached=--cached
 stack=cflinuxfs4
 version=""
 output=""
@@ -65,6 +67,14 @@ while (($#)); do
     *) die "unknown argument '$1' (see scripts/package.sh --help)" ;;
   esac
 done
+
+uri_base="${uri_base:-${TLS_SIDECAR_DEPENDENCY_URI_BASE:-}}"
+if [[ $cached == --uncached && -z $uri_base ]]; then
+  die "--uncached needs --dependency-uri-base URL: the uncached buildpack downloads the tarball
+       at staging from URL/tls-sidecar-<version>-linux-x64.tgz, and nobody publishes it unless you
+       do (see README, \"Uncached buildpack\"). Or leave out --uncached: the cached zip downloads
+       nothing."
+fi
 
 case "$stack" in
   cflinuxfs3 | cflinuxfs4 | cflinuxfs5 | any) ;;

@@ -7,6 +7,9 @@ cd "$root"
 
 step() { printf -- '-----> %s\n' "$*"; }
 
+# A fresh machine has only a Rust toolchain: install the rest (and say what) before anything.
+./scripts/setup.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -25,7 +28,8 @@ step "Fuzzing smoke (every target, briefly; scripts/fuzz.sh --seconds 600 for a 
 step "Packaging the buildpack (cached and uncached)"
 zips="$root/target/test-zips"
 TLS_SIDECAR_BUILDPACK_ZIP="$(./scripts/package.sh --cached --output "$zips" | tail -n 1)"
-TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED="$(./scripts/package.sh --uncached --output "$zips" | tail -n 1)"
+TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED="$(./scripts/package.sh --uncached --dependency-uri-base "file://$zips" \
+  --output "$zips" | tail -n 1)"
 export TLS_SIDECAR_BUILDPACK_ZIP TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED
 printf '       %s\n       %s\n' "$TLS_SIDECAR_BUILDPACK_ZIP" "$TLS_SIDECAR_BUILDPACK_ZIP_UNCACHED"
 

@@ -29,7 +29,7 @@ fuzz_target!(|input: (u8, u16, [Option<String>; 6])| {
     let env: Env = ENV_OVERRIDES
         .iter()
         .zip(values)
-        .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+        .filter_map(|(o, value)| Some((o.var.to_owned(), value?)))
         .collect();
     let set = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
 
@@ -38,7 +38,7 @@ fuzz_target!(|input: (u8, u16, [Option<String>; 6])| {
         Err(e) => {
             match e.origin() {
                 Some(Origin::Env(var)) => assert!(
-                    ENV_OVERRIDES.contains(&var.as_str()) && set(&var).is_some(),
+                    ENV_OVERRIDES.iter().any(|o| o.var == var) && set(&var).is_some(),
                     "error blamed on {var}, which was not set: {e}"
                 ),
                 other => panic!("an env error not attributed to a variable ({other:?}): {e}"),

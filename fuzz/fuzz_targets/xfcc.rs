@@ -7,6 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 use tls_sidecar::{identity::CfIdentity, xfcc};
+use xfcc::Element;
 
 fuzz_target!(|der: &[u8]| {
     let _ = CfIdentity::from_der(der);
@@ -29,4 +30,8 @@ fuzz_target!(|der: &[u8]| {
     let after = &subject[end + 1..];
     assert!(after.is_empty() || after.starts_with(";URI=") || after.starts_with(";DNS="), "{value}");
     assert!(!subject[..end].contains(['\n', '\r']), "control characters must be escaped: {value}");
+    // And the whole value reads back, field for field, as the certificate's fields.
+    let elements = xfcc::parse(&value).unwrap_or_else(|e| panic!("{e}: {value}"));
+    assert_eq!(elements.len(), 1, "{value}");
+    assert_eq!(Element::from_pairs(&elements[0]), Element::from_der(der).ok(), "{value}");
 });

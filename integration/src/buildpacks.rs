@@ -275,7 +275,7 @@ fn ours(cached: bool) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Runs `scripts/package.sh [--cached] --output target/integration-zips` once, under an flock
+/// Runs `scripts/package.sh --cached|--uncached --output target/integration-zips` once, under an flock
 /// shared by parallel test binaries, and reuses its zip while it is newer than every source.
 fn package(cached: bool) -> Result<PathBuf> {
     let root = workspace_root();
@@ -308,6 +308,11 @@ fn package(cached: bool) -> Result<PathBuf> {
     cmd.arg(&script);
     if cached {
         cmd.arg("--cached");
+    } else {
+        // The tarball lands beside the zip: a file:// base makes the zip usable as it is.
+        cmd.arg("--uncached")
+            .arg("--dependency-uri-base")
+            .arg(format!("file://{}", out_dir.display()));
     }
     cmd.arg("--output").arg(&out_dir).current_dir(&root);
     let out = run(&mut cmd).context("scripts/package.sh failed")?;

@@ -1,5 +1,6 @@
-//! A fake Diego cell identity, made with the `openssl` CLI exactly as cf-deployment and the rep
-//! make it (`cf-instance-identity.md` §1–§4):
+//! A fake Diego cell identity, made in process by the workspace test kit
+//! (`tls-sidecar-testkit`) in the shape cf-deployment and the rep give it
+//! (`cf-instance-identity.md` §1–§4):
 //!
 //! - `appRootCA` (self-signed), written as `trusted-ca-1.crt` into a `CF_SYSTEM_CERT_PATH` dir;
 //! - `instanceIdentityCA`, an intermediate signed by it (CA:true critical, keyCertSign + cRLSign,
@@ -13,15 +14,14 @@
 //! Rotation follows the executor's `instance_identity_handler.go`: write `instance.key.tmp` and
 //! `instance.crt.tmp`, then rename the key first and the cert second.
 
-use crate::util::{
-    asn1_generalized_time, host_tool, random_guid, random_hex, random_instance_guid, run,
-};
+use crate::util::{host_tool, random_guid, random_hex, random_instance_guid, run};
 use crate::{Context, Result, bail};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
+use tls_sidecar_testkit::{Creds, Identity, KeyKind, Leaf, Pki, Validity};
 
 /// Diego's default `instance_identity_validity_period_in_hours`.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -40,6 +40,8 @@ pub struct CellCa {
     intermediate_cert: PathBuf,
     intermediate_key: PathBuf,
     system_certs: PathBuf,
+    /// The CA pair read back from the files, on first use.
+    pki: OnceLock<Pki>,
 }
 
 /// Who a certificate says its holder is: the OUs and CN Diego writes, and the IP SAN.
@@ -119,14 +121,6 @@ impl AppIdentity {
         }
     }
 
-    /// The `-subj` argument: the three OUs in one multi-valued RDN, then the CN.
-    pub fn openssl_subject(&self) -> String {
-        format!(
-            "/OU=organization:{}+OU=space:{}+OU=app:{}/CN={}",
-            self.org_guid, self.space_guid, self.app_guid, self.instance_guid
-        )
-    }
-
     /// The subject as `openssl x509 -noout -subject -nameopt RFC2253` prints it.
     pub fn rfc2253_subject(&self) -> String {
         format!(
@@ -166,7 +160,25 @@ impl CellCa {
             intermediate_cert: d.join("instanceIdentityCA.crt"),
             intermediate_key: d.join("instanceIdentityCA.key"),
             system_certs: d.join("cf-system-certificates"),
+            pki: OnceLock::new(),
         }
+    }
+
+    /// The CA pair, read from its files (another test process may have made them).
+    fn pki(&self) -> Result<&Pki> {
+        if let Some(pki) = self.pki.get() {
+            return Ok(pki);
+        }
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let pki = Pki::from_pem(
+            &read(&self.root_cert)?,
+            &read(&self.root_key)?,
+            &read(&self.intermediate_cert)?,
+            &read(&self.intermediate_key)?,
+        );
+        Ok(self.pki.get_or_init(|| pki))
     }
 
     fn complete(&self) -> bool {
@@ -185,56 +197,19 @@ impl CellCa {
     pub fn generate_in(d: &Path) -> Result<Self> {
         // Readable by vcap: the system cert dir is bind-mounted into instances.
         set_mode(d, 0o755)?;
-        let root_key = d.join("appRootCA.key");
-        let root_cert = d.join("appRootCA.crt");
-        run(openssl()?
-            .args([
-                "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256",
-            ])
-            .args(["-subj", "/CN=appRootCA", "-days", "3650"])
-            .args(["-addext", "basicConstraints=critical,CA:true"])
-            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-            .args(["-addext", "subjectKeyIdentifier=hash"])
-            .arg("-keyout")
-            .arg(&root_key)
-            .arg("-out")
-            .arg(&root_cert))
-        .context("cannot make the appRootCA")?;
-
-        let intermediate_key = d.join("instanceIdentityCA.key");
-        let intermediate_cert = d.join("instanceIdentityCA.crt");
-        let csr = d.join("instanceIdentityCA.csr");
-        run(openssl()?
-            .args(["genrsa", "-traditional", "-out"])
-            .arg(&intermediate_key)
-            .arg("2048"))
-        .context("cannot make the instanceIdentityCA key")?;
-        run(openssl()?
-            .args(["req", "-new", "-subj", "/CN=instanceIdentityCA", "-key"])
-            .arg(&intermediate_key)
-            .arg("-out")
-            .arg(&csr))?;
-        let ext = d.join("instanceIdentityCA.ext");
-        std::fs::write(
-            &ext,
-            "basicConstraints = critical,CA:true\n\
-             keyUsage = critical,keyCertSign,cRLSign\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid:always\n",
-        )?;
-        run(openssl()?
-            .args(["x509", "-req", "-sha256", "-days", "3650", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(&root_cert)
-            .arg("-CAkey")
-            .arg(&root_key)
-            .args(["-set_serial", &format!("0x{}", random_hex(16))])
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(&intermediate_cert))
-        .context("cannot sign the instanceIdentityCA")?;
+        let pki = Pki::generate();
+        let at = Self::at(d);
+        for (path, pem) in [
+            (&at.root_cert, &pki.root_pem),
+            (&at.root_key, &pki.root_key_pem),
+            (&at.intermediate_cert, &pki.intermediate_pem),
+            (&at.intermediate_key, &pki.intermediate_key_pem),
+        ] {
+            std::fs::write(path, pem)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        let (root_cert, root_key, intermediate_key) =
+            (at.root_cert, at.root_key, at.intermediate_key);
 
         let system_certs = d.join("cf-system-certificates");
         std::fs::create_dir(&system_certs)?;
@@ -320,8 +295,7 @@ impl CellCa {
     }
 
     /// Like [`CellCa::issue`] with explicit validity bounds and RSA key size: a past
-    /// `not_after` makes an expired certificate (`openssl ca -startdate/-enddate` take any time,
-    /// unlike `x509 -req`), a future `not_before` one that is not yet valid.
+    /// `not_after` makes an expired certificate, a future `not_before` one that is not yet valid.
     pub fn issue_between(
         &self,
         id: &AppIdentity,
@@ -331,83 +305,44 @@ impl CellCa {
         out_dir: &Path,
         stem: &str,
     ) -> Result<IssuedCert> {
-        let work = tempfile::Builder::new().prefix("tsb-issue-").tempdir()?;
-        let w = work.path();
-        let key = w.join("leaf.key");
-        run(openssl()?
-            .args(["genrsa", "-traditional", "-out"])
-            .arg(&key)
-            .arg(key_bits.to_string()))
-        .context("cannot make an instance key")?;
-        let csr = w.join("leaf.csr");
-        run(openssl()?
-            .args([
-                "req",
-                "-new",
-                "-multivalue-rdn",
-                "-subj",
-                &id.openssl_subject(),
-                "-key",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr))?;
-
-        // `openssl ca` (not `x509 -req`) because it takes exact start and end times: Diego's
-        // notBefore is "now", and validity is set in hours, not days.
-        let db = w.join("db");
-        std::fs::create_dir(&db)?;
-        std::fs::write(db.join("index.txt"), "")?;
-        std::fs::write(db.join("serial"), format!("{}\n", random_hex(16)))?;
-        let cnf = w.join("ca.cnf");
-        std::fs::write(
-            &cnf,
-            format!(
-                "[ca]\ndefault_ca = cell\n\
-                 [cell]\ndatabase = {db}/index.txt\nserial = {db}/serial\nnew_certs_dir = {db}\n\
-                 default_md = sha256\npolicy = anything\nunique_subject = no\n\
-                 copy_extensions = none\n\
-                 [anything]\norganizationalUnitName = optional\ncommonName = supplied\n\
-                 [leaf]\nkeyUsage = critical,digitalSignature,keyEncipherment,keyAgreement\n\
-                 extendedKeyUsage = serverAuth,clientAuth\n\
-                 subjectAltName = DNS:{guid},IP:{ip}\nauthorityKeyIdentifier = keyid\n\
-                 subjectKeyIdentifier = none\n",
-                db = db.display(),
-                guid = id.instance_guid,
-                ip = id.ip,
-            ),
-        )?;
-        let leaf = w.join("leaf.crt");
-        run(openssl()?
-            .args(["ca", "-batch", "-notext", "-preserveDN", "-multivalue-rdn"])
-            .args(["-extensions", "leaf", "-config"])
-            .arg(&cnf)
-            .arg("-cert")
-            .arg(&self.intermediate_cert)
-            .arg("-keyfile")
-            .arg(&self.intermediate_key)
-            .args(["-startdate", &asn1_generalized_time(not_before)])
-            .args(["-enddate", &asn1_generalized_time(not_after)])
-            .arg("-in")
-            .arg(&csr)
-            .arg("-out")
-            .arg(&leaf))
-        .context("cannot sign an instance certificate")?;
-
-        let serial = cert_serial(&leaf)?;
-        let mut chain = std::fs::read(&leaf)?;
-        chain.extend(std::fs::read(&self.intermediate_cert)?);
+        let leaf = self.issue_leaf(id, not_before, not_after, key_bits)?;
         let cert_out = out_dir.join(format!("{stem}.crt"));
         let key_out = out_dir.join(format!("{stem}.key"));
-        std::fs::write(&cert_out, chain)?;
-        std::fs::copy(&key, &key_out)?;
+        std::fs::write(&cert_out, &leaf.chain_pem)?;
+        std::fs::write(&key_out, &leaf.key_pem)?;
         set_mode(&cert_out, 0o644)?;
         set_mode(&key_out, 0o644)?;
         Ok(IssuedCert {
             cert: cert_out,
             key: key_out,
-            serial,
+            serial: leaf.serial_hex(),
         })
+    }
+
+    /// An instance identity for `id` valid between `not_before` and `not_after`, in memory.
+    pub fn issue_leaf(
+        &self,
+        id: &AppIdentity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        key_bits: u32,
+    ) -> Result<Leaf> {
+        let unix = |t: SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        let identity = Identity {
+            org: id.org_guid.clone(),
+            space: id.space_guid.clone(),
+            app: id.app_guid.clone(),
+        };
+        Ok(self.pki()?.issue_at(
+            &identity,
+            &id.instance_guid,
+            id.ip,
+            KeyKind::Rsa(key_bits),
+            Validity::Between(unix(not_before), unix(not_after)),
+        ))
     }
 
     /// A client identity for another app (e.g. [`AppIdentity::app_in_other_space`]), in its own
@@ -549,12 +484,14 @@ impl InstanceCredentials {
     pub fn new(ca: Arc<CellCa>, identity: AppIdentity, validity: Duration) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tsb-creds-").tempdir()?;
         set_mode(dir.path(), 0o755)?;
-        let issued = ca.issue(&identity, validity, dir.path(), "instance")?;
+        let now = SystemTime::now();
+        let leaf = ca.issue_leaf(&identity, now, now + validity, INSTANCE_KEY_BITS)?;
+        Creds::in_dir(dir.path().to_owned()).rotate_the_diego_way(&leaf);
         Ok(InstanceCredentials {
             ca,
             identity,
             dir,
-            serial: Mutex::new(issued.serial),
+            serial: Mutex::new(leaf.serial_hex()),
         })
     }
 
@@ -584,38 +521,55 @@ impl InstanceCredentials {
         self.serial.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Rotates the way the executor does: new key and cert written as `.tmp` files, then the key
-    /// renamed into place first and the cert second. Returns the new serial.
+    /// Rotates the way the executor does (the kit's [`Creds::rotate_the_diego_way`]): new key
+    /// and cert written as `.tmp` files, then the key renamed into place first and the cert
+    /// second. Returns the new serial.
     pub fn rotate(&self, validity: Duration) -> Result<String> {
-        let staging = tempfile::Builder::new().prefix("tsb-rotate-").tempdir()?;
-        let issued = self
+        let now = SystemTime::now();
+        let leaf = self
             .ca
-            .issue(&self.identity, validity, staging.path(), "next")?;
-        let d = self.dir.path();
-        let (key_tmp, crt_tmp) = (d.join("instance.key.tmp"), d.join("instance.crt.tmp"));
-        std::fs::write(&key_tmp, std::fs::read(&issued.key)?)?;
-        std::fs::write(&crt_tmp, std::fs::read(&issued.cert)?)?;
-        set_mode(&key_tmp, 0o644)?;
-        set_mode(&crt_tmp, 0o644)?;
-        std::fs::rename(&key_tmp, self.key_path())?;
-        std::fs::rename(&crt_tmp, self.cert_path())?;
+            .issue_leaf(&self.identity, now, now + validity, INSTANCE_KEY_BITS)?;
+        Creds::in_dir(self.dir.path().to_owned()).rotate_the_diego_way(&leaf);
+        let serial = leaf.serial_hex();
         if let Ok(mut s) = self.serial.lock() {
-            s.clone_from(&issued.serial);
+            s.clone_from(&serial);
         }
-        Ok(issued.serial)
+        Ok(serial)
     }
 }
 
-/// `openssl x509 -noout -serial` of the first certificate in `pem`, upper-case hex.
-pub fn cert_serial(pem: &Path) -> Result<String> {
-    let out = run(openssl()?
-        .args(["x509", "-noout", "-serial", "-in"])
-        .arg(pem))?;
-    let text = String::from_utf8(out.stdout)?;
-    match text.trim().strip_prefix("serial=") {
-        Some(s) => Ok(s.to_owned()),
-        None => bail!("unexpected `openssl x509 -serial` output: {text}"),
+/// The first certificate in the PEM file `pem`, DER.
+fn first_cert_der(pem: &Path) -> Result<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let text = std::fs::read(pem).with_context(|| format!("cannot read {}", pem.display()))?;
+    match CertificateDer::pem_slice_iter(&text).next() {
+        Some(Ok(der)) => Ok(der.to_vec()),
+        _ => bail!("no certificate in {}", pem.display()),
     }
+}
+
+/// notAfter of the first certificate in `pem`.
+fn not_after(pem: &Path) -> Result<time::OffsetDateTime> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = first_cert_der(pem)?;
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+        bail!("{} does not parse as X.509", pem.display());
+    };
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+/// The serial of the first certificate in `pem` as `openssl x509 -noout -serial` prints it:
+/// upper-case hex.
+pub fn cert_serial(pem: &Path) -> Result<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = first_cert_der(pem)?;
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+        bail!("{} does not parse as X.509", pem.display());
+    };
+    let raw = cert.raw_serial();
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(0);
+    Ok(hex::encode_upper(&raw[start..]))
 }
 
 /// `openssl x509 -noout -subject -nameopt RFC2253` of the first certificate in `pem`.
@@ -639,44 +593,25 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
-/// `openssl x509 -noout -fingerprint -sha256` of the first certificate in `pem`, as lower-case
-/// hex without colons (Envoy's XFCC `Hash`).
+/// The SHA-256 of the first certificate in `pem` (its `openssl x509 -fingerprint -sha256`), as
+/// lower-case hex without colons (Envoy's XFCC `Hash`).
 pub fn cert_sha256_hex(pem: &Path) -> Result<String> {
-    let out = run(openssl()?
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(pem))?;
-    let text = String::from_utf8(out.stdout)?;
-    match text.trim().split_once('=') {
-        Some((_, hex)) => Ok(hex.replace(':', "").to_ascii_lowercase()),
-        None => bail!("unexpected `openssl x509 -fingerprint` output: {text}"),
-    }
+    use sha2::Digest;
+    Ok(hex::encode(sha2::Sha256::digest(first_cert_der(pem)?)))
 }
 
-/// notAfter of the first certificate in `pem` as Unix seconds: `openssl x509 -noout -enddate`
-/// read back by `date -u -d ... +%s`.
+/// notAfter of the first certificate in `pem` as Unix seconds.
 pub fn cert_not_after_unix(pem: &Path) -> Result<i64> {
-    let out = run(openssl()?
-        .args(["x509", "-noout", "-enddate", "-in"])
-        .arg(pem))?;
-    let text = String::from_utf8(out.stdout)?;
-    let Some(date) = text.trim().strip_prefix("notAfter=") else {
-        bail!("unexpected `openssl x509 -enddate` output: {text}");
-    };
-    let out = run(Command::new(host_tool("date")?).args(["-u", "-d", date, "+%s"]))?;
-    String::from_utf8(out.stdout)?
-        .trim()
-        .parse()
-        .with_context(|| format!("`date` could not read {date:?}"))
+    Ok(not_after(pem)?.unix_timestamp())
 }
 
-/// `openssl x509 -noout -enddate -dateopt iso_8601` of the first certificate in `pem`, e.g.
-/// `2026-11-29 03:43:59Z`.
+/// notAfter of the first certificate in `pem` as `openssl x509 -noout -enddate -dateopt
+/// iso_8601` prints it, e.g. `2026-11-29 03:43:59Z`.
 pub fn cert_not_after_iso(pem: &Path) -> Result<String> {
-    let out = run(openssl()?
-        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
-        .arg(pem))?;
-    let text = String::from_utf8(out.stdout)?;
-    Ok(text.trim().trim_start_matches("notAfter=").to_owned())
+    let iso = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    not_after(pem)?
+        .format(&iso)
+        .context("formatting a certificate's notAfter")
 }
 
 /// The base64 body of the first certificate in `pem`, armour and line breaks removed (what

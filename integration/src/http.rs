@@ -48,6 +48,144 @@ pub fn request<S: Read + Write>(
     read_response(stream)
 }
 
+/// One HTTP/2 request with a body and trailers, written frame by frame over an established
+/// `h2` stream (a TLS stream that negotiated ALPN `h2`): the client preface, `HEADERS`, one
+/// `DATA`, and the trailers as a second `HEADERS` with `END_STREAM`. Header names go as given
+/// (HTTP/2 wants them lower case), HPACK-coded as literals without indexing. Returns the
+/// response's status (from HPACK's static table; 0 for one it does not hold) and its body.
+///
+/// A client library would not let a test send what an attacker sends (it would drop or
+/// normalise trailer names such as `x-forwarded-client-cert`); frames do exactly what they say.
+pub fn h2_request_with_trailers<S: Read + Write>(
+    stream: &mut S,
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    trailers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>)> {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    const ACK: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    push_frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", method),
+        (":scheme", "https"),
+        (":authority", authority),
+        (":path", path),
+    ]
+    .into_iter()
+    .chain(headers.iter().copied())
+    {
+        hpack_literal(&mut block, name, value);
+    }
+    push_frame(&mut out, HEADERS, END_HEADERS, 1, &block);
+    push_frame(&mut out, DATA, 0, 1, body);
+    let mut block = Vec::new();
+    for (name, value) in trailers {
+        hpack_literal(&mut block, name, value);
+    }
+    push_frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &block);
+    stream
+        .write_all(&out)
+        .context("cannot send the HTTP/2 request")?;
+    stream.flush()?;
+
+    let (mut status, mut response) = (0u16, Vec::new());
+    loop {
+        let mut head = [0u8; 9];
+        stream
+            .read_exact(&mut head)
+            .context("the HTTP/2 connection ended before the response did")?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload)?;
+        let mut content = &payload[..];
+        if matches!(kind, DATA | HEADERS) && flags & PADDED != 0 && !content.is_empty() {
+            let pad = usize::from(content[0]);
+            content = &content[1..content.len().saturating_sub(pad)];
+        }
+        if kind == HEADERS && flags & PRIORITY != 0 {
+            content = content.get(5..).unwrap_or_default();
+        }
+        let mut reply = Vec::new();
+        match kind {
+            SETTINGS if flags & ACK == 0 => push_frame(&mut reply, SETTINGS, ACK, 0, &[]),
+            PING if flags & ACK == 0 => push_frame(&mut reply, PING, ACK, 0, content),
+            GOAWAY => bail!("the server sent GOAWAY: {payload:02x?}"),
+            RST_STREAM if id == 1 => bail!("the server reset the stream: {payload:02x?}"),
+            HEADERS if id == 1 && status == 0 => {
+                // The first field of a response is :status; hyper sends the common ones as an
+                // indexed static-table entry.
+                status = match content.first() {
+                    Some(0x88) => 200,
+                    Some(0x89) => 204,
+                    Some(0x8a) => 206,
+                    Some(0x8b) => 304,
+                    Some(0x8c) => 400,
+                    Some(0x8d) => 404,
+                    Some(0x8e) => 500,
+                    _ => 0,
+                };
+            }
+            DATA if id == 1 => response.extend_from_slice(content),
+            _ => {}
+        }
+        if !reply.is_empty() {
+            stream.write_all(&reply)?;
+            stream.flush()?;
+        }
+        if id == 1 && matches!(kind, DATA | HEADERS) && flags & END_STREAM != 0 {
+            return Ok((status, response));
+        }
+    }
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len();
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK "literal header field without indexing, new name" (RFC 7541 §6.2.2), no Huffman.
+fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    hpack_string(out, name.as_bytes());
+    hpack_string(out, value.as_bytes());
+}
+
+/// A string literal: 7-bit-prefix length (RFC 7541 §5.1), then the bytes.
+fn hpack_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut len = bytes.len();
+    if len < 127 {
+        out.push(len as u8);
+    } else {
+        out.push(127);
+        len -= 127;
+        while len >= 128 {
+            out.push((len % 128) as u8 | 0x80);
+            len /= 128;
+        }
+        out.push(len as u8);
+    }
+    out.extend_from_slice(bytes);
+}
+
 /// Reads only a response's status line and headers (e.g. a `101 Switching Protocols`, after
 /// which the connection carries another protocol); nothing past the blank line is consumed.
 pub fn read_head<S: Read>(stream: &mut S) -> Result<Response> {

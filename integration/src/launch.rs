@@ -438,6 +438,25 @@ impl Instance {
             .with_context(|| format!("cannot run {command:?} in the instance"))
     }
 
+    /// Runs `command` as `cf run-task` does in this app's droplet: through the launcher (profile
+    /// scripts sourced), with no sidecar, and a `VCAP_APPLICATION` that names no process type
+    /// (Cloud Controller's task environment). Output is captured.
+    pub fn run_task(&self, command: &str) -> Result<Output> {
+        let mut vars = self.ssh_env.clone();
+        if let Some(vcap) = vars.get("VCAP_APPLICATION") {
+            let mut v: serde_json::Value = serde_json::from_str(vcap)?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("process_type");
+                o.remove("process_id");
+            }
+            vars.insert("VCAP_APPLICATION".to_owned(), v.to_string());
+        }
+        let mut cmd = self.vcap_command(LAUNCHER_SCRIPT, command, &vars, &self.droplet_dir())?;
+        cmd.stdin(Stdio::null());
+        cmd.output()
+            .with_context(|| format!("cannot run the task {command:?}"))
+    }
+
     /// The command that enters the instance (network namespace, own mount namespace with the
     /// droplet and the credentials mounted), becomes vcap and runs `script` with `$1` =
     /// `/home/vcap/app` and `$2` = `command`.
@@ -499,6 +518,20 @@ impl Instance {
 
     pub fn web(&self) -> Result<&Process> {
         self.process("web")
+    }
+
+    /// The port the web process listens on: its `$PORT` as launched, which the buildpack's
+    /// route script moves to `route.app_port` while the sidecar fronts the route port (http
+    /// mode), else CF's [`APP_PORT`].
+    pub fn app_port(&self) -> Result<u16> {
+        let pid = self.web()?.pid();
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .with_context(|| format!("reading the environment of the web process {pid}"))?;
+        Ok(environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(b"PORT="))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(APP_PORT))
     }
 
     pub fn identity(&self) -> &AppIdentity {

@@ -18,6 +18,7 @@
 //! in parallel.
 
 pub mod buildpacks;
+pub mod cc;
 pub mod cell;
 pub mod elf;
 pub mod http;

@@ -205,34 +205,6 @@ pub fn poll_strict<T>(
     }
 }
 
-/// `YYYYMMDDHHMMSSZ` (UTC) for `openssl ca -startdate/-enddate`.
-pub fn asn1_generalized_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Finds an executable on the host `PATH` (the emulation calls host tools by absolute path, so
 /// a process's own `PATH` never decides which `ip` or `setpriv` runs).
 pub fn host_tool(name: &str) -> Result<PathBuf> {
@@ -255,15 +227,6 @@ pub fn host_tool(name: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generalized_time_is_utc_calendar_time() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(asn1_generalized_time(t), "20231114221320Z");
-        assert_eq!(asn1_generalized_time(UNIX_EPOCH), "19700101000000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(asn1_generalized_time(leap), "20000229000000Z");
-    }
 
     #[test]
     fn guids_have_cf_shapes() {

@@ -13,15 +13,15 @@
 
 mod common;
 
+use common::load::*;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tls_sidecar_integration::http::request;
-use tls_sidecar_integration::sidecar::{self, ADMIN_PORT, Metrics, TLS_PORT, connect_tls};
+use tls_sidecar_integration::sidecar::{self, TLS_PORT, connect_tls};
 use tls_sidecar_integration::{AppInfo, Instance, LaunchOptions};
 
 const FLOOD: usize = 10_000;
@@ -49,115 +49,8 @@ const FULL_FLOOD: &str = "listeners:\n  - port: 8443\nlimits:\n  handshake_timeo
 /// box), and below curl's and health checks' patience.
 const LEGIT_LATENCY: Duration = Duration::from_secs(2);
 
-/// Runs `f` on a thread inside `instance`'s network namespace: every socket it makes there
-/// belongs to the instance, and can be used from any thread afterwards.
-fn in_netns<T: Send + 'static>(
-    instance: &Instance,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = instance.netns().path();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
-        f()
-    })
-}
-
-/// `/metrics`, from a thread already inside the namespace.
-fn scrape() -> Metrics {
-    let mut conn = TcpStream::connect(("127.0.0.1", ADMIN_PORT)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let r = request(
-        &mut conn,
-        "GET",
-        "/metrics",
-        "127.0.0.1",
-        &[("Connection", "close")],
-    )
-    .unwrap();
-    Metrics(r.text())
-}
-
 fn series(family: &str) -> String {
     format!("tls_sidecar_{family}{{listener=\"{TLS_PORT}\"}}")
-}
-
-/// Raises this process's file-descriptor limit before the instance starts (its processes
-/// inherit it): to 65,536 if root may raise the hard limit, else to the hard limit. The flood
-/// holds 10,000 client sockets here and the sidecar one descriptor per connection there.
-fn raise_nofile() -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    const WANTED: u64 = 65_536;
-    let limit = getrlimit(Resource::Nofile);
-    if limit.maximum.is_some_and(|max| max < WANTED) {
-        let wanted = Rlimit {
-            current: Some(WANTED),
-            maximum: Some(WANTED),
-        };
-        // Without CAP_SYS_RESOURCE this fails; the hard limit below is then what we get.
-        let _ = setrlimit(Resource::Nofile, wanted);
-    }
-    let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    setrlimit(Resource::Nofile, raised).unwrap();
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
-/// The sidecar's own `Max open files` soft limit, from `/proc/<pid>/limits`.
-fn nofile_of(pid: u32) -> u64 {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map_or(0, |v| v.parse().unwrap_or(u64::MAX))
-}
-
-/// One flood at a time in this process: two would need twice the descriptors.
-static ONE_FLOOD: Mutex<()> = Mutex::new(());
-
-/// A number from `/proc/<pid>/status` (kB fields are returned in bytes).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
-
-fn rss(pid: u32) -> u64 {
-    proc_status(pid, "VmRSS:")
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// The highest VmRSS over a short while (the sidecar may still be settling).
-fn peak_rss(pid: u32) -> u64 {
-    (0..10)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            rss(pid)
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// A legitimate client: one keep-alive TLS connection opened before the flood (so it holds a
@@ -300,6 +193,8 @@ struct FloodReport {
     after_fds: usize,
     active_during: f64,
     refused: f64,
+    /// Closed before their handshake to admit newer ones (oldest silent first).
+    shed: f64,
 }
 
 /// Stages `config`, starts a legit client, floods with [`FLOOD`] idle connections, measures,
@@ -328,10 +223,9 @@ fn flood(config: &str, rounds: usize) -> (Vec<FloodReport>, LegitStats, Instance
     let mut reports = Vec::new();
     for round in 1..=rounds {
         let (baseline_rss, baseline_fds) = (rss(pid), fds(pid));
-        let refused_before = sidecar::metrics(&instance)
-            .unwrap()
-            .value(&series("connections_refused_total"))
-            .unwrap();
+        let before = sidecar::metrics(&instance).unwrap();
+        let refused_before = before.value(&series("connections_refused_total")).unwrap();
+        let shed_before = before.value(&series("connections_shed_total")).unwrap();
         let started = Instant::now();
         let socks = open_flood(&instance, FLOOD);
         let opened_in = started.elapsed();
@@ -339,10 +233,12 @@ fn flood(config: &str, rounds: usize) -> (Vec<FloodReport>, LegitStats, Instance
         let m = sidecar::metrics(&instance).unwrap();
         let active_during = m.value(&series("connections_active")).unwrap();
         let refused = m.value(&series("connections_refused_total")).unwrap() - refused_before;
-        // Refused at once: the last connections of the flood are already closed by the sidecar.
-        let refused_socks = (refused as usize).min(10);
-        if refused_socks > 0 {
-            for sock in socks.iter().rev().take(refused_socks) {
+        let shed = m.value(&series("connections_shed_total")).unwrap() - shed_before;
+        // Shed at once: the first connections of the flood, silent the longest, are already
+        // closed by the sidecar.
+        let shed_socks = (shed as usize).min(10);
+        if shed_socks > 0 {
+            for sock in socks.iter().take(shed_socks) {
                 let mut s = sock.try_clone().unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 let mut byte = [0u8; 1];
@@ -352,7 +248,7 @@ fn flood(config: &str, rounds: usize) -> (Vec<FloodReport>, LegitStats, Instance
                         || read
                             .as_ref()
                             .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-                    "a refused connection is still open: {read:?}"
+                    "a shed connection is still open: {read:?}"
                 );
             }
         }
@@ -370,9 +266,10 @@ fn flood(config: &str, rounds: usize) -> (Vec<FloodReport>, LegitStats, Instance
             after_fds,
             active_during,
             refused,
+            shed,
         };
         eprintln!(
-            "flood {round}: {FLOOD} idle connections opened in {opened_in:?}; {active_during} active, {refused} refused; \
+            "flood {round}: {FLOOD} idle connections opened in {opened_in:?}; {active_during} active, {refused} refused, {shed} shed; \
              RSS {} -> {} -> {}; fds {baseline_fds} -> {peak_fds} -> {after_fds}",
             mib(baseline_rss),
             mib(peak_rss),
@@ -417,8 +314,13 @@ fn a_10k_idle_connection_flood_within_max_connections_keeps_a_legit_client_serve
     let (reports, stats, instance) = flood(FULL_FLOOD, 2);
     assert_legit_served(&stats, &instance);
     for r in &reports {
-        // The flood plus the legit client is one more than max_connections: one refused.
-        assert_eq!((r.active_during, r.refused), (FLOOD as f64, 1.0), "{r:?}");
+        // The flood plus the legit client is one more than max_connections: the oldest flood
+        // connection makes room for the last.
+        assert_eq!(
+            (r.active_during, r.refused, r.shed),
+            (FLOOD as f64, 0.0, 1.0),
+            "{r:?}"
+        );
         let bound = r.baseline_rss + FLOOD as u64 * PER_CONNECTION + SLACK;
         assert!(
             r.peak_rss <= bound,
@@ -450,7 +352,7 @@ fn a_10k_idle_connection_flood_within_max_connections_keeps_a_legit_client_serve
 
 #[test]
 #[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
-fn with_max_connections_500_a_10k_flood_is_refused_at_once_and_counted_while_a_legit_client_is_served()
+fn with_max_connections_500_a_10k_flood_sheds_its_own_oldest_connections_at_once_counted_while_a_legit_client_is_served()
  {
     let (reports, stats, instance) = flood(
         "listeners:\n  - port: 8443\nlimits:\n  max_connections: 500\n  handshake_timeout: 300s\n",
@@ -458,15 +360,15 @@ fn with_max_connections_500_a_10k_flood_is_refused_at_once_and_counted_while_a_l
     );
     assert_legit_served(&stats, &instance);
     let r = &reports[0];
-    // The legit client holds one of the 500 slots.
+    // The legit client holds one of the 500 slots, established: never shed.
     assert_eq!(r.active_during, 500.0, "{r:?}");
-    assert_eq!(r.refused, (FLOOD - 499) as f64, "{r:?}");
+    assert_eq!((r.refused, r.shed), (0.0, (FLOOD - 499) as f64), "{r:?}");
     let bound = r.baseline_rss + 500 * PER_CONNECTION + SLACK;
     assert!(
         r.peak_rss <= bound,
-        "RSS {} with 500 held connections and {} refused, above the bound {}: {r:?}",
+        "RSS {} with 500 held connections and {} shed, above the bound {}: {r:?}",
         mib(r.peak_rss),
-        r.refused,
+        r.shed,
         mib(bound)
     );
     assert!(r.peak_fds <= r.baseline_fds + 500 + 2, "{r:?}");
@@ -474,7 +376,7 @@ fn with_max_connections_500_a_10k_flood_is_refused_at_once_and_counted_while_a_l
     instance
         .process(sidecar::NAME)
         .unwrap()
-        .wait_for_log("connection refused: max_connections reached", ready())
+        .wait_for_log("listener full: closed", ready())
         .unwrap();
     // Room again for new connections.
     let mut conn = connect_tls(&instance, None).unwrap();
@@ -496,7 +398,7 @@ fn with_default_limits_an_idle_connection_flood_stays_within_the_declared_sideca
     let r = &reports[0];
     // The legit client holds one of the 768 slots.
     assert_eq!(r.active_during, 768.0, "{r:?}");
-    assert_eq!(r.refused, (FLOOD - 767) as f64, "{r:?}");
+    assert_eq!((r.refused, r.shed), (0.0, (FLOOD - 767) as f64), "{r:?}");
     assert!(
         r.peak_rss <= DECLARED,
         "RSS {} under a flood the default limits admit; declared sidecar memory 32 MB",

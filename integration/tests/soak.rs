@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tls_sidecar_integration::http::request;
-use tls_sidecar_integration::launch::APP_PORT;
 use tls_sidecar_integration::sidecar::{self, TLS_PORT, connect_tls_on};
 use tls_sidecar_integration::util::{Deadline, poll};
 use tls_sidecar_integration::{AppInfo, Instance, LaunchOptions};
@@ -75,7 +74,9 @@ struct Fds {
 }
 
 impl Fds {
-    fn of(pid: u32) -> Fds {
+    /// `app_port`: where the app listens ([`Instance::app_port`]: moved off `$PORT` while the
+    /// sidecar fronts the route port).
+    fn of(pid: u32, app_port: u16) -> Fds {
         // inode -> remote port, from the TCP table of the sidecar's own network namespace.
         let mut remote_port = std::collections::HashMap::new();
         for table in ["tcp", "tcp6"] {
@@ -105,7 +106,7 @@ impl Fds {
                 .strip_prefix("socket:[")
                 .and_then(|t| t.strip_suffix(']'))
                 .map(str::to_owned);
-            if inode.and_then(|i| remote_port.get(&i).copied()) == Some(APP_PORT) {
+            if inode.and_then(|i| remote_port.get(&i).copied()) == Some(app_port) {
                 to_app += 1;
             }
         }
@@ -298,12 +299,13 @@ fn a_bounded_mixed_load_soak_leaves_rss_and_open_fds_back_at_their_warm_baseline
     );
     let instance = launch_ready(&staging, &LaunchOptions::default(), &[TLS_PORT, HTTP_PORT]);
     let pid = instance.process(sidecar::NAME).unwrap().pid();
+    let app_port = instance.app_port().unwrap();
 
     // Warm-up: the runtime's threads, the pools and the session caches settle in.
     let warm = Tally::default();
     mixed_load(&instance, WARM_UP, &warm);
     until_idle(&instance);
-    let (rss_base, fds_base) = (rss(pid), Fds::of(pid));
+    let (rss_base, fds_base) = (rss(pid), Fds::of(pid, app_port));
     eprintln!(
         "after a {WARM_UP:?} warm-up ({} requests): RSS {}, fds {fds_base:?}",
         warm.ok.load(Ordering::SeqCst),
@@ -354,11 +356,11 @@ fn a_bounded_mixed_load_soak_leaves_rss_and_open_fds_back_at_their_warm_baseline
         Deadline::after(Duration::from_secs(20)),
         "the sidecar's own descriptors to come back",
         || {
-            let now = Fds::of(pid);
+            let now = Fds::of(pid, app_port);
             Ok((now.own() <= fds_base.own()).then_some(now))
         },
     )
-    .unwrap_or_else(|_| Fds::of(pid));
+    .unwrap_or_else(|_| Fds::of(pid, app_port));
     let rss_after = rss(pid);
     eprintln!(
         "soak {seconds}s: {ok} requests ok, {failed} failed; RSS {} -> peak {} -> {} (first quarter {}, last quarter {}); fds {fds_base:?} -> peak {fds_peak} -> {fds_after:?}",

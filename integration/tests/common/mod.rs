@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod callers;
+pub mod load;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,52 +6,10 @@
 //! be installed as `bin/supply` itself.
 
 use crate::errors::Error;
+use crate::phase::Phase;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// The buildpack phases the Cloud Foundry builder runs (cf-buildpack-contract.md §1.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Detect,
-    Supply,
-    Finalize,
-    Release,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 4] = [
-        Phase::Detect,
-        Phase::Supply,
-        Phase::Finalize,
-        Phase::Release,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Detect => "detect",
-            Phase::Supply => "supply",
-            Phase::Finalize => "finalize",
-            Phase::Release => "release",
-        }
-    }
-
-    /// The positional arguments the builder passes, for usage messages.
-    pub fn usage(self) -> &'static str {
-        match self {
-            Phase::Detect => "BUILD_DIR",
-            Phase::Supply => "BUILD_DIR CACHE_DIR DEPS_DIR DEPS_IDX",
-            Phase::Finalize => "BUILD_DIR CACHE_DIR DEPS_DIR DEPS_IDX PROFILE_DIR",
-            Phase::Release => "BUILD_DIR",
-        }
-    }
-
-    fn from_name(name: &OsStr) -> Option<Phase> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| OsStr::new(p.name()) == name)
-    }
-}
 
 /// The production retry schedule for dependency downloads: about 31 s of waiting in total,
 /// inside libbuildpack's one-minute budget for the same job.

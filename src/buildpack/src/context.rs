@@ -1,7 +1,7 @@
 //! The phases' positional arguments as typed values (cf-buildpack-contract.md §1.3, §1.5).
 
-use crate::cli::Phase;
 use crate::errors::Error;
+use crate::phase::Phase;
 use std::ffi::OsString;
 use std::path::PathBuf;
 

@@ -6,12 +6,12 @@
 //! not compile until someone writes its message. Warnings live here too: they are advice with
 //! a fix, in the same voice.
 
-use crate::cli::Phase;
 use crate::output::Output;
+use crate::phase::Phase;
 use std::fmt;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use tls_sidecar_config::{CONFIG_FILE_NAME, ConfigError, Env, Origin};
+use tls_sidecar_config::{CONFIG_FILE_NAME, ConfigError, Env, Origin, VcapApplication};
 
 /// Exit codes, one per kind of failure, so a staging log and a CI run can tell them apart
 /// (libbuildpack's scaffold uses 9–19 the same way). The builder only looks at zero/non-zero.
@@ -31,9 +31,6 @@ pub mod exit_code {
     /// Reading or writing a file in the staging directories failed.
     pub const FILE_IO: u8 = 14;
 }
-
-/// The command-line name used in fixes when `VCAP_APPLICATION` has no app name.
-pub const UNKNOWN_APP: &str = "YOUR_APP";
 
 /// Why a phase failed.
 #[derive(Debug)]
@@ -71,6 +68,14 @@ pub enum Error {
     },
     /// The app's configuration is invalid (its text names the field, value and place).
     Config(ConfigError),
+    /// The declared sidecar memory is not strictly less than the app's (`MEMORY_LIMIT`):
+    /// Cloud Controller would refuse the droplet after staging.
+    SidecarMemory {
+        sidecar_mb: u32,
+        limit_mb: u32,
+        /// `TLS_SIDECAR_MEMORY` set it rather than the file.
+        from_env: bool,
+    },
     /// The dependency could not be installed; nothing was.
     Install {
         name: String,
@@ -243,6 +248,11 @@ pub enum Warning {
     VcapApplication(String),
     Config(String),
     NoProcfile,
+    /// The sidecar takes more than a quarter of the app's memory.
+    SidecarMemoryShare {
+        sidecar_mb: u32,
+        limit_mb: u32,
+    },
 }
 
 /// An error as the user reads it.
@@ -253,13 +263,12 @@ pub struct Report {
     pub fix: Option<String>,
 }
 
-/// The app name for fix commands: `VCAP_APPLICATION.application_name`, else [`UNKNOWN_APP`].
+/// The app name for fix commands (a placeholder when `VCAP_APPLICATION` names none).
 pub fn app_name(env: &Env) -> String {
     tls_sidecar_config::VcapApplication::from_env(env)
         .0
-        .application_name
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| UNKNOWN_APP.to_owned())
+        .app_name()
+        .to_owned()
 }
 
 /// Prints `err` as `**ERROR** headline`, cause lines and `Fix: ...`.
@@ -290,7 +299,7 @@ pub fn exit_code(err: &Error) -> u8 {
         | Error::NoBuildpackDir => exit_code::USAGE,
         Error::Manifest(_) => exit_code::BUILDPACK_MANIFEST,
         Error::UnsupportedStack { .. } => exit_code::UNSUPPORTED_STACK,
-        Error::Config(_) => exit_code::APP_CONFIG,
+        Error::Config(_) | Error::SidecarMemory { .. } => exit_code::APP_CONFIG,
         Error::Install { .. } => exit_code::DEPENDENCY_INSTALL,
         Error::Read { .. } | Error::Write { .. } => exit_code::FILE_IO,
     }
@@ -357,6 +366,28 @@ pub fn report(err: &Error, app: &str) -> Report {
             )
         }
         Error::Config(e) => config_report(e, app),
+        Error::SidecarMemory {
+            sidecar_mb,
+            limit_mb,
+            from_env,
+        } => r(
+            format!(
+                "The sidecar's memory ({sidecar_mb} MB, sidecar.memory) is not less than the app's ({limit_mb} MB, MEMORY_LIMIT)"
+            ),
+            vec![
+                "Cloud Controller runs sidecars inside the app's memory and refuses a droplet whose sidecars take as much as the process or more (SidecarMemoryLessThanProcessMemoryPolicy): the push would fail after staging, or the app never start.".into(),
+                "Nothing was installed.".into(),
+            ],
+            Some(format!(
+                "{}, or give the app more memory: cf scale {app} -m {}M, then cf push {app}",
+                if *from_env {
+                    format!("lower it: cf set-env {app} TLS_SIDECAR_MEMORY 32M")
+                } else {
+                    format!("lower sidecar.memory in {CONFIG_FILE_NAME} (e.g. 32)")
+                },
+                sidecar_mb.saturating_mul(4)
+            )),
+        ),
         Error::Install { name, version, source } => install_report(name, version, source, app),
         Error::Read { path, source } => r(format!("Cannot read {}: {source}", path.display()), vec![], None),
         Error::Write { path, source } => r(
@@ -523,52 +554,44 @@ fn install_report(name: &str, version: &str, e: &InstallError, app: &str) -> Rep
 }
 
 fn extract_text(e: &ExtractError) -> String {
-    match e {
-        ExtractError::Absolute { entry } => {
-            format!("refusing tarball entry \"{entry}\": it has an absolute path")
+    let (entry, why) = match e {
+        ExtractError::Corrupt { source } => {
+            return format!("the tarball is not a valid .tgz: {source}");
         }
-        ExtractError::ParentDir { entry } => {
-            format!("refusing tarball entry \"{entry}\": it has a \"..\" component")
-        }
-        ExtractError::AbsoluteLink { entry, target } => {
-            format!(
-                "refusing tarball entry \"{entry}\": it links to the absolute path \"{target}\""
-            )
-        }
-        ExtractError::LinkEscapes { entry, target } => {
-            format!(
-                "refusing tarball entry \"{entry}\": it links to \"{target}\", outside the install directory"
-            )
-        }
-        ExtractError::Dangling { entry, target } => {
-            format!(
-                "refusing tarball entry \"{entry}\": it links to \"{target}\", which the tarball does not contain"
-            )
-        }
-        ExtractError::ThroughSymlink { entry, link } => {
-            format!(
-                "refusing tarball entry \"{entry}\": it would be written through the symlink \"{link}\""
-            )
-        }
-        ExtractError::Special { entry, kind } => {
-            format!(
-                "refusing tarball entry \"{entry}\": it is a {kind} (only files, directories and links are installed)"
-            )
-        }
-        ExtractError::Unsupported { entry, kind } => {
-            format!("refusing tarball entry \"{entry}\": unsupported entry type {kind}")
-        }
-        ExtractError::Conflict { entry } => {
-            format!(
-                "refusing tarball entry \"{entry}\": it clashes with an earlier entry of another type"
-            )
-        }
-        ExtractError::Corrupt { source } => format!("the tarball is not a valid .tgz: {source}"),
         ExtractError::Io { entry, source } => {
-            format!("cannot write tarball entry \"{entry}\": {source}")
+            return format!("cannot write tarball entry \"{entry}\": {source}");
         }
-        ExtractError::Missing { path } => format!("the dependency tarball has no {path}"),
-    }
+        ExtractError::Missing { path } => return format!("the dependency tarball has no {path}"),
+        ExtractError::Absolute { entry } => (entry, "it has an absolute path".to_owned()),
+        ExtractError::ParentDir { entry } => (entry, "it has a \"..\" component".to_owned()),
+        ExtractError::AbsoluteLink { entry, target } => {
+            (entry, format!("it links to the absolute path \"{target}\""))
+        }
+        ExtractError::LinkEscapes { entry, target } => (
+            entry,
+            format!("it links to \"{target}\", outside the install directory"),
+        ),
+        ExtractError::Dangling { entry, target } => (
+            entry,
+            format!("it links to \"{target}\", which the tarball does not contain"),
+        ),
+        ExtractError::ThroughSymlink { entry, link } => (
+            entry,
+            format!("it would be written through the symlink \"{link}\""),
+        ),
+        ExtractError::Special { entry, kind } => (
+            entry,
+            format!("it is a {kind} (only files, directories and links are installed)"),
+        ),
+        ExtractError::Unsupported { entry, kind } => {
+            (entry, format!("unsupported entry type {kind}"))
+        }
+        ExtractError::Conflict { entry } => (
+            entry,
+            "it clashes with an earlier entry of another type".to_owned(),
+        ),
+    };
+    format!("refusing tarball entry \"{entry}\": {why}")
 }
 
 impl Warning {
@@ -586,7 +609,8 @@ impl Warning {
             } => format!(
                 "DEPS_IDX is zero-padded (\"{idx}\"): with 10 or more buildpacks the Cloud Foundry builder looks for launch.yml under the unpadded index and will not start the tls-sidecar sidecar.\n\
                  Fix: push with fewer than 10 buildpacks, or declare the sidecar in your app manifest and cf push {app}:\n\
-                 sidecars: [{{name: tls-sidecar, process_types: [{}], command: \"{command}\", memory: {memory}M}}]",
+                 sidecars: [{{name: tls-sidecar-manifest, process_types: [{}], command: \"{command}\", memory: {memory}M}}]\n\
+                 (any name but tls-sidecar, the buildpack's own: Cloud Controller refuses two sidecars of one name)",
                 process_types.join(", ")
             ),
             Warning::CacheNotWritable { path, reason } => format!(
@@ -594,9 +618,21 @@ impl Warning {
                 path.display()
             ),
             Warning::VcapApplication(problem) => {
-                format!("{problem}; commands below use {UNKNOWN_APP} for the app name")
+                format!(
+                    "{problem}; commands below use {} for the app name",
+                    VcapApplication::APP_NAME_PLACEHOLDER
+                )
             }
             Warning::Config(text) => format!("{CONFIG_FILE_NAME}: {text}"),
+            Warning::SidecarMemoryShare {
+                sidecar_mb,
+                limit_mb,
+            } => format!(
+                "The sidecar takes {sidecar_mb} MB of the app's {limit_mb} MB (MEMORY_LIMIT), more than a quarter: the app's own MEMORY_LIMIT shrinks to {} MB.\n\
+                 Fix: lower sidecar.memory in {CONFIG_FILE_NAME} (32 covers 768 connections), or give the app more memory: cf scale {app} -m {}M",
+                limit_mb - sidecar_mb,
+                sidecar_mb.saturating_mul(4)
+            ),
             Warning::NoProcfile => format!(
                 "The app has no Procfile: unless you pushed with -c, it has no start command (this buildpack starts only the tls-sidecar sidecar).\n\
                  Fix: cf push {app} -c '<command>', or add a Procfile with a line \"web: <command>\""
@@ -607,7 +643,7 @@ impl Warning {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&report(self, UNKNOWN_APP).headline)
+        f.write_str(&report(self, VcapApplication::APP_NAME_PLACEHOLDER).headline)
     }
 }
 
@@ -622,14 +658,8 @@ impl From<ExtractError> for InstallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_env as env;
     use tls_sidecar_config::AppConfig;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn a_bad_port_variable_is_named_with_its_value_and_the_set_env_fix() {
@@ -676,9 +706,9 @@ mod tests {
         );
         assert_eq!(
             app_name(&env(&[("VCAP_APPLICATION", "not json")])),
-            "YOUR_APP"
+            "APP_NAME"
         );
-        assert_eq!(app_name(&Env::new()), "YOUR_APP");
+        assert_eq!(app_name(&Env::new()), "APP_NAME");
     }
 
     #[test]

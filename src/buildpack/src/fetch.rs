@@ -78,6 +78,42 @@ pub fn cache_path(cache_dir: &Path, uri: &str) -> PathBuf {
         .join(url_basename(uri))
 }
 
+/// Removes what earlier stagings left in the app cache (`CACHE_DIR/dependencies/<hash>/`) except
+/// `keep`'s directory: after an upgrade the previous version's tarball would otherwise stay in
+/// the app's cache for good (and a cached zip needs none of them). The cache dir is this
+/// buildpack's own (the builder gives each buildpack its own), and only directories named like
+/// the layout's hashes are touched. Failures are only logged: a stale file costs disk, not
+/// correctness.
+pub fn prune_cache<W: Write>(cache_dir: &Path, keep: &Path, out: &mut Output<W>) {
+    let dependencies = cache_dir.join("dependencies");
+    let Ok(entries) = fs::read_dir(&dependencies) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let hashed = entry.file_name().to_str().is_some_and(|n| {
+            matches!(n.len(), 32 | 64) && n.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !hashed || keep.starts_with(&path) || !path.is_dir() {
+            continue;
+        }
+        let names: Vec<String> = fs::read_dir(&path)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match fs::remove_dir_all(&path) {
+            Ok(()) => out.info(format_args!(
+                "Removed {} from the app cache (an earlier version)",
+                names.join(", ")
+            )),
+            Err(e) => out.debug(format_args!("cannot remove {}: {e}", path.display())),
+        }
+    }
+}
+
 /// Finds, downloads if needed, and verifies `dep`. Warnings (an unwritable cache) go to `out`.
 pub fn fetch<W: Write>(
     dep: &Dependency,
@@ -489,13 +525,7 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_env as env;
 
     #[test]
     fn credentials_in_urls_are_redacted() {

@@ -30,10 +30,19 @@ pub fn run<W: Write>(
     env: &Env,
     out: &mut Output<W>,
 ) -> Result<(), Error> {
-    out.step(format_args!(
-        "TLS Sidecar Buildpack version {}",
-        crate::buildpack_version(options.buildpack_dir.as_deref())
-    ));
+    // As the final buildpack, supply ran just before in the same staging and printed the
+    // header (its config.yml in deps/<idx> says so): once is enough.
+    if !args
+        .deps_dir
+        .join(&args.deps_idx)
+        .join("config.yml")
+        .is_file()
+    {
+        out.step(format_args!(
+            "TLS Sidecar Buildpack version {}",
+            crate::buildpack_version(options.buildpack_dir.as_deref())
+        ));
+    }
     out.step("Setting up the launch environment");
     let app = errors::app_name(env);
     let deps = deps_dirs(&args.deps_dir)?;

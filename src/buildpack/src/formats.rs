@@ -20,6 +20,11 @@ pub const SIDECAR_BINARY: &str = "bin/tls-sidecar";
 /// The profile.d script's name inside `deps/<idx>/profile.d/`.
 pub const PROFILE_SCRIPT: &str = "tls-sidecar.sh";
 
+/// The route script's name inside the app's `.profile.d/`: the launcher sources that directory
+/// for the app and every sidecar (deps/<idx>/profile.d only when a final buildpack copies it).
+/// Distinct from any app script, and first in glob order so later scripts see the moved `$PORT`.
+pub const ROUTE_PROFILE_SCRIPT: &str = "00-tls-sidecar-route.sh";
+
 /// What finalize writes into PROFILE_DIR, named as libbuildpack names it.
 pub const MULTI_SUPPLY_SCRIPT: &str = "000_multi-supply.sh";
 
@@ -128,34 +133,81 @@ pub fn staged_config_file(staged: &StagedConfig) -> String {
 
 /// `deps/<idx>/profile.d/tls-sidecar.sh`: tells the app where the sidecar listens. Sourced once
 /// per process at launch (when a final libbuildpack-style buildpack wires profile.d), so it
-/// only exports and is safe to source repeatedly.
+/// only exports and is safe to source repeatedly. When the buildpack declares the sidecar, only
+/// for the process types it runs beside: a task (`cf run-task`) or another process type runs
+/// no sidecar, and an egress address there would only refuse connections.
 pub fn profile_script(staged: &StagedConfig) -> String {
-    let mut s = String::from(
-        "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n",
-    );
+    let mut exports = String::new();
     if let Some(first) = staged.listeners.first() {
         // Its own name, not TLS_SIDECAR_PORT: profile.d is also sourced for the sidecar, which
         // would then read an override nobody set. The expansion follows a run-time
         // `cf set-env TLS_SIDECAR_PORT`.
-        s.push_str(&format!(
+        exports.push_str(&format!(
             "export TLS_SIDECAR_TLS_PORT=\"${{TLS_SIDECAR_PORT:-{}}}\"\n",
             first.port
         ));
     }
     for e in &staged.egress {
-        s.push_str(&format!(
+        exports.push_str(&format!(
             "export {}={}\n",
             e.env_var(),
             shell_word(&e.listen.to_string())
         ));
     }
     if staged.admin.enabled {
-        s.push_str(&format!(
+        exports.push_str(&format!(
             "export TLS_SIDECAR_ADMIN={}\n",
             shell_word(&staged.admin.listen.to_string())
         ));
     }
-    s
+    let header =
+        "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n";
+    if !staged.sidecar.declared_by_buildpack() {
+        // The app manifest declares the sidecar: which processes it runs beside is not known here.
+        return format!("{header}{exports}");
+    }
+    let indented: String = exports.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "{header}# Only for the process types the sidecar runs beside ({}): tasks run no sidecar.\n\
+         if {}; then\n{indented}fi\n",
+        staged.sidecar.process_types.join(", "),
+        runs_beside_sidecar(staged)
+    )
+}
+
+/// A bash test that is true in the processes the sidecar runs beside: `process_type` in
+/// `VCAP_APPLICATION` (Cloud Controller's VarsBuilder sets it for processes; a task's names no
+/// long-running process type) is one of `sidecar.process_types`. The names are validated
+/// (`[A-Za-z0-9_-]`), so nothing needs quoting; quotes inside JSON strings are escaped, so the
+/// pattern cannot match inside another value.
+fn runs_beside_sidecar(staged: &StagedConfig) -> String {
+    format!(
+        "[[ \"${{VCAP_APPLICATION:-}}\" =~ \\\"process_type\\\"[[:space:]]*:[[:space:]]*\\\"({})\\\" ]]",
+        staged.sidecar.process_types.join("|")
+    )
+}
+
+/// `BUILD_DIR/.profile.d/00-tls-sidecar-route.sh`, written while the sidecar fronts the route
+/// port: moves the app from `$PORT` (where Gorouter and c2c callers arrive) to
+/// `route.app_port`, and tells the sidecar the route port in `TLS_SIDECAR_ROUTE_PORT`.
+///
+/// Only for the process types the sidecar runs beside ([`runs_beside_sidecar`]): moving any
+/// other process would leave its port with nobody on it. Sourced once per process, possibly
+/// more: the route port is kept from the first time.
+pub fn route_profile_script(staged: &StagedConfig) -> String {
+    let port = staged.route.app_port;
+    format!(
+        "# Written by the tls-sidecar buildpack at staging (route.fronting): the sidecar serves the\n\
+         # route port $PORT and strips identity headers, so the app listens on {port} instead.\n\
+         # Only for the process types the sidecar runs beside ({types}).\n\
+         if {beside} && [ -n \"${{PORT:-}}\" ]; then\n\
+         \x20 export TLS_SIDECAR_ROUTE_PORT=\"${{TLS_SIDECAR_ROUTE_PORT:-$PORT}}\"\n\
+         \x20 export PORT={port}\n\
+         \x20 export VCAP_APP_PORT={port}\n\
+         fi\n",
+        types = staged.sidecar.process_types.join(", "),
+        beside = runs_beside_sidecar(staged),
+    )
 }
 
 /// `PROFILE_DIR/000_multi-supply.sh`, as libbuildpack's `SetLaunchEnvironment` writes it: per
@@ -225,12 +277,117 @@ mod tests {
         );
         assert_eq!(
             profile_script(&s),
+            r#"# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.
+# Only for the process types the sidecar runs beside (web): tasks run no sidecar.
+if [[ "${VCAP_APPLICATION:-}" =~ \"process_type\"[[:space:]]*:[[:space:]]*\"(web)\" ]]; then
+  export TLS_SIDECAR_TLS_PORT="${TLS_SIDECAR_PORT:-8443}"
+  export TLS_SIDECAR_EGRESS_MY_BACKEND=127.0.0.1:9001
+  export TLS_SIDECAR_ADMIN=127.0.0.1:8444
+fi
+"#
+        );
+        // Declared in the app manifest instead: exported everywhere (which processes the
+        // manifest runs it beside is not known at staging).
+        let manifest = staged("sidecar:\n  process_types: []\n");
+        assert_eq!(
+            profile_script(&manifest),
             "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n\
              export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-8443}\"\n\
-             export TLS_SIDECAR_EGRESS_MY_BACKEND=127.0.0.1:9001\n\
              export TLS_SIDECAR_ADMIN=127.0.0.1:8444\n"
         );
         assert_eq!(shell_word("[::1]:9001"), "'[::1]:9001'");
+    }
+
+    #[test]
+    fn the_route_script_moves_only_the_processes_the_sidecar_runs_beside() {
+        let s = staged("listeners:\n  - mode: http\nsidecar:\n  process_types: [web, api]\n");
+        assert_eq!(
+            route_profile_script(&s),
+            r#"# Written by the tls-sidecar buildpack at staging (route.fronting): the sidecar serves the
+# route port $PORT and strips identity headers, so the app listens on 8081 instead.
+# Only for the process types the sidecar runs beside (web, api).
+if [[ "${VCAP_APPLICATION:-}" =~ \"process_type\"[[:space:]]*:[[:space:]]*\"(web|api)\" ]] && [ -n "${PORT:-}" ]; then
+  export TLS_SIDECAR_ROUTE_PORT="${TLS_SIDECAR_ROUTE_PORT:-$PORT}"
+  export PORT=8081
+  export VCAP_APP_PORT=8081
+fi
+"#
+        );
+    }
+
+    /// Sources the route script `times` times in a clean bash with `vcap` and `PORT=8080`, as
+    /// the launcher does, and returns what the process then sees.
+    fn sourced(script: &str, vcap: &str, times: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ROUTE_PROFILE_SCRIPT);
+        std::fs::write(&path, script).unwrap();
+        let source = format!("source {};", path.display()).repeat(times);
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{source} echo \"PORT=$PORT VCAP_APP_PORT=$VCAP_APP_PORT ROUTE=${{TLS_SIDECAR_ROUTE_PORT:-}}\""
+            ))
+            .env_clear()
+            .env("PORT", "8080")
+            .env("VCAP_APP_PORT", "8080")
+            .env("VCAP_APPLICATION", vcap)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn sourcing_the_route_script_moves_web_but_not_tasks_other_processes_or_forged_names() {
+        let script = route_profile_script(&staged("listeners:\n  - mode: http\n"));
+        let moved = "PORT=8081 VCAP_APP_PORT=8081 ROUTE=8080";
+        let kept = "PORT=8080 VCAP_APP_PORT=8080 ROUTE=";
+        // CC renders VCAP_APPLICATION as compact JSON; spaces after ':' are allowed too.
+        let web = r#"{"application_name":"a","process_id":"p","process_type":"web","port":8080}"#;
+        assert_eq!(sourced(&script, web, 1), moved);
+        assert_eq!(sourced(&script, r#"{"process_type" : "web"}"#, 1), moved);
+        // The launcher may source profile scripts more than once: the route port stays 8080.
+        assert_eq!(sourced(&script, web, 2), moved);
+        // A task (no sidecar runs beside it) and a worker keep $PORT.
+        assert_eq!(sourced(&script, r#"{"application_name":"a"}"#, 1), kept);
+        assert_eq!(sourced(&script, r#"{"process_type":"worker"}"#, 1), kept);
+        assert_eq!(sourced(&script, r#"{"process_type":"web-2"}"#, 1), kept);
+        assert_eq!(sourced(&script, "", 1), kept);
+        // An app named to look like the key does not move a worker: quotes inside JSON strings
+        // are escaped, so the pattern cannot match inside a value.
+        let forged = r#"{"application_name":"x\"process_type\":\"web\"","process_type":"worker"}"#;
+        assert_eq!(sourced(&script, forged, 1), kept);
+    }
+
+    #[test]
+    fn a_task_sources_no_egress_address_because_no_sidecar_runs_beside_it() {
+        let script = profile_script(&staged(
+            "egress:\n  - name: b\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n",
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PROFILE_SCRIPT);
+        std::fs::write(&path, script).unwrap();
+        let egress = |vcap: &str| {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "source {}; echo \"${{TLS_SIDECAR_EGRESS_B:-unset}}\"",
+                    path.display()
+                ))
+                .env_clear()
+                .env("VCAP_APPLICATION", vcap)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        assert_eq!(
+            egress(r#"{"application_name":"a","process_type":"web"}"#),
+            "127.0.0.1:9001"
+        );
+        // `cf run-task`: no process type of a long-running process, and no sidecar.
+        assert_eq!(egress(r#"{"application_name":"a"}"#), "unset");
+        assert_eq!(egress(r#"{"process_type":"worker"}"#), "unset");
     }
 
     #[test]

@@ -20,12 +20,23 @@ pub mod formats;
 pub mod fsutil;
 pub mod manifest;
 pub mod output;
+pub mod phase;
 pub mod supply;
 
-use cli::{Invocation, Phase};
+/// An environment of `pairs`, for unit tests.
+#[cfg(test)]
+fn test_env(pairs: &[(&str, &str)]) -> tls_sidecar_config::Env {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+use cli::Invocation;
 use context::{FinalizeArgs, ReleaseArgs, SupplyArgs};
 use errors::Error;
 use output::Output;
+use phase::Phase;
 use std::io::Write;
 use std::path::Path;
 use tls_sidecar_config::Env;

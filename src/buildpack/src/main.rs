@@ -4,9 +4,10 @@
 use std::ffi::OsString;
 use std::io;
 use std::process::ExitCode;
-use tls_sidecar_buildpack::cli::{Invocation, Phase};
+use tls_sidecar_buildpack::cli::Invocation;
 use tls_sidecar_buildpack::errors::{self, Error, exit_code};
 use tls_sidecar_buildpack::output::Output;
+use tls_sidecar_buildpack::phase::Phase;
 use tls_sidecar_buildpack::{Outcome, run};
 use tls_sidecar_config::Env;
 

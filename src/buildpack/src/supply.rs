@@ -9,7 +9,9 @@ use crate::cli::Options;
 use crate::context::SupplyArgs;
 use crate::errors::{self, Error, InstallError, Warning};
 use crate::fetch::{self, Places, Policy};
-use crate::formats::{self, ConfigYml, LaunchYml, PROFILE_SCRIPT, SIDECAR_BINARY, SIDECAR_NAME};
+use crate::formats::{
+    self, ConfigYml, LaunchYml, PROFILE_SCRIPT, ROUTE_PROFILE_SCRIPT, SIDECAR_BINARY, SIDECAR_NAME,
+};
 use crate::fsutil::write_atomic;
 use crate::manifest::{DEPENDENCY_NAME, Dependency, Manifest, StackCheck};
 use crate::output::Output;
@@ -57,6 +59,7 @@ pub fn run<W: Write>(
         .dependency(DEPENDENCY_NAME, cf_stack)
         .map_err(Error::Manifest)?;
     let settings = app_settings(&args.build_dir, env)?;
+    let memory_share = check_memory(&settings, env)?;
     out.debug(format_args!(
         "buildpack dir {}, stack {}",
         buildpack_dir.display(),
@@ -67,6 +70,9 @@ pub fn run<W: Write>(
     }
     if let Some(problem) = vcap_problem {
         errors::warn(&Warning::VcapApplication(problem), &app, out);
+    }
+    if let Some(share) = memory_share {
+        errors::warn(&share, &app, out);
     }
 
     // 2. Install the dependency.
@@ -119,13 +125,67 @@ pub fn run<W: Write>(
     write_atomic(&config_yml_path, config_yml.as_bytes(), 0o644)?;
     let profile = dep_dir.join("profile.d").join(PROFILE_SCRIPT);
     write_atomic(&profile, formats::profile_script(staged).as_bytes(), 0o755)?;
+    route_script(&args.build_dir, staged)?;
 
     // 4. Tell the user what they got.
     summary(args, &settings, &vcap, &app, out);
     Ok(())
 }
 
+/// Writes the app's `.profile.d/` route script while the sidecar fronts the route port, and
+/// removes one an earlier staging on these dirs left otherwise (it would move the app off
+/// `$PORT` with no sidecar there to serve it).
+fn route_script(build_dir: &Path, staged: &StagedConfig) -> Result<(), Error> {
+    let dir = build_dir.join(".profile.d");
+    let path = dir.join(ROUTE_PROFILE_SCRIPT);
+    if staged.route.fronted {
+        fs::create_dir_all(&dir).map_err(|source| Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        return write_atomic(
+            &path,
+            formats::route_profile_script(staged).as_bytes(),
+            0o755,
+        );
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Write { path, source: e }),
+        _ => Ok(()),
+    }
+}
+
 /// `tls-sidecar.yml` from the app root (optional) plus the `TLS_SIDECAR_*` overrides.
+/// Cloud Controller's rule for sidecars (`SidecarMemoryLessThanProcessMemoryPolicy`): their
+/// memory must be strictly less than the process's, checked only when the droplet is assigned,
+/// after staging, where it fails badly. Staging sees `MEMORY_LIMIT`, the staging memory: the
+/// app's own, unless that is below Cloud Controller's `minimum_staging_memory_mb` (1024 by
+/// default), which then stands in. A sidecar the app manifest declares (`process_types: []`)
+/// has the manifest's memory, not ours. A warning when the sidecar takes over a quarter.
+fn check_memory(settings: &AppSettings, env: &Env) -> Result<Option<Warning>, Error> {
+    let sidecar = &settings.staged.sidecar;
+    let limit = env
+        .get("MEMORY_LIMIT")
+        .and_then(|v| v.parse::<tls_sidecar_config::MemoryMb>().ok());
+    let (Some(limit), true) = (limit, sidecar.declared_by_buildpack()) else {
+        return Ok(None);
+    };
+    let (sidecar_mb, limit_mb) = (sidecar.memory.0, limit.0);
+    if sidecar_mb >= limit_mb {
+        return Err(Error::SidecarMemory {
+            sidecar_mb,
+            limit_mb,
+            from_env: settings.env_used.contains(&"TLS_SIDECAR_MEMORY"),
+        });
+    }
+    Ok(
+        (u64::from(sidecar_mb) * 4 > u64::from(limit_mb)).then_some(Warning::SidecarMemoryShare {
+            sidecar_mb,
+            limit_mb,
+        }),
+    )
+}
+
 fn app_settings(build_dir: &Path, env: &Env) -> Result<AppSettings, Error> {
     let file = AppConfig::load(&build_dir.join(CONFIG_FILE_NAME), CONFIG_FILE_NAME)
         .map_err(Error::Config)?;
@@ -191,6 +251,8 @@ fn install<W: Write>(
             source,
         })
     })?;
+    // Installed: what the cache holds for other versions is of no more use.
+    fetch::prune_cache(&args.cache_dir, tarball.path(), out);
     Ok(())
 }
 
@@ -261,12 +323,11 @@ fn summary<W: Write>(
             staged.sidecar.memory
         ));
     }
+    if staged.route.fronted {
+        out.info(staged.route.describe());
+    }
     if let Some(first) = staged.listeners.first() {
-        let name = vcap
-            .application_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or(errors::UNKNOWN_APP);
+        let name = vcap.app_name();
         out.info(format_args!(
             "Allow callers with: cf add-network-policy SOURCE_APP {name} --port {} --protocol tcp",
             first.port

@@ -296,3 +296,49 @@ fn a_download_goes_through_the_http_proxy_named_in_the_environment() {
         ]
     );
 }
+
+#[test]
+fn an_upgrade_removes_the_previous_versions_tarball_from_the_app_cache() {
+    let old = format!(
+        "cache/dependencies/{}",
+        sha256(b"https://mirror.example.com/v0.9.0/tls-sidecar-0.9.0-linux-x64.tgz")
+    );
+    let tarball = good_tgz();
+    let server = Server::start(vec![(200, tarball.clone())]);
+    let stage = Stage::new();
+    stage.idx("0");
+    fs::create_dir_all(stage.path(&old)).unwrap();
+    fs::write(
+        stage.path(&format!("{old}/tls-sidecar-0.9.0-linux-x64.tgz")),
+        b"the previous version",
+    )
+    .unwrap();
+    let uri = server.url(&format!("/releases/{DEP_FILE}"));
+    stage.manifest(&Manifest::new(&uri, &tarball));
+
+    let run = stage.supply("0", &env());
+
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        !stage.path(&old).exists(),
+        "the old tarball is still cached"
+    );
+    assert!(
+        run.stdout.contains(
+            "Removed tls-sidecar-0.9.0-linux-x64.tgz from the app cache (an earlier version)"
+        ),
+        "{}",
+        run.stdout
+    );
+    let current = format!("cache/dependencies/{}/{DEP_FILE}", sha256(uri.as_bytes()));
+    assert_eq!(fs::read(stage.path(&current)).unwrap(), tarball);
+
+    // Switching to a cached zip: it installs from the zip, so no download stays cached.
+    let cached_zip = Stage::cached(&tarball);
+    cached_zip.idx("0");
+    fs::create_dir_all(cached_zip.path(&old)).unwrap();
+    fs::write(cached_zip.path(&format!("{old}/x.tgz")), b"old").unwrap();
+    let run = cached_zip.supply("0", &env());
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(!cached_zip.path(&old).exists());
+}

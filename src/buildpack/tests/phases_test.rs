@@ -283,3 +283,27 @@ fn the_release_shim_runs_the_packaged_binary_with_its_phase() {
         run.stderr
     );
 }
+
+#[test]
+fn as_the_final_buildpack_after_its_own_supply_the_version_header_is_printed_once() {
+    let f = finalize_layout();
+    f.stage.app_file("Procfile", "web: ./server\n");
+    // Supply of this buildpack (index 2) ran first in the same staging.
+    let mine = f.stage.deps().join("2");
+    fs::create_dir_all(&mine).expect("test setup");
+    fs::write(
+        mine.join("config.yml"),
+        "name: tls-sidecar\nversion: 1.2.3\nconfig: {}\n",
+    )
+    .expect("test setup");
+
+    let run = finalize(&f, &[]);
+
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.lines()[0], "-----> Setting up the launch environment");
+    assert!(
+        !run.stdout.contains("TLS Sidecar Buildpack version"),
+        "{}",
+        run.stdout
+    );
+}

@@ -88,9 +88,13 @@ fn supply_installs_the_sidecar_and_declares_it_for_a_default_app() {
     );
     assert_eq!(
         fs::read_to_string(dep.join("profile.d/tls-sidecar.sh")).unwrap(),
-        "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n\
-         export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-8443}\"\n\
-         export TLS_SIDECAR_ADMIN=127.0.0.1:8444\n"
+        r#"# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.
+# Only for the process types the sidecar runs beside (web): tasks run no sidecar.
+if [[ "${VCAP_APPLICATION:-}" =~ \"process_type\"[[:space:]]*:[[:space:]]*\"(web)\" ]]; then
+  export TLS_SIDECAR_TLS_PORT="${TLS_SIDECAR_PORT:-8443}"
+  export TLS_SIDECAR_ADMIN=127.0.0.1:8444
+fi
+"#
     );
 
     // The staged config says where it came from, and the sidecar's parser reads it back to
@@ -152,7 +156,7 @@ fn supply_at_padded_index_02_keeps_the_padding_and_warns_that_the_builder_will_n
     let launch = fs::read_to_string(dep.join("launch.yml")).unwrap();
     assert!(launch.contains("command: /home/vcap/deps/02/bin/tls-sidecar --config /home/vcap/deps/02/tls-sidecar.yml\n"), "{launch}");
     let lines = run.lines();
-    let tail: Vec<&str> = lines[lines.len() - 3..]
+    let tail: Vec<&str> = lines[lines.len() - 4..]
         .iter()
         .map(String::as_str)
         .collect();
@@ -161,7 +165,8 @@ fn supply_at_padded_index_02_keeps_the_padding_and_warns_that_the_builder_will_n
         [
             "       **WARNING** DEPS_IDX is zero-padded (\"02\"): with 10 or more buildpacks the Cloud Foundry builder looks for launch.yml under the unpadded index and will not start the tls-sidecar sidecar.",
             "       Fix: push with fewer than 10 buildpacks, or declare the sidecar in your app manifest and cf push myapp:",
-            "       sidecars: [{name: tls-sidecar, process_types: [web], command: \"/home/vcap/deps/02/bin/tls-sidecar --config /home/vcap/deps/02/tls-sidecar.yml\", memory: 32M}]",
+            "       sidecars: [{name: tls-sidecar-manifest, process_types: [web], command: \"/home/vcap/deps/02/bin/tls-sidecar --config /home/vcap/deps/02/tls-sidecar.yml\", memory: 32M}]",
+            "       (any name but tls-sidecar, the buildpack's own: Cloud Controller refuses two sidecars of one name)",
         ]
     );
 }
@@ -210,6 +215,7 @@ fn a_config_file_and_env_overrides_shape_the_sidecar_and_the_summary() {
             "       Listener 9443: TLS → 127.0.0.1:$PORT, mode http, client certificates: required, allow: cf:same-space",
             "       Egress backend: 127.0.0.1:9001 → TLS to backend.apps.internal:8443, expecting dns:backend.apps.internal (the app finds it in $TLS_SIDECAR_EGRESS_BACKEND)",
             "       Sidecar memory: 64 MB, runs beside: web, worker",
+            "       Route port $PORT: fronted by the sidecar (identity headers stripped); the app listens on 8081",
             "       Allow callers with: cf add-network-policy SOURCE_APP myapp --port 9443 --protocol tcp",
         ]
     );
@@ -220,10 +226,82 @@ fn a_config_file_and_env_overrides_shape_the_sidecar_and_the_summary() {
     );
     assert_eq!(
         fs::read_to_string(dep.join("profile.d/tls-sidecar.sh")).unwrap(),
-        "# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.\n\
-         export TLS_SIDECAR_TLS_PORT=\"${TLS_SIDECAR_PORT:-9443}\"\n\
-         export TLS_SIDECAR_EGRESS_BACKEND=127.0.0.1:9001\n\
-         export TLS_SIDECAR_ADMIN=127.0.0.1:8444\n"
+        r#"# Written by the tls-sidecar buildpack at staging: where the app reaches its sidecar.
+# Only for the process types the sidecar runs beside (web, worker): tasks run no sidecar.
+if [[ "${VCAP_APPLICATION:-}" =~ \"process_type\"[[:space:]]*:[[:space:]]*\"(web|worker)\" ]]; then
+  export TLS_SIDECAR_TLS_PORT="${TLS_SIDECAR_PORT:-9443}"
+  export TLS_SIDECAR_EGRESS_BACKEND=127.0.0.1:9001
+  export TLS_SIDECAR_ADMIN=127.0.0.1:8444
+fi
+"#
+    );
+}
+
+#[test]
+fn an_http_listener_with_xfcc_fronts_the_route_port_with_an_app_profile_script() {
+    let stage = Stage::cached(&good_tgz());
+    stage.idx("0");
+    stage.app_file("tls-sidecar.yml", "listeners:\n  - mode: http\n");
+    let before = stage.tree();
+
+    let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
+
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.lines().contains(
+            &"       Route port $PORT: fronted by the sidecar (identity headers stripped); the app listens on 8081".to_owned()
+        ),
+        "{}",
+        run.stdout
+    );
+    // The launcher sources the app's .profile.d for the app and the sidecar alike; deps'
+    // profile.d only when a final buildpack copies it.
+    let mut want = expected_changes("0");
+    want.push("app/.profile.d".to_owned());
+    want.push("app/.profile.d/00-tls-sidecar-route.sh".to_owned());
+    want.sort();
+    assert_eq!(changed(&before, &stage.tree()), want);
+    let script =
+        fs::read_to_string(stage.app().join(".profile.d/00-tls-sidecar-route.sh")).unwrap();
+    assert!(
+        script.contains("(web)")
+            && script.contains("export TLS_SIDECAR_ROUTE_PORT=\"${TLS_SIDECAR_ROUTE_PORT:-$PORT}\"\n  export PORT=8081\n"),
+        "{script}"
+    );
+    let staged = fs::read_to_string(stage.idx("0").join("tls-sidecar.yml")).unwrap();
+    assert!(
+        staged.contains("route:\n  fronting: auto\n  app_port: 8081\n"),
+        "{staged}"
+    );
+}
+
+#[test]
+fn fronting_off_beside_an_xfcc_listener_warns_that_xfcc_can_be_forged_and_moves_nothing() {
+    let stage = Stage::cached(&good_tgz());
+    stage.app_file("tls-sidecar.yml", "listeners:\n  - mode: http\n");
+    assert_eq!(stage.supply("0", &refs(&env_for("cflinuxfs4"))).code, 0);
+    let script = stage.app().join(".profile.d/00-tls-sidecar-route.sh");
+    assert!(script.is_file());
+    // Restaging the same dirs with fronting off removes the script: otherwise the app would
+    // move off $PORT with nothing serving it.
+    stage.app_file(
+        "tls-sidecar.yml",
+        "listeners:\n  - mode: http\nroute:\n  fronting: off\n",
+    );
+
+    let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
+
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(!script.exists());
+    let warning = format!(
+        "       **WARNING** tls-sidecar.yml: {}",
+        tls_sidecar_config::UNFRONTED_XFCC_WARNING
+    );
+    assert!(run.lines().contains(&warning), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("Route port $PORT: fronted"),
+        "{}",
+        run.stdout
     );
 }
 
@@ -357,7 +435,7 @@ fn an_unset_cf_stack_warns_and_continues() {
     // Without VCAP_APPLICATION the command has a placeholder for the app name.
     assert_eq!(
         run.lines().last().unwrap(),
-        "       Allow callers with: cf add-network-policy SOURCE_APP YOUR_APP --port 8443 --protocol tcp"
+        "       Allow callers with: cf add-network-policy SOURCE_APP APP_NAME --port 8443 --protocol tcp"
     );
 }
 
@@ -469,5 +547,68 @@ fn supply_from_a_cached_zip_is_fast() {
     assert!(
         took < std::time::Duration::from_secs(2),
         "supply took {took:?}"
+    );
+}
+
+#[test]
+fn a_sidecar_memory_not_below_memory_limit_fails_with_both_numbers_and_both_fixes_and_installs_nothing()
+ {
+    for (config, limit) in [
+        ("sidecar:\n  memory: 1G\n", "512m"),
+        ("sidecar:\n  memory: 512\n", "512m"),
+    ] {
+        let stage = Stage::cached(&good_tgz());
+        stage.idx("0");
+        stage.app_file("tls-sidecar.yml", config);
+        let before = stage.tree();
+        let mut env = env_for("cflinuxfs4");
+        env.push(("MEMORY_LIMIT", limit.into()));
+
+        let run = stage.supply("0", &refs(&env));
+
+        assert_eq!(run.code, 12, "{}", run.stdout);
+        let sidecar = if config.contains("1G") { 1024 } else { 512 };
+        assert_eq!(
+            run.lines()[1..],
+            [
+                format!("       **ERROR** The sidecar's memory ({sidecar} MB, sidecar.memory) is not less than the app's (512 MB, MEMORY_LIMIT)"),
+                "       Cloud Controller runs sidecars inside the app's memory and refuses a droplet whose sidecars take as much as the process or more (SidecarMemoryLessThanProcessMemoryPolicy): the push would fail after staging, or the app never start.".to_owned(),
+                "       Nothing was installed.".to_owned(),
+                format!("       Fix: lower sidecar.memory in tls-sidecar.yml (e.g. 32), or give the app more memory: cf scale myapp -m {}M, then cf push myapp", sidecar * 4),
+            ]
+        );
+        assert_eq!(stage.tree(), before);
+    }
+}
+
+#[test]
+fn a_sidecar_taking_over_a_quarter_of_memory_limit_stages_with_a_warning_and_one_below_stays_quiet()
+{
+    let stage = Stage::cached(&good_tgz());
+    stage.idx("0");
+    stage.app_file("tls-sidecar.yml", "sidecar:\n  memory: 200M\n");
+    let mut env = env_for("cflinuxfs4");
+    env.push(("MEMORY_LIMIT", "512m".into()));
+
+    let run = stage.supply("0", &refs(&env));
+
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let out = strip_ansi(&run.stdout);
+    assert!(
+        out.contains("**WARNING** The sidecar takes 200 MB of the app's 512 MB (MEMORY_LIMIT), more than a quarter: the app's own MEMORY_LIMIT shrinks to 312 MB."),
+        "{out}"
+    );
+    assert!(out.contains("Fix: lower sidecar.memory in tls-sidecar.yml (32 covers 768 connections), or give the app more memory: cf scale myapp -m 800M"), "{out}");
+
+    let quiet = Stage::cached(&good_tgz());
+    quiet.idx("0");
+    let mut env = env_for("cflinuxfs4");
+    env.push(("MEMORY_LIMIT", "1024m".into()));
+    let run = quiet.supply("0", &refs(&env));
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        !strip_ansi(&run.stdout).contains("WARNING"),
+        "{}",
+        run.stdout
     );
 }

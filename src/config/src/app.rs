@@ -3,152 +3,147 @@
 use crate::Env;
 use crate::error::{ConfigError, Origin, with_suggestion};
 use crate::value::{
-    CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector, Xfcc,
+    CertificateSource, ClientAuth, Fronting, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
+    Xfcc,
 };
 use serde::{Deserialize, Serialize};
+// Every field of these specs is optional: unset ones are left out when a spec is written back.
+use serde_with::skip_serializing_none;
 use std::path::Path;
 
 /// The whole file. Also the schema of the staged file, where every field is present.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listeners: Option<Vec<ListenerSpec>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<EgressSpec>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogSpec>,
+    pub route: Option<RouteSpec>,
+}
+
+/// The route port (`$PORT`): whether the sidecar fronts it, and where the app moves.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteSpec {
+    /// `auto` (default): on whenever a listener sets `X-Forwarded-Client-Cert`.
+    pub fronting: Option<Fronting>,
+    /// Where the app listens (its `$PORT`) while the sidecar fronts the route port.
+    pub app_port: Option<u16>,
+    /// Keep the `X-Forwarded-Client-Cert` Gorouter sends (identity-aware routing, RFC-0055);
+    /// other spellings are still stripped. Default false.
+    pub trust_gorouter_xfcc: Option<bool>,
 }
 
 /// One TLS listener (ingress).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ListenerSpec {
     /// TLS port, bound on 0.0.0.0. Default 8443.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// Where plaintext goes. Default `127.0.0.1:$PORT`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<HostPort>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuth>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<Selector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xfcc: Option<Xfcc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<bool>,
 }
 
 /// One egress listener: plaintext on loopback, mTLS to `target`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EgressSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<HostPort>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<HostPort>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Vec<Selector>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_listen: Option<bool>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CertificateSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<CertificateSource>,
     /// `files`: PEM certificate chain, relative to the app dir.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<String>,
     /// `files`: PEM private key, relative to the app dir.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
     /// `service` and `minted`: the bound service instance's name in `VCAP_SERVICES`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// `minted`: extra DNS names for the minted leaf.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
     /// `minted`: route domains whose app routes become SANs. Default `[apps.internal]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_domains: Option<Vec<String>>,
     /// `minted`: leaf lifetime. Default 24h.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validity: Option<Millis>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrustSpec {
     /// Extra CA files (PEM), relative to the app dir or absolute.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_files: Option<Vec<String>>,
     /// Also trust every certificate in `$CF_SYSTEM_CERT_PATH`. Default true; false makes
     /// `ca_files` replace the platform's trust anchors.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_certs: Option<bool>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminSpec {
     /// Loopback address of `/live`, `/ready`, `/metrics`. Default 127.0.0.1:8444.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<HostPort>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Millis>,
+    /// Connection slots of each TLS listener. Default: an equal share of `max_connections`.
+    pub listener_connections: Option<u32>,
+    /// Requests in flight to the app per http-mode listener. Default: a quarter of
+    /// `max_connections`, at least 16.
+    pub app_connections: Option<u32>,
+    /// HTTP/2 streams one client connection may have open at once. Default: a quarter of
+    /// `app_connections`, between 8 and 100.
+    pub streams_per_connection: Option<u32>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SidecarSpec {
     /// `limits.memory` of the sidecar process in launch.yml (MB). Default 32.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryMb>,
     /// The process types the sidecar runs beside. Default `[web]`. `[]`: the buildpack only
     /// installs the binary and the app manifest declares the sidecar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_types: Option<Vec<String>>,
 }
 
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<LogFormat>,
     /// `error`, `warn`, `info` or `debug`. Default `info`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
 }
 
@@ -217,13 +212,29 @@ impl AppConfig {
             ConfigError::invalid(&Origin::Env(name.into()), name, e)
         };
 
-        let touches_listener = crate::ENV_OVERRIDES[..5].iter().any(|n| get(n).is_some());
-        if touches_listener {
+        let listener_vars: Vec<&'static str> = crate::ENV_OVERRIDES
+            .iter()
+            .filter(|o| o.is_listener() && get(o.var).is_some())
+            .map(|o| o.var)
+            .collect();
+        if let Some(&var) = listener_vars.first() {
+            // Variables refine the listener the configuration declares; they never create one.
+            // An absent `listeners` key means the default listener (staging fills it in); an
+            // explicit `listeners: []` (egress only) has nothing a variable could refine, and
+            // opening a port on 0.0.0.0 from `cf set-env` would widen ingress unseen.
+            if self.listeners.as_ref().is_some_and(Vec::is_empty) {
+                return Err(ConfigError::invalid(
+                    &Origin::Env(var.into()),
+                    var,
+                    "is set, but the configuration has no TLS listener (listeners: []): a variable cannot create one (declare the listener in tls-sidecar.yml to have one)",
+                ));
+            }
             let listeners = self.listeners.get_or_insert_with(Vec::new);
             if listeners.is_empty() {
                 listeners.push(ListenerSpec::default());
             }
             let first = &mut listeners[0];
+            let before = first.effective_client_auth();
             if let Some(v) = get("TLS_SIDECAR_PORT") {
                 first.port = Some(parse_port(v).map_err(|e| parse_err("TLS_SIDECAR_PORT", e))?);
                 used.push("TLS_SIDECAR_PORT");
@@ -254,6 +265,16 @@ impl AppConfig {
                     .map(str::parse)
                     .collect::<Result<Vec<Selector>, _>>()
                     .map_err(|e| parse_err("TLS_SIDECAR_ALLOW", e))?;
+                // A value like "," names no caller: taken literally it would drop every rule
+                // and with them the client certificate requirement.
+                if selectors.is_empty() {
+                    return Err(parse_err(
+                        "TLS_SIDECAR_ALLOW",
+                        format!(
+                            "\"{v}\" names no caller, and a variable cannot remove access rules (list callers, e.g. cf:app:<guid>,cf:same-space)"
+                        ),
+                    ));
+                }
                 first.allow = Some(selectors);
                 used.push("TLS_SIDECAR_ALLOW");
                 // The variable is the newest intent: unless TLS_SIDECAR_CLIENT_AUTH says
@@ -262,6 +283,15 @@ impl AppConfig {
                     first.client_auth = None;
                 }
             }
+            let after = first.effective_client_auth();
+            if rank(after) < rank(before) {
+                return Err(parse_err(
+                    "TLS_SIDECAR_CLIENT_AUTH",
+                    format!(
+                        "\"{after}\" would lower client_auth from \"{before}\" set by the configuration: a variable can only tighten it (change client_auth in tls-sidecar.yml to lower it)"
+                    ),
+                ));
+            }
         }
         if let Some(v) = get("TLS_SIDECAR_MEMORY") {
             let mb = v.parse().map_err(|e| parse_err("TLS_SIDECAR_MEMORY", e))?;
@@ -269,6 +299,23 @@ impl AppConfig {
             used.push("TLS_SIDECAR_MEMORY");
         }
         Ok(used)
+    }
+}
+
+impl ListenerSpec {
+    /// `client_auth` as the listener would run with it: written, else implied by `allow`.
+    fn effective_client_auth(&self) -> ClientAuth {
+        self.client_auth
+            .unwrap_or_else(|| ClientAuth::implied_by(self.allow.as_deref().unwrap_or_default()))
+    }
+}
+
+/// How much a `client_auth` value asks of callers, for "variables never lower it".
+fn rank(c: ClientAuth) -> u8 {
+    match c {
+        ClientAuth::None => 0,
+        ClientAuth::Optional => 1,
+        ClientAuth::Required => 2,
     }
 }
 
@@ -432,6 +479,100 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "TLS_SIDECAR_PORT: \"84x3\" is not a port number (expected 1-65535)"
+        );
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_listener_variable_cannot_create_a_listener_in_an_egress_only_config() {
+        let text = "listeners: []\negress:\n  - name: b\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n";
+        for var in [
+            "TLS_SIDECAR_PORT",
+            "TLS_SIDECAR_UPSTREAM",
+            "TLS_SIDECAR_MODE",
+            "TLS_SIDECAR_CLIENT_AUTH",
+            "TLS_SIDECAR_ALLOW",
+        ] {
+            let value = match var {
+                "TLS_SIDECAR_PORT" => "8443",
+                "TLS_SIDECAR_UPSTREAM" => "127.0.0.1:8080",
+                "TLS_SIDECAR_MODE" => "http",
+                "TLS_SIDECAR_CLIENT_AUTH" => "required",
+                _ => "cf:any",
+            };
+            let mut cfg = AppConfig::parse(text, "f").unwrap();
+            let e = cfg.apply_env(&env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.origin(), Some(Origin::Env(var.to_owned())), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("cannot create one"), "{text}");
+            assert_eq!(cfg.listeners.as_deref().map(<[_]>::len), Some(0));
+        }
+        // The memory variable is not a listener's: it still applies.
+        let mut cfg = AppConfig::parse(text, "f").unwrap();
+        assert_eq!(
+            cfg.apply_env(&env(&[("TLS_SIDECAR_MEMORY", "64")]))
+                .unwrap(),
+            ["TLS_SIDECAR_MEMORY"]
+        );
+    }
+
+    #[test]
+    fn an_allow_variable_that_names_no_caller_is_refused_not_read_as_no_rules() {
+        for value in [",", " , ,", ",,"] {
+            let mut cfg =
+                AppConfig::parse("listeners:\n  - port: 8443\n    client_auth: required\n    allow: [cf:same-space]\n", "f")
+                    .unwrap();
+            let e = cfg
+                .apply_env(&env(&[("TLS_SIDECAR_ALLOW", value)]))
+                .unwrap_err();
+            assert!(e.to_string().contains("names no caller"), "{e}");
+            let l = &cfg.listeners.unwrap()[0];
+            assert_eq!(l.allow.as_deref(), Some(&[Selector::SameSpace][..]));
+            assert_eq!(l.client_auth, Some(ClientAuth::Required));
+        }
+    }
+
+    #[test]
+    fn a_client_auth_variable_can_tighten_but_never_lower_the_files_setting() {
+        let required = "listeners:\n  - port: 8443\n    allow: [cf:same-space]\n";
+        for lower in ["none", "optional"] {
+            let mut cfg = AppConfig::parse(required, "f").unwrap();
+            let e = cfg
+                .apply_env(&env(&[("TLS_SIDECAR_CLIENT_AUTH", lower)]))
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "TLS_SIDECAR_CLIENT_AUTH: \"{lower}\" would lower client_auth from \"required\" set by the configuration: a variable can only tighten it (change client_auth in tls-sidecar.yml to lower it)"
+                )
+            );
+        }
+        let optional = "listeners:\n  - port: 8443\n    client_auth: optional\n";
+        let mut cfg = AppConfig::parse(optional, "f").unwrap();
+        assert!(
+            cfg.apply_env(&env(&[("TLS_SIDECAR_CLIENT_AUTH", "none")]))
+                .is_err()
+        );
+        let mut cfg = AppConfig::parse(optional, "f").unwrap();
+        cfg.apply_env(&env(&[("TLS_SIDECAR_CLIENT_AUTH", "required")]))
+            .unwrap();
+        assert_eq!(
+            cfg.listeners.unwrap()[0].client_auth,
+            Some(ClientAuth::Required)
+        );
+        // No file: the default listener gets what the variables say (they narrow it).
+        let mut cfg = AppConfig::default();
+        cfg.apply_env(&env(&[("TLS_SIDECAR_ALLOW", "cf:any")]))
+            .unwrap();
+        assert_eq!(
+            cfg.listeners.unwrap()[0].effective_client_auth(),
+            ClientAuth::Required
         );
     }
 }

@@ -21,16 +21,16 @@ mod vcap;
 
 pub use app::{
     AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    MAX_CONFIG_BYTES, SidecarSpec, TrustSpec,
+    MAX_CONFIG_BYTES, RouteSpec, SidecarSpec, TrustSpec,
 };
 pub use error::{ConfigError, Origin};
 pub use staged::{
-    Admin, Certificate, DEFAULT_APP_PORT, Egress, Limits, Listener, Log, RESERVED_PORTS, Sidecar,
-    StagedConfig, Trust,
+    Admin, Certificate, DEFAULT_APP_PORT, DEFAULT_ROUTE_APP_PORT, Egress, Limits, Listener, Log,
+    RESERVED_PORTS, Route, Sidecar, StagedConfig, Trust, UNFRONTED_XFCC_WARNING,
 };
 pub use value::{
-    CertificateSource, ClientAuth, Guid, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
-    Xfcc,
+    CertificateSource, ClientAuth, Fronting, Guid, HostPort, LogFormat, MemoryMb, Millis, Mode,
+    Selector, Xfcc,
 };
 pub use vcap::VcapApplication;
 
@@ -40,12 +40,50 @@ pub type Env = std::collections::BTreeMap<String, String>;
 /// Name of the app's config file in the app root, and of the staged file in `deps/<idx>/`.
 pub const CONFIG_FILE_NAME: &str = "tls-sidecar.yml";
 
+/// One `TLS_SIDECAR_*` variable and the configuration field it overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvOverride {
+    pub var: &'static str,
+    /// The field as errors name it (`listeners[0].port`).
+    pub field: &'static str,
+}
+
+impl EnvOverride {
+    /// Whether it refines the first TLS listener (and so needs one to exist).
+    pub fn is_listener(&self) -> bool {
+        self.field.starts_with("listeners[0].")
+    }
+}
+
+/// Set by the buildpack's profile script, for the processes the sidecar runs beside, when it
+/// moves the app off the route port: the route port as CF gave it (`$PORT` before the move).
+/// The sidecar serves this port while it is set.
+pub const ROUTE_PORT_ENV: &str = "TLS_SIDECAR_ROUTE_PORT";
+
 /// The environment variables the sidecar and the buildpack read, in the order they are applied.
-pub const ENV_OVERRIDES: &[&str] = &[
-    "TLS_SIDECAR_PORT",
-    "TLS_SIDECAR_UPSTREAM",
-    "TLS_SIDECAR_MODE",
-    "TLS_SIDECAR_CLIENT_AUTH",
-    "TLS_SIDECAR_ALLOW",
-    "TLS_SIDECAR_MEMORY",
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        var: "TLS_SIDECAR_PORT",
+        field: "listeners[0].port",
+    },
+    EnvOverride {
+        var: "TLS_SIDECAR_UPSTREAM",
+        field: "listeners[0].upstream",
+    },
+    EnvOverride {
+        var: "TLS_SIDECAR_MODE",
+        field: "listeners[0].mode",
+    },
+    EnvOverride {
+        var: "TLS_SIDECAR_CLIENT_AUTH",
+        field: "listeners[0].client_auth",
+    },
+    EnvOverride {
+        var: "TLS_SIDECAR_ALLOW",
+        field: "listeners[0].allow",
+    },
+    EnvOverride {
+        var: "TLS_SIDECAR_MEMORY",
+        field: "sidecar.memory",
+    },
 ];

@@ -2,16 +2,20 @@
 
 use crate::app::{
     AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    SidecarSpec, TrustSpec,
+    RouteSpec, SidecarSpec, TrustSpec,
 };
 use crate::error::{ConfigError, Origin};
 use crate::value::{
-    CertificateSource, ClientAuth, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector, Xfcc,
-    valid_dns_name,
+    CertificateSource, ClientAuth, Fronting, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
+    Xfcc, valid_dns_name,
 };
 
 /// CF's default `$PORT` (the first process port); used at staging, where `$PORT` is not set.
 pub const DEFAULT_APP_PORT: u16 = 8080;
+
+/// Where the app listens while the sidecar fronts the route port (`route.app_port`). Not a
+/// port CF, Diego or the sidecar's own defaults (8443, 8444) use.
+pub const DEFAULT_ROUTE_APP_PORT: u16 = 8081;
 
 /// Ports a listener must never take, with the reason: Diego's sshd and Envoy own them.
 pub const RESERVED_PORTS: &[(u16, u16, &str)] = &[
@@ -36,6 +40,7 @@ pub struct StagedConfig {
     pub limits: Limits,
     pub sidecar: Sidecar,
     pub log: Log,
+    pub route: Route,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +106,10 @@ pub struct Limits {
     pub idle_timeout: Millis,
     pub drain_timeout: Millis,
     pub connect_timeout: Millis,
+    /// `None`: each TLS listener gets an equal share of `max_connections`.
+    pub listener_connections: Option<u32>,
+    pub app_connections: u32,
+    pub streams_per_connection: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +133,47 @@ pub struct Log {
     pub level: String,
 }
 
+/// The route port: Gorouter (through Diego's Envoy, a plain TCP proxy) and container-to-container
+/// callers with a policy for `$PORT` reach the app there, with whatever headers they chose. While
+/// fronted, the buildpack's profile script moves the app to `app_port` and the sidecar serves
+/// `$PORT`, stripping identity headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// As written (`auto` stays `auto` in the staged file, so a run-time mode override is
+    /// judged again at start).
+    pub fronting: Fronting,
+    pub app_port: u16,
+    /// `fronting` resolved: `on`, or `auto` and some listener sets X-Forwarded-Client-Cert.
+    pub fronted: bool,
+    /// Keep the canonical `X-Forwarded-Client-Cert` on the route port: what Gorouter sets on
+    /// an identity-aware (RFC-0055) domain with `forwarded_client_cert: sanitize_set`. Any
+    /// other spelling (`_` for `-`) is still stripped: Gorouter's sanitizing does not touch it.
+    pub trust_gorouter_xfcc: bool,
+}
+
+impl Route {
+    /// The staging line and `check` line for this decision, in CF's voice.
+    pub fn describe(&self) -> String {
+        if self.fronted && self.trust_gorouter_xfcc {
+            format!(
+                "Route port $PORT: fronted by the sidecar (Gorouter's X-Forwarded-Client-Cert kept from Diego's Envoy only, other spellings and peers stripped); the app listens on {}",
+                self.app_port
+            )
+        } else if self.fronted {
+            format!(
+                "Route port $PORT: fronted by the sidecar (identity headers stripped); the app listens on {}",
+                self.app_port
+            )
+        } else {
+            "Route port $PORT: not fronted; the app listens on $PORT".to_owned()
+        }
+    }
+}
+
+/// What staging and `check` say when a listener sets X-Forwarded-Client-Cert but the route
+/// port is not fronted: whoever calls the route can send the header themselves.
+pub const UNFRONTED_XFCC_WARNING: &str = "a listener sets X-Forwarded-Client-Cert but the sidecar does not front the route port (route.fronting: off, or sidecar.process_types: []): anyone who reaches $PORT can send a forged X-Forwarded-Client-Cert (Gorouter passes it through by default), so the app cannot trust that header (remove route.fronting: off, or set xfcc: off on every listener)";
+
 /// Resolves which source a listener field came from, for error messages.
 struct Origins<'a> {
     file: Origin,
@@ -132,14 +182,12 @@ struct Origins<'a> {
 
 impl Origins<'_> {
     fn of(&self, field: &str) -> Origin {
-        let var = match field {
-            "listeners[0].port" => "TLS_SIDECAR_PORT",
-            "listeners[0].upstream" => "TLS_SIDECAR_UPSTREAM",
-            "listeners[0].mode" => "TLS_SIDECAR_MODE",
-            "listeners[0].client_auth" => "TLS_SIDECAR_CLIENT_AUTH",
-            "listeners[0].allow" => "TLS_SIDECAR_ALLOW",
-            "sidecar.memory" => "TLS_SIDECAR_MEMORY",
-            _ => return self.file.clone(),
+        let Some(var) = crate::ENV_OVERRIDES
+            .iter()
+            .find(|o| o.field == field)
+            .map(|o| o.var)
+        else {
+            return self.file.clone();
         };
         if self.env_used.contains(&var) {
             Origin::Env(var.to_owned())
@@ -232,6 +280,15 @@ impl StagedConfig {
             &mut warnings,
         )?;
         let log = log(app.log.clone().unwrap_or_default(), &o)?;
+        let route = route(
+            app.route.clone().unwrap_or_default(),
+            &listeners,
+            &egress,
+            &admin,
+            &sidecar,
+            &o,
+            &mut warnings,
+        )?;
 
         Ok((
             StagedConfig {
@@ -243,6 +300,7 @@ impl StagedConfig {
                 limits,
                 sidecar,
                 log,
+                route,
             },
             warnings,
         ))
@@ -273,7 +331,7 @@ impl StagedConfig {
                         mode: Some(l.mode),
                         // Only when it is not what `allow` implies: a pinned `none` would contradict an
                         // `allow` added at run time with TLS_SIDECAR_ALLOW (cf set-env + restart).
-                        client_auth: (l.client_auth != implied_client_auth(&l.allow))
+                        client_auth: (l.client_auth != ClientAuth::implied_by(&l.allow))
                             .then_some(l.client_auth),
                         allow: Some(l.allow.clone()),
                         // Only the field the mode uses: the other would read back as "set" and warn at
@@ -318,6 +376,9 @@ impl StagedConfig {
                 idle_timeout: Some(self.limits.idle_timeout),
                 drain_timeout: Some(self.limits.drain_timeout),
                 connect_timeout: Some(self.limits.connect_timeout),
+                listener_connections: self.limits.listener_connections,
+                app_connections: Some(self.limits.app_connections),
+                streams_per_connection: Some(self.limits.streams_per_connection),
             }),
             sidecar: Some(SidecarSpec {
                 memory: Some(self.sidecar.memory),
@@ -326,6 +387,11 @@ impl StagedConfig {
             log: Some(LogSpec {
                 format: Some(self.log.format),
                 level: Some(self.log.level.clone()),
+            }),
+            route: Some(RouteSpec {
+                fronting: Some(self.route.fronting),
+                app_port: Some(self.route.app_port),
+                trust_gorouter_xfcc: Some(self.route.trust_gorouter_xfcc),
             }),
         }
     }
@@ -364,7 +430,7 @@ fn listener(
         ));
     }
     let client_auth = match (spec.client_auth, allow.is_empty()) {
-        (None, _) => implied_client_auth(&allow),
+        (None, _) => ClientAuth::implied_by(&allow),
         (Some(ClientAuth::Required), _) => ClientAuth::Required,
         (Some(other), false) => {
             return Err(ConfigError::invalid(
@@ -398,15 +464,6 @@ fn listener(
         xfcc: spec.xfcc.unwrap_or(Xfcc::Envoy),
         proxy_protocol: spec.proxy_protocol.unwrap_or(false),
     })
-}
-
-/// What `client_auth` is when the file leaves it out.
-fn implied_client_auth(allow: &[Selector]) -> ClientAuth {
-    if allow.is_empty() {
-        ClientAuth::None
-    } else {
-        ClientAuth::Required
-    }
 }
 
 fn egress_entry(spec: &EgressSpec, i: usize, o: &Origins) -> Result<Egress, ConfigError> {
@@ -519,8 +576,30 @@ fn check_ports(
         }
         taken.push((l.port, field));
     }
+    if admin.enabled
+        && let Some(why) = reserved(admin.listen.port)
+    {
+        return Err(ConfigError::invalid(
+            &o.file,
+            "admin.listen",
+            format!(
+                "port {} is reserved: {why} (pick another, e.g. 127.0.0.1:8444)",
+                admin.listen.port
+            ),
+        ));
+    }
     for (i, e) in egress.iter().enumerate() {
         let field = format!("egress[{i}].listen");
+        if let Some(why) = reserved(e.listen.port) {
+            return Err(ConfigError::invalid(
+                &o.file,
+                field,
+                format!(
+                    "port {} is reserved: {why} (pick another, e.g. 127.0.0.1:9001)",
+                    e.listen.port
+                ),
+            ));
+        }
         if e.listen.port == app_port {
             return Err(ConfigError::invalid(
                 &o.file,
@@ -536,11 +615,26 @@ fn check_ports(
             ));
         }
         taken.push((e.listen.port, field));
-        if egress[..i].iter().any(|p| p.name == e.name) {
+        if let Some((j, p)) = egress[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.env_var() == e.env_var())
+        {
+            // `a-b` and `a_b` export the same variable: the app would see only one of them.
+            let problem = if p.name == e.name {
+                format!("\"{}\" is used twice", e.name)
+            } else {
+                format!(
+                    "\"{}\" and egress[{j}].name \"{}\" both export {} (names differing only in '-' and '_' collide); rename one",
+                    e.name,
+                    p.name,
+                    e.env_var()
+                )
+            };
             return Err(ConfigError::invalid(
                 &o.file,
                 format!("egress[{i}].name"),
-                format!("\"{}\" is used twice", e.name),
+                problem,
             ));
         }
     }
@@ -682,6 +776,24 @@ fn limits(
         spec.drain_timeout.unwrap_or(Millis::secs(8)),
         "drain_timeout",
     )?;
+    let at_least_one = |v: Option<u32>, f: &str| -> Result<Option<u32>, ConfigError> {
+        match v {
+            Some(0) => Err(ConfigError::invalid(
+                &o.file,
+                format!("limits.{f}"),
+                "0 would refuse everything (leave it out for the default)",
+            )),
+            v => Ok(v),
+        }
+    };
+    let listener_connections = at_least_one(spec.listener_connections, "listener_connections")?;
+    // In flight to the app, a request holds its client connection and an app connection:
+    // a quarter of the connections the memory covers keeps that within it.
+    let app_connections = at_least_one(spec.app_connections, "app_connections")?
+        .unwrap_or_else(|| (max_connections / 4).max(16));
+    let streams_per_connection =
+        at_least_one(spec.streams_per_connection, "streams_per_connection")?
+            .unwrap_or_else(|| (app_connections / 4).clamp(8, 100));
     if drain_timeout >= Millis::secs(10) {
         warnings.push(format!("limits.drain_timeout {drain_timeout} is not below CF's 10 s stop timeout: CF kills the instance before the drain can finish"));
     }
@@ -700,6 +812,9 @@ fn limits(
             spec.connect_timeout.unwrap_or(Millis::secs(5)),
             "connect_timeout",
         )?,
+        listener_connections,
+        app_connections,
+        streams_per_connection,
     })
 }
 
@@ -720,6 +835,96 @@ fn sidecar(spec: SidecarSpec, o: &Origins) -> Result<Sidecar, ConfigError> {
     Ok(Sidecar {
         memory: spec.memory.unwrap_or(MemoryMb(32)),
         process_types,
+    })
+}
+
+/// Whether some listener tells the app who called (the header a forger would send too).
+fn sets_xfcc(listeners: &[Listener]) -> bool {
+    listeners
+        .iter()
+        .any(|l| l.mode == Mode::Http && l.xfcc != Xfcc::Off)
+}
+
+fn route(
+    spec: RouteSpec,
+    listeners: &[Listener],
+    egress: &[Egress],
+    admin: &Admin,
+    sidecar: &Sidecar,
+    o: &Origins,
+    warnings: &mut Vec<String>,
+) -> Result<Route, ConfigError> {
+    let fronting = spec.fronting.unwrap_or(Fronting::Auto);
+    let app_port = spec.app_port.unwrap_or(DEFAULT_ROUTE_APP_PORT);
+    let invalid = |field: &str, text: String| ConfigError::invalid(&o.file, field, text);
+    if app_port == 0 {
+        return Err(invalid(
+            "route.app_port",
+            "0 is not a port number (expected 1-65535)".to_owned(),
+        ));
+    }
+    if let Some(why) = reserved(app_port) {
+        return Err(invalid(
+            "route.app_port",
+            format!("{app_port} is reserved: {why} (pick another, e.g. {DEFAULT_ROUTE_APP_PORT})"),
+        ));
+    }
+    if app_port == DEFAULT_APP_PORT {
+        return Err(invalid(
+            "route.app_port",
+            format!(
+                "{app_port} is CF's route port $PORT, which the sidecar serves while fronting (pick another, e.g. {DEFAULT_ROUTE_APP_PORT})"
+            ),
+        ));
+    }
+    // The profile script that moves the app runs only for the process types the sidecar runs
+    // beside: with none declared here, nothing would serve the route port.
+    if fronting == Fronting::On && !sidecar.declared_by_buildpack() {
+        return Err(invalid(
+            "route.fronting",
+            "\"on\" needs the sidecar declared by the buildpack, but sidecar.process_types is empty (list the process types, or set route.fronting: off)".to_owned(),
+        ));
+    }
+    let fronted = match fronting {
+        Fronting::On => true,
+        Fronting::Off => false,
+        Fronting::Auto => sidecar.declared_by_buildpack() && sets_xfcc(listeners),
+    };
+    if fronted {
+        let mut taken: Vec<(u16, String)> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.port, format!("listeners[{i}].port")))
+            .collect();
+        taken.extend(
+            egress
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.listen.port, format!("egress[{i}].listen"))),
+        );
+        if admin.enabled {
+            taken.push((admin.listen.port, "admin.listen".to_owned()));
+        }
+        if let Some((_, other)) = taken.iter().find(|(p, _)| *p == app_port) {
+            return Err(invalid(
+                "route.app_port",
+                format!("{app_port} is already used by {other}"),
+            ));
+        }
+    } else if sets_xfcc(listeners) {
+        warnings.push(UNFRONTED_XFCC_WARNING.to_owned());
+    }
+    let trust_gorouter_xfcc = spec.trust_gorouter_xfcc.unwrap_or(false);
+    if trust_gorouter_xfcc && !fronted {
+        warnings.push(
+            "route.trust_gorouter_xfcc is ignored: the sidecar does not front the route port, so the app gets every header sent there".to_owned(),
+        );
+    }
+    Ok(Route {
+        fronting,
+        app_port,
+        fronted,
+        trust_gorouter_xfcc,
     })
 }
 
@@ -911,6 +1116,161 @@ mod tests {
         assert_eq!(explicit.limits.max_connections, 100);
     }
 
+    fn stage_warned(yaml: &str) -> (StagedConfig, Vec<String>) {
+        let app = AppConfig::parse(yaml, "tls-sidecar.yml").unwrap();
+        StagedConfig::from_app(&app, "tls-sidecar.yml", &[], DEFAULT_APP_PORT).unwrap()
+    }
+
+    #[test]
+    fn the_route_port_is_fronted_by_default_exactly_when_a_listener_sets_xfcc() {
+        // http mode sets XFCC (envoy) by default: a forged one on $PORT must not reach the app.
+        let (s, warnings) = stage_warned("listeners:\n  - mode: http\n");
+        assert_eq!(
+            s.route,
+            Route {
+                fronting: Fronting::Auto,
+                app_port: DEFAULT_ROUTE_APP_PORT,
+                fronted: true,
+                trust_gorouter_xfcc: false,
+            }
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            s.route.describe(),
+            "Route port $PORT: fronted by the sidecar (identity headers stripped); the app listens on 8081"
+        );
+        // Nothing tells the app who called: the app keeps $PORT.
+        for yaml in [
+            "",
+            "listeners:\n  - mode: http\n    xfcc: off\n",
+            "listeners:\n  - mode: tcp\n",
+        ] {
+            let (s, warnings) = stage_warned(yaml);
+            assert!(!s.route.fronted, "{yaml}");
+            assert!(warnings.is_empty(), "{yaml}: {warnings:?}");
+        }
+        let (s, _) = stage_warned("route:\n  fronting: on\n  app_port: 9090\n");
+        assert!(s.route.fronted);
+        assert_eq!(s.route.app_port, 9090);
+        let (s, warnings) =
+            stage_warned("listeners:\n  - mode: http\nroute:\n  trust_gorouter_xfcc: true\n");
+        assert!(s.route.fronted && s.route.trust_gorouter_xfcc && warnings.is_empty());
+        assert_eq!(
+            s.route.describe(),
+            "Route port $PORT: fronted by the sidecar (Gorouter's X-Forwarded-Client-Cert kept from Diego's Envoy only, other spellings and peers stripped); the app listens on 8081"
+        );
+        let (_, warnings) = stage_warned("route:\n  trust_gorouter_xfcc: true\n");
+        assert!(
+            warnings[0].starts_with("route.trust_gorouter_xfcc is ignored"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn an_unfronted_route_port_beside_an_xfcc_listener_warns_that_xfcc_can_be_forged() {
+        for yaml in [
+            "listeners:\n  - mode: http\nroute:\n  fronting: off\n",
+            "listeners:\n  - mode: http\n    xfcc: raw\nsidecar:\n  process_types: []\n",
+        ] {
+            let (s, warnings) = stage_warned(yaml);
+            assert!(!s.route.fronted, "{yaml}");
+            assert_eq!(warnings, [UNFRONTED_XFCC_WARNING], "{yaml}");
+        }
+        assert!(UNFRONTED_XFCC_WARNING.contains("forged X-Forwarded-Client-Cert"));
+    }
+
+    #[test]
+    fn a_route_app_port_that_collides_or_is_reserved_is_rejected() {
+        for (yaml, want) in [
+            (
+                "route:\n  fronting: on\n  app_port: 8080\n",
+                "route.app_port: 8080 is CF's route port $PORT",
+            ),
+            (
+                "route:\n  fronting: on\n  app_port: 61001\n",
+                "route.app_port: 61001 is reserved: Diego's per-container Envoy",
+            ),
+            (
+                "route:\n  fronting: on\n  app_port: 2222\n",
+                "2222 is reserved: CF's SSH port",
+            ),
+            (
+                "route:\n  fronting: on\n  app_port: 8443\n",
+                "route.app_port: 8443 is already used by listeners[0].port",
+            ),
+            (
+                "route:\n  fronting: on\n  app_port: 8444\n",
+                "route.app_port: 8444 is already used by admin.listen",
+            ),
+            (
+                "route:\n  fronting: on\n  app_port: 9001\negress:\n  - name: b\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n",
+                "route.app_port: 9001 is already used by egress[0].listen",
+            ),
+            (
+                "route:\n  app_port: 0\n",
+                "route.app_port: 0 is not a port number",
+            ),
+            (
+                "route:\n  fronting: on\nsidecar:\n  process_types: []\n",
+                "route.fronting: \"on\" needs the sidecar declared by the buildpack",
+            ),
+        ] {
+            let e = stage(yaml).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        // Unfronted, the port is never bound, so it collides with nothing.
+        assert!(stage("route:\n  fronting: off\n  app_port: 8443\n").is_ok());
+        let e = AppConfig::parse("route:\n  fronting: maybe\n", "f").unwrap_err();
+        assert!(e.to_string().contains("auto, on, off"), "{e}");
+    }
+
+    #[test]
+    fn the_staged_route_keeps_auto_so_a_run_time_mode_override_is_judged_again() {
+        let staged = stage("listeners:\n  - mode: http\n").unwrap();
+        let text = staged.to_yaml();
+        assert!(
+            text.contains(
+                "route:\n  fronting: auto\n  app_port: 8081\n  trust_gorouter_xfcc: false\n"
+            ),
+            "{text}"
+        );
+        let env: Env = [("TLS_SIDECAR_MODE".to_owned(), "tcp".to_owned())].into();
+        let (s, _, _) = StagedConfig::load_with_env(&text, "staged", &env, 8081).unwrap();
+        assert!(!s.route.fronted);
+        // At start $PORT is the moved port: that is not a collision.
+        let (s, warnings, _) =
+            StagedConfig::load_with_env(&text, "staged", &Env::new(), 8081).unwrap();
+        assert!(s.route.fronted && warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn app_concurrency_limits_follow_the_declared_sidecar_memory_and_refuse_zero() {
+        let d = stage("").unwrap().limits;
+        // A quarter of the 768 connections, and a quarter of that per HTTP/2 connection.
+        assert_eq!((d.app_connections, d.streams_per_connection), (192, 48));
+        assert_eq!(d.listener_connections, None);
+        let big = stage("sidecar:\n  memory: 264M\n").unwrap().limits;
+        assert_eq!(
+            (big.app_connections, big.streams_per_connection),
+            (2048, 100)
+        );
+        let tiny = stage("sidecar:\n  memory: 4\n").unwrap().limits;
+        assert_eq!((tiny.app_connections, tiny.streams_per_connection), (16, 8));
+        let set = stage("limits:\n  listener_connections: 10\n  app_connections: 3\n")
+            .unwrap()
+            .limits;
+        assert_eq!(set.listener_connections, Some(10));
+        assert_eq!((set.app_connections, set.streams_per_connection), (3, 8));
+        for field in [
+            "listener_connections",
+            "app_connections",
+            "streams_per_connection",
+        ] {
+            let e = stage(&format!("limits:\n  {field}: 0\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("limits.{field}")), "{e}");
+        }
+    }
+
     #[test]
     fn max_connections_beyond_the_declared_memory_warns_with_the_memory_it_needs() {
         let app = AppConfig::parse("limits:\n  max_connections: 10000\n", "f").unwrap();
@@ -928,6 +1288,35 @@ mod tests {
         .unwrap();
         let (_, warnings) = StagedConfig::from_app(&app, "f", &[], 8080).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn egress_names_that_export_the_same_variable_are_refused() {
+        let e = stage("egress:\n  - name: a-b\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n  - name: a_b\n    listen: 127.0.0.1:9002\n    target: c.apps.internal:8443\n    expect: [cf:any]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tls-sidecar.yml: egress[1].name: \"a_b\" and egress[0].name \"a-b\" both export TLS_SIDECAR_EGRESS_A_B (names differing only in '-' and '_' collide); rename one"
+        );
+    }
+
+    #[test]
+    fn egress_and_admin_addresses_cannot_take_cf_reserved_ports() {
+        for port in [2222, 61001, 61050, 61443, 61445, 62443] {
+            let e = stage(&format!("egress:\n  - name: b\n    listen: 127.0.0.1:{port}\n    target: b.apps.internal:8443\n    expect: [cf:any]\n")).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("egress[0].listen: port {port} is reserved")),
+                "{text}"
+            );
+            let e = stage(&format!("admin:\n  listen: 127.0.0.1:{port}\n")).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("admin.listen: port {port} is reserved")),
+                "{text}"
+            );
+        }
+        // A disabled admin endpoint binds nothing, so its address does not matter.
+        stage("admin:\n  listen: 127.0.0.1:2222\n  enabled: false\n").unwrap();
     }
 }
 
@@ -988,7 +1377,8 @@ mod schema_tests {
     fn full_config() -> StagedConfig {
         let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http, client_auth: optional}]\n\
             egress: [{name: b, listen: 127.0.0.1:9001, target: b.apps.internal:8443, expect: [cf:any]}]\n\
-            certificate: {source: files, cert_file: c, key_file: k, service: s}\n";
+            certificate: {source: files, cert_file: c, key_file: k, service: s}\n\
+            limits: {listener_connections: 100}\n";
         let app = AppConfig::parse(yaml, "f").unwrap();
         StagedConfig::from_app(&app, "f", &[], DEFAULT_APP_PORT)
             .unwrap()
@@ -1043,6 +1433,11 @@ mod schema_tests {
         assert_eq!(dur(&lim["drain_timeout"]), d.limits.drain_timeout);
         assert_eq!(dur(&lim["connect_timeout"]), d.limits.connect_timeout);
         assert_eq!(lim["max_connections"]["default"], d.limits.max_connections);
+        assert_eq!(lim["app_connections"]["default"], d.limits.app_connections);
+        assert_eq!(
+            lim["streams_per_connection"]["default"],
+            d.limits.streams_per_connection
+        );
         assert_eq!(l["port"]["default"], d.listeners[0].port);
         assert_eq!(l["mode"]["default"], d.listeners[0].mode.as_str());
         assert_eq!(
@@ -1057,6 +1452,14 @@ mod schema_tests {
         assert_eq!(
             s["properties"]["sidecar"]["properties"]["memory"]["default"],
             d.sidecar.memory.0
+        );
+        let route = &s["properties"]["route"]["properties"];
+        assert_eq!(enum_of(&route["fronting"]), Fronting::ALLOWED);
+        assert_eq!(route["fronting"]["default"], d.route.fronting.as_str());
+        assert_eq!(route["app_port"]["default"], d.route.app_port);
+        assert_eq!(
+            route["trust_gorouter_xfcc"]["default"],
+            d.route.trust_gorouter_xfcc
         );
     }
 }

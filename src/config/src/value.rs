@@ -212,6 +212,17 @@ string_enum!(
     /// Whether a listener asks for and verifies a client certificate.
     ClientAuth { None => "none", Optional => "optional", Required => "required" }
 );
+impl ClientAuth {
+    /// What `client_auth` is when the file leaves it out: access rules need a certificate to
+    /// match against, so any `allow` rule implies `required`.
+    pub(crate) fn implied_by(allow: &[Selector]) -> ClientAuth {
+        if allow.is_empty() {
+            ClientAuth::None
+        } else {
+            ClientAuth::Required
+        }
+    }
+}
 string_enum!(
     /// How the caller's certificate is passed to the app in `X-Forwarded-Client-Cert`.
     Xfcc { Envoy => "envoy", Raw => "raw", Off => "off" }
@@ -223,6 +234,15 @@ string_enum!(
 string_enum!(
     /// Log line format on stdout.
     LogFormat { Logfmt => "logfmt", Json => "json" }
+);
+string_enum!(
+    /// Whether the sidecar serves the route port (`$PORT`) in front of the app.
+    Fronting {
+        /// On whenever a listener tells the app who called (http mode with `xfcc` set).
+        Auto => "auto",
+        On => "on",
+        Off => "off"
+    }
 );
 
 /// `host:port`, where host is an IP address or a DNS name.

@@ -23,6 +23,18 @@ pub struct VcapApplication {
 }
 
 impl VcapApplication {
+    /// Stands for the app's name in `cf` commands of fix texts when `VCAP_APPLICATION` names
+    /// none (outside CF, or a hand-made environment).
+    pub const APP_NAME_PLACEHOLDER: &'static str = "APP_NAME";
+
+    /// The app's name for `cf` commands in fix texts, or [`Self::APP_NAME_PLACEHOLDER`].
+    pub fn app_name(&self) -> &str {
+        self.application_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(Self::APP_NAME_PLACEHOLDER)
+    }
+
     /// Reads `VCAP_APPLICATION` from `env`; absent or unparsable yields the empty value and the
     /// parse error text, so callers can warn without failing.
     pub fn from_env(env: &crate::Env) -> (Self, Option<String>) {
@@ -55,7 +67,19 @@ mod tests {
         let (v, err) = VcapApplication::from_env(&env);
         assert!(err.is_none());
         assert_eq!(v.application_name.as_deref(), Some("web"));
+        assert_eq!(v.app_name(), "web");
         assert_eq!(v.instance_index, Some(2));
         assert_eq!(v.application_uris, vec!["web.apps.internal"]);
+    }
+
+    #[test]
+    fn an_app_without_a_name_is_called_by_the_placeholder() {
+        for raw in [None, Some(r#"{"application_name":""}"#), Some("not json")] {
+            let mut env = crate::Env::new();
+            if let Some(raw) = raw {
+                env.insert("VCAP_APPLICATION".into(), raw.into());
+            }
+            assert_eq!(VcapApplication::from_env(&env).0.app_name(), "APP_NAME");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Checks that a binary is a static x86_64 ELF executable, reading the headers ourselves.
+//! Checks that a binary is a static x86_64 ELF executable, with the `object` crate's ELF reader.
 //!
 //! Why: the buildpack and the sidecar run on cflinuxfs3 (glibc 2.27), cflinuxfs4 (2.35) and
 //! cflinuxfs5 (2.39). A binary linked against the build machine's glibc fails there with a
@@ -8,38 +8,21 @@
 //! name no interpreter and no libraries, so "has `PT_DYNAMIC`" is not the test.
 //!
 //! No external tool (`file`, `readelf`, `ldd`): they differ between machines, and `ldd` may run
-//! the binary. Only the ELF64 little-endian layout is parsed; anything else is rejected early.
+//! the binary. `object` reads the headers with every offset bounds-checked (each comes from the
+//! file itself, so none is trusted); only the ELF64 little-endian layout is accepted, anything
+//! else is rejected early. The integration tests read [`linking`] too, so there is one reader.
 
 use std::fs;
 use std::path::Path;
 
+use object::LittleEndian;
+use object::elf::{self, FileHeader64};
+use object::read::elf::{Dyn, FileHeader, ProgramHeader};
+
 use crate::errors::{ElfError, ElfProblem};
 
-const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-const EM_X86_64: u16 = 62;
-/// `e_phnum` value meaning "the real count is in section header 0's `sh_info`".
-const PN_XNUM: u16 = 0xffff;
-
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
-const PT_INTERP: u32 = 3;
-
-const DT_NULL: u64 = 0;
-const DT_NEEDED: u64 = 1;
-const DT_STRTAB: u64 = 5;
-
-/// Size of the ELF64 file header.
-const EHDR_SIZE: u64 = 64;
-/// Size of one ELF64 program header.
-const PHDR_SIZE: u64 = 56;
-/// Size of one ELF64 section header (only header 0 is read, for `PN_XNUM`).
-const SHDR_SIZE: u64 = 64;
-/// Size of one ELF64 `Elf64_Dyn` entry.
-const DYN_SIZE: u64 = 16;
+type Header = FileHeader64<LittleEndian>;
+type Segment = elf::ProgramHeader64<LittleEndian>;
 
 /// Reads `path` and checks that it is a static x86_64 ELF executable.
 ///
@@ -62,196 +45,154 @@ pub fn ensure_static_x86_64_executable(path: &Path) -> Result<(), ElfError> {
 /// # Errors
 /// The [`ElfProblem`] found first.
 pub fn check_static_x86_64_executable(bytes: &[u8]) -> Result<(), ElfProblem> {
-    let elf = Reader(bytes);
-    if elf.slice(0, 4).ok() != Some(ELF_MAGIC.as_slice()) {
-        return Err(ElfProblem::NotElf);
-    }
-    if elf.u8(4)? != ELFCLASS64 {
-        return Err(ElfProblem::Not64Bit);
-    }
-    if elf.u8(5)? != ELFDATA2LSB {
-        return Err(ElfProblem::BigEndian);
-    }
-    let e_type = elf.u16(16)?;
-    let e_machine = elf.u16(18)?;
-    if e_machine != EM_X86_64 {
+    let header = parse_header(bytes)?;
+    let endian = LittleEndian;
+    let e_machine = header.e_machine(endian).0;
+    if e_machine != elf::EM_X86_64.0 {
         return Err(ElfProblem::WrongMachine(e_machine));
     }
-    if e_type != ET_EXEC && e_type != ET_DYN {
-        return Err(ElfProblem::NotExecutable(e_type));
+    let e_type = header.e_type(endian);
+    if e_type != elf::ET_EXEC && e_type != elf::ET_DYN {
+        return Err(ElfProblem::NotExecutable(e_type.0));
     }
-    if elf.u64(24)? == 0 {
+    if header.e_entry(endian) == 0 {
         return Err(ElfProblem::NoEntryPoint);
     }
-
-    let headers = program_headers(&elf)?;
-    if let Some(interp) = headers.iter().find(|h| h.p_type == PT_INTERP) {
-        let raw = elf.slice(interp.offset, interp.filesz)?;
-        let name = raw.split(|&b| b == 0).next().unwrap_or_default();
-        return Err(ElfProblem::HasInterpreter(
-            String::from_utf8_lossy(name).into_owned(),
-        ));
+    let linking = read_linking(header, bytes)?;
+    if let Some(interpreter) = linking.interpreter {
+        return Err(ElfProblem::HasInterpreter(interpreter));
     }
-    if let Some(dynamic) = headers.iter().find(|h| h.p_type == PT_DYNAMIC) {
-        let needed = needed_libraries(&elf, dynamic, &headers)?;
-        if !needed.is_empty() {
-            return Err(ElfProblem::NeedsLibraries(needed.join(", ")));
-        }
+    if !linking.needed.is_empty() {
+        return Err(ElfProblem::NeedsLibraries(linking.needed.join(", ")));
     }
     Ok(())
 }
 
-/// The fields of a program header this check needs.
-struct ProgramHeader {
-    p_type: u32,
-    offset: u64,
-    vaddr: u64,
-    filesz: u64,
+/// What an ELF file says about how it is linked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linking {
+    /// `e_machine` (62 is x86_64).
+    pub machine: u16,
+    /// The `PT_INTERP` path, if any (e.g. `/lib64/ld-linux-x86-64.so.2`).
+    pub interpreter: Option<String>,
+    /// The `DT_NEEDED` library names; `?` for a name that cannot be located.
+    pub needed: Vec<String>,
 }
 
-fn program_headers(elf: &Reader<'_>) -> Result<Vec<ProgramHeader>, ElfProblem> {
-    let phoff = elf.u64(32)?;
-    let phentsize = u64::from(elf.u16(54)?);
-    let mut phnum = u64::from(elf.u16(56)?);
-    if phnum == u64::from(PN_XNUM) {
-        // More than 65534 headers: the count lives in section header 0 (`sh_info`, offset 44).
-        let shoff = elf.u64(40)?;
-        if shoff == 0 {
-            return Err(ElfProblem::Malformed(
-                "e_phnum is PN_XNUM but there is no section header 0".into(),
-            ));
-        }
-        phnum = u64::from(elf.u32(add(shoff, 44)?)?);
-        elf.slice(shoff, SHDR_SIZE)?;
+/// Reads how an ELF64 little-endian file is linked, whatever its machine or type.
+///
+/// # Errors
+/// The [`ElfProblem`] if it is not such a file or its headers are malformed.
+pub fn linking(bytes: &[u8]) -> Result<Linking, ElfProblem> {
+    read_linking(parse_header(bytes)?, bytes)
+}
+
+/// The file header, after the identification bytes say ELF64 little-endian (checked here, so
+/// the problem is named rather than `object`'s generic "unsupported").
+fn parse_header(bytes: &[u8]) -> Result<&Header, ElfProblem> {
+    if bytes.get(..4) != Some(elf::ELFMAG.as_slice()) {
+        return Err(ElfProblem::NotElf);
     }
-    if phnum == 0 {
+    // A header too short to hold these bytes is left to `parse`, which calls it malformed.
+    if let Some(&class) = bytes.get(4)
+        && class != elf::ELFCLASS64.0
+    {
+        return Err(ElfProblem::Not64Bit);
+    }
+    if let Some(&data) = bytes.get(5)
+        && data != elf::ELFDATA2LSB.0
+    {
+        return Err(ElfProblem::BigEndian);
+    }
+    Header::parse(bytes).map_err(malformed)
+}
+
+fn read_linking(header: &Header, bytes: &[u8]) -> Result<Linking, ElfProblem> {
+    let endian = LittleEndian;
+    let segments = header.program_headers(endian, bytes).map_err(malformed)?;
+    if segments.is_empty() {
         return Err(ElfProblem::Malformed("it has no program headers".into()));
     }
-    if phentsize < PHDR_SIZE {
-        return Err(ElfProblem::Malformed(format!(
-            "program header size {phentsize} < {PHDR_SIZE}"
-        )));
+    let mut interpreter = None;
+    let mut needed = Vec::new();
+    for segment in segments {
+        if let Some(path) = segment.interpreter(endian, bytes).map_err(malformed)? {
+            interpreter.get_or_insert_with(|| String::from_utf8_lossy(path).into_owned());
+        }
+        if let Some(entries) = segment.dynamic(endian, bytes).map_err(malformed)? {
+            needed.extend(needed_libraries(entries, segments, bytes));
+        }
     }
-    if phoff < EHDR_SIZE {
-        return Err(ElfProblem::Malformed(format!(
-            "program headers at offset {phoff}, inside the ELF header"
-        )));
-    }
-    // The whole table must be in the file, not just the fields read below.
-    elf.slice(phoff, phnum.checked_mul(phentsize).ok_or_else(overflow)?)?;
-    (0..phnum)
-        .map(|i| {
-            let at = add(phoff, i.checked_mul(phentsize).ok_or_else(overflow)?)?;
-            Ok(ProgramHeader {
-                p_type: elf.u32(at)?,
-                offset: elf.u64(add(at, 8)?)?,
-                vaddr: elf.u64(add(at, 16)?)?,
-                filesz: elf.u64(add(at, 32)?)?,
-            })
+    Ok(Linking {
+        machine: header.e_machine(endian).0,
+        interpreter,
+        needed,
+    })
+}
+
+/// The `DT_NEEDED` names of a dynamic segment. A name that cannot be located (no `DT_STRTAB`,
+/// or it points outside every `PT_LOAD`) still counts, as `?`: its presence is what matters.
+fn needed_libraries(
+    entries: &[elf::Dyn64<LittleEndian>],
+    segments: &[Segment],
+    bytes: &[u8],
+) -> Vec<String> {
+    let endian = LittleEndian;
+    let entries = entries
+        .iter()
+        .take_while(|d| d.d_tag(endian) != elf::DT_NULL);
+    let strtab = entries
+        .clone()
+        .find(|d| d.d_tag(endian) == elf::DT_STRTAB)
+        .and_then(|d| loaded(d.d_val(endian), segments, bytes));
+    entries
+        .filter(|d| d.d_tag(endian) == elf::DT_NEEDED)
+        .map(|d| {
+            strtab
+                .and_then(|table| table.get(usize::try_from(d.d_val(endian)).ok()?..))
+                .and_then(|name| name.get(..name.iter().position(|&b| b == 0)?))
+                .map_or_else(
+                    || "?".to_owned(),
+                    |n| String::from_utf8_lossy(n).into_owned(),
+                )
         })
         .collect()
 }
 
-/// The `DT_NEEDED` names of the dynamic segment. A name that cannot be located (no `DT_STRTAB`,
-/// or it points outside every `PT_LOAD`) still counts, as `?`: its presence is what matters.
-fn needed_libraries(
-    elf: &Reader<'_>,
-    dynamic: &ProgramHeader,
-    headers: &[ProgramHeader],
-) -> Result<Vec<String>, ElfProblem> {
-    let mut needed = Vec::new();
-    let mut strtab_vaddr = None;
-    for i in 0..dynamic.filesz / DYN_SIZE {
-        let at = add(dynamic.offset, i * DYN_SIZE)?;
-        let tag = elf.u64(at)?;
-        let value = elf.u64(add(at, 8)?)?;
-        match tag {
-            DT_NULL => break,
-            DT_NEEDED => needed.push(value),
-            DT_STRTAB => strtab_vaddr = Some(value),
-            _ => {}
-        }
-    }
-    let strtab_offset = strtab_vaddr.and_then(|vaddr| file_offset(vaddr, headers));
-    Ok(needed
-        .into_iter()
-        .map(|name_at| {
-            strtab_offset
-                .and_then(|base| base.checked_add(name_at))
-                .and_then(|at| elf.c_str(at))
-                .unwrap_or_else(|| "?".to_owned())
-        })
-        .collect())
-}
-
-/// Maps a virtual address to its file offset through the `PT_LOAD` segment that holds it.
-fn file_offset(vaddr: u64, headers: &[ProgramHeader]) -> Option<u64> {
-    headers
+/// The file bytes from virtual address `vaddr` to the end of the `PT_LOAD` segment holding it.
+fn loaded<'a>(vaddr: u64, segments: &[Segment], bytes: &'a [u8]) -> Option<&'a [u8]> {
+    let endian = LittleEndian;
+    segments
         .iter()
-        .filter(|h| h.p_type == PT_LOAD)
-        .find(|h| vaddr >= h.vaddr && vaddr - h.vaddr < h.filesz)
-        .and_then(|h| h.offset.checked_add(vaddr - h.vaddr))
+        .filter(|s| s.p_type(endian) == elf::PT_LOAD)
+        .find_map(|s| {
+            let start = vaddr.checked_sub(s.p_vaddr(endian))?;
+            let data = s.data(endian, bytes).ok()?;
+            data.get(usize::try_from(start).ok()?..)
+        })
 }
 
-fn add(a: u64, b: u64) -> Result<u64, ElfProblem> {
-    a.checked_add(b).ok_or_else(overflow)
-}
-
-fn overflow() -> ElfProblem {
-    ElfProblem::Malformed("a header offset overflows".into())
-}
-
-/// Bounds-checked little-endian reads: every offset comes from the file itself, so none is
-/// trusted.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn slice(&self, offset: u64, len: u64) -> Result<&[u8], ElfProblem> {
-        let out_of_file = || {
-            ElfProblem::Malformed(format!(
-                "{len} bytes at offset {offset} lie outside the {}-byte file",
-                self.0.len()
-            ))
-        };
-        let start = usize::try_from(offset).map_err(|_| out_of_file())?;
-        let len = usize::try_from(len).map_err(|_| out_of_file())?;
-        let end = start.checked_add(len).ok_or_else(out_of_file)?;
-        self.0.get(start..end).ok_or_else(out_of_file)
-    }
-
-    fn array<const N: usize>(&self, offset: u64) -> Result<[u8; N], ElfProblem> {
-        let mut out = [0; N];
-        out.copy_from_slice(self.slice(offset, N as u64)?);
-        Ok(out)
-    }
-
-    fn u8(&self, offset: u64) -> Result<u8, ElfProblem> {
-        Ok(self.array::<1>(offset)?[0])
-    }
-
-    fn u16(&self, offset: u64) -> Result<u16, ElfProblem> {
-        self.array(offset).map(u16::from_le_bytes)
-    }
-
-    fn u32(&self, offset: u64) -> Result<u32, ElfProblem> {
-        self.array(offset).map(u32::from_le_bytes)
-    }
-
-    fn u64(&self, offset: u64) -> Result<u64, ElfProblem> {
-        self.array(offset).map(u64::from_le_bytes)
-    }
-
-    /// A NUL-terminated string, or `None` if it runs off the end of the file.
-    fn c_str(&self, offset: u64) -> Option<String> {
-        let rest = self.0.get(usize::try_from(offset).ok()?..)?;
-        let end = rest.iter().position(|&b| b == 0)?;
-        Some(String::from_utf8_lossy(&rest[..end]).into_owned())
-    }
+fn malformed(err: object::Error) -> ElfProblem {
+    ElfProblem::Malformed(err.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The raw values the hand-built files below are written with.
+    const ELF_MAGIC: &[u8; 4] = &elf::ELFMAG;
+    const ELFCLASS64: u8 = elf::ELFCLASS64.0;
+    const ELFDATA2LSB: u8 = elf::ELFDATA2LSB.0;
+    const ET_EXEC: u16 = elf::ET_EXEC.0;
+    const ET_DYN: u16 = elf::ET_DYN.0;
+    const EM_X86_64: u16 = elf::EM_X86_64.0;
+    const PT_LOAD: u32 = elf::PT_LOAD.0;
+    const PT_DYNAMIC: u32 = elf::PT_DYNAMIC.0;
+    const PT_INTERP: u32 = elf::PT_INTERP.0;
+    const DT_NULL: u64 = 0;
+    const DT_NEEDED: u64 = 1;
+    const DT_STRTAB: u64 = 5;
 
     /// Builds a minimal ELF64 file: header, the given program headers, then `tail`.
     /// Each header is (type, offset, vaddr, filesz).

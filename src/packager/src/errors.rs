@@ -69,12 +69,30 @@ pub enum ElfProblem {
     Malformed(String),
 }
 
+/// Why the SBOM cannot be written.
+#[derive(Debug, Error)]
+pub enum SbomError {
+    /// `SOURCE_DATE_EPOCH` is past what an RFC 3339 timestamp can say.
+    #[error(
+        "SOURCE_DATE_EPOCH {0} is after 9999-12-31, which an RFC 3339 timestamp cannot write. \
+         Set it to the time of the last commit (`git log -1 --format=%ct`), or unset it"
+    )]
+    Timestamp(u64),
+    /// cyclonedx-bom could not write the document.
+    #[error("Cannot write the SBOM as CycloneDX 1.5 JSON: {0}")]
+    Write(String),
+}
+
 /// Everything that can stop a packaging run.
 #[derive(Debug, Error)]
 pub enum PackagerError {
     /// One of the two binaries is not static x86_64.
     #[error(transparent)]
     Elf(#[from] ElfError),
+
+    /// The SBOM cannot be written.
+    #[error(transparent)]
+    Sbom(#[from] SbomError),
 
     /// `--version` (or `VERSION`) cannot be used in a file name and a URI.
     #[error(
@@ -99,6 +117,18 @@ pub enum PackagerError {
          --dependency-uri-base or TLS_SIDECAR_DEPENDENCY_URI_BASE)"
     )]
     InvalidUriBase(String),
+
+    /// An uncached zip without a URL to download the tarball from.
+    #[error(
+        "An uncached buildpack downloads tls-sidecar-{version}-linux-x64.tgz at staging, and \
+         nobody publishes it unless you do: upload it from the output directory to a server \
+         the cells reach and give that URL with --dependency-uri-base URL (or \
+         TLS_SIDECAR_DEPENDENCY_URI_BASE), or package --cached (the default) instead"
+    )]
+    UncachedWithoutUriBase {
+        /// The version being packaged.
+        version: String,
+    },
 
     /// An input file (binary, VERSION, manifest, shim) cannot be read.
     #[error("Cannot read {}: {cause}", path.display())]

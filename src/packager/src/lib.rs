@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 pub use crate::archive::zip_name;
 pub use crate::elf::{check_static_x86_64_executable, ensure_static_x86_64_executable};
-pub use crate::errors::{ElfError, ElfProblem, PackagerError};
+pub use crate::errors::{ElfError, ElfProblem, PackagerError, SbomError};
 pub use crate::manifest::{PackagedManifest, SourceManifest, cached_dependency_path};
 pub use crate::output::Output;
 pub use crate::stack::Stack;
@@ -58,8 +58,8 @@ pub struct PackageOptions {
     pub version: Option<String>,
     /// Where the tarball, the zip and their `.sha256` files go; created if missing.
     pub output_dir: PathBuf,
-    /// The URL the tarball is published under; `None` means the GitHub release of `v<version>`
-    /// ([`manifest::default_dependency_uri_base`]).
+    /// The URL the tarball is published under. Required for an uncached zip (supply downloads
+    /// from it); a cached zip without one gets [`manifest::unpublished_dependency_uri_base`].
     pub dependency_uri_base: Option<String>,
     /// `cargo metadata --format-version 1` output for the SBOM's crate lists; `None` writes an
     /// SBOM that names only the zip and the two binaries.
@@ -106,7 +106,10 @@ pub fn package<W: Write>(
     let cf_stacks = source.cf_stacks_for(options.stack)?;
     let uri_base = match &options.dependency_uri_base {
         Some(base) => base.trim_end_matches('/').to_owned(),
-        None => manifest::default_dependency_uri_base(&version),
+        None if options.cached => manifest::unpublished_dependency_uri_base(&version),
+        // Nobody publishes the tarball unless the operator does: an uncached zip pointing at a
+        // made-up URL would fail every push after half a minute of retries.
+        None => return Err(PackagerError::UncachedWithoutUriBase { version }),
     };
     if !uri_base.contains("://") {
         return Err(PackagerError::InvalidUriBase(uri_base));
@@ -215,10 +218,6 @@ pub fn package<W: Write>(
         ],
         crates,
         timestamp: options.source_date_epoch,
-    })
-    .map_err(|cause| PackagerError::InvalidCargoMetadata {
-        path: options.cargo_metadata.clone().unwrap_or_default(),
-        problem: format!("cannot render the SBOM: {cause}"),
     })?;
 
     let output_dir = create_output_dir(&options.output_dir)?;

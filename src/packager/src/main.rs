@@ -26,11 +26,12 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = ".")]
     repo_root: PathBuf,
 
-    /// Put the dependency tarball into the zip (for foundations without internet access)
+    /// Put the dependency tarball into the zip: staging downloads nothing (the default)
     #[arg(long, conflicts_with = "uncached")]
     cached: bool,
 
-    /// Leave the tarball out; supply downloads it from the manifest's uri (the default)
+    /// Leave the tarball out; supply downloads it from <--dependency-uri-base>/<tarball>, which
+    /// is then required
     #[arg(long)]
     uncached: bool,
 
@@ -47,7 +48,7 @@ struct Args {
     output: Option<PathBuf>,
 
     /// URL the tarball is published under; the manifest's uri is <URL>/tls-sidecar-<version>-linux-x64.tgz
-    /// [default: the GitHub release download URL of v<version>]
+    /// (required with --uncached)
     #[arg(long, value_name = "URL", env = "TLS_SIDECAR_DEPENDENCY_URI_BASE")]
     dependency_uri_base: Option<String>,
 
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
         sidecar_binary: args.sidecar,
         buildpack_binary: args.buildpack_binary,
         stack: args.stack,
-        cached: args.cached,
+        cached: args.cached || !args.uncached,
         version: args.version,
         dependency_uri_base: args.dependency_uri_base,
         cargo_metadata: args.cargo_metadata,

@@ -34,12 +34,13 @@ pub const REQUIRED_INCLUDE_FILES: [&str; 7] = [
 /// Files that go into the zip if the repository has them and are skipped (with a note) if not.
 pub const OPTIONAL_INCLUDE_FILES: [&str; 2] = ["README.md", "LICENSE"];
 
-/// The release download URL the uncached zip points supply at, unless told otherwise.
+/// The `uri` base of a cached zip packaged without `--dependency-uri-base`. A cached zip never
+/// downloads (supply takes the tarball from the zip, by `file:`), but libbuildpack's schema
+/// wants a `uri`: the reserved `.invalid` domain (RFC 2606) says plainly that nothing is
+/// published there.
 #[must_use]
-pub fn default_dependency_uri_base(version: &str) -> String {
-    format!(
-        "https://github.com/cloudfoundry-community/tls-sidecar-buildpack/releases/download/v{version}"
-    )
+pub fn unpublished_dependency_uri_base(version: &str) -> String {
+    format!("https://unpublished.invalid/tls-sidecar/v{version}")
 }
 
 /// Where the cached zip stores a dependency, as libbuildpack's packager does and its installer
@@ -76,6 +77,14 @@ struct SourceDependency {
     sha256: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     file: Option<serde_yaml_ng::Value>,
+    /// libbuildpack's keys for where a dependency was built from and its sub-modules: valid in
+    /// a source manifest (operators' tooling writes them), not used by this packager.
+    #[serde(default, rename = "source")]
+    _source: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "source_sha256")]
+    _source_sha256: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "modules")]
+    _modules: Option<serde_yaml_ng::Value>,
 }
 
 /// The source manifest as written in the repository.
@@ -91,10 +100,21 @@ struct RawSourceManifest {
     dependencies: Vec<SourceDependency>,
     #[serde(default)]
     include_files: Vec<String>,
-    /// Accepted because libbuildpack manifests carry it; unused, because this packager builds the
-    /// binaries itself (scripts/package.sh).
+    /// libbuildpack's `pre_package` command: scripts/pre-package.sh builds what include_files
+    /// names but the repository lacks (lib/tls-sidecar-buildpack). This packager builds through
+    /// scripts/package.sh instead, so it does not run it.
     #[serde(default, rename = "pre_package")]
     _pre_package: Option<serde_yaml_ng::Value>,
+    /// Other keys of libbuildpack's manifest schema: valid in a source manifest, unused here
+    /// (docs/DESIGN.md, "manifest.yml").
+    #[serde(default, rename = "dependency_deprecation_dates")]
+    _dependency_deprecation_dates: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "version_lines")]
+    _version_lines: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "url_to_dependency_map")]
+    _url_to_dependency_map: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "exclude_files")]
+    _exclude_files: Option<serde_yaml_ng::Value>,
 }
 
 /// A validated source manifest: one `tls-sidecar` dependency, known stacks, every required file
@@ -506,5 +526,25 @@ include_files: [README.md, VERSION, bin/detect, bin/supply, bin/finalize, bin/re
             cached_dependency_path("file:///x/y.tgz"),
             "dependencies/a5dff64af7daeab45a332fa66f87ebaf/y.tgz"
         );
+    }
+
+    #[test]
+    fn libbuildpack_schema_keys_are_accepted_and_truly_unknown_keys_are_refused_with_their_line() {
+        let with_keys = SOURCE.replace(
+            "    cf_stacks: [cflinuxfs3, cflinuxfs4, cflinuxfs5]\n",
+            "    cf_stacks: [cflinuxfs3, cflinuxfs4, cflinuxfs5]\n    source: https://example.com/src.tgz\n    source_sha256: abc\n    modules: []\n",
+        ) + "pre_package: scripts/pre-package.sh\n\
+dependency_deprecation_dates:\n  - {version_line: 1.x.x, name: tls-sidecar, date: 2030-01-01, link: https://example.com}\n\
+version_lines: {tls-sidecar: {latest: 1.x}}\n\
+url_to_dependency_map: []\n\
+exclude_files: [.git/]\n";
+        let m = parse(&with_keys).expect("libbuildpack keys are valid");
+        assert_eq!(m.sidecar_version, "1.0.0");
+
+        let e = parse(&format!("{SOURCE}include_file: [x]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `include_file`"), "{e}");
+        assert!(e.contains("at line 10 column 1"), "{e}");
     }
 }

@@ -10,12 +10,31 @@
 //! and, if optional, enabled by the resolved features: the result is what `cargo build` links.
 //! Build dependencies are left out; they do not end up in the binaries.
 //!
+//! The document is built on cyclonedx-bom's model and written by its CycloneDX 1.5 serialiser.
+//!
 //! Deterministic: no serial number, no timestamp unless `SOURCE_DATE_EPOCH` gives one, and every
 //! list sorted, so the same inputs give the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use cyclonedx_bom::external_models::date_time::DateTime;
+use cyclonedx_bom::external_models::normalized_string::NormalizedString;
+use cyclonedx_bom::external_models::uri::Purl;
+use cyclonedx_bom::models::bom::{Bom, SpecVersion};
+use cyclonedx_bom::models::component::{Classification, Component, Components};
+use cyclonedx_bom::models::dependency::{Dependencies, Dependency};
+use cyclonedx_bom::models::hash::{Hash, HashAlgorithm, HashValue, Hashes};
+use cyclonedx_bom::models::license::{LicenseChoice, Licenses};
+use cyclonedx_bom::models::metadata::Metadata;
+use cyclonedx_bom::models::property::{Properties, Property};
+use cyclonedx_bom::models::tool::Tools;
+use serde::Deserialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub use crate::errors::SbomError;
 
 /// The parts of `cargo metadata --format-version 1` the SBOM needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -254,8 +273,9 @@ pub struct SbomInput<'a> {
 /// The SBOM as pretty-printed JSON, ending with a newline.
 ///
 /// # Errors
-/// Only if serialisation fails, which plain strings and lists do not.
-pub fn render(input: &SbomInput) -> Result<String, serde_json::Error> {
+/// [`SbomError`] if `SOURCE_DATE_EPOCH` lies past what RFC 3339 can write, or the document
+/// cannot be written as CycloneDX 1.5 JSON.
+pub fn render(input: &SbomInput) -> Result<String, SbomError> {
     let zip_ref = input.zip_name.to_owned();
     let mut components: BTreeMap<String, Component> = BTreeMap::new();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -267,10 +287,13 @@ pub fn render(input: &SbomInput) -> Result<String, serde_json::Error> {
         let version = root.map_or(input.version, |r| r.version.as_str());
         let purl = purl(binary.package, version);
         binaries.push(purl.clone());
-        let mut component = Component::library(binary.package, version, root);
-        component.kind = "application";
-        component.hashes = vec![Hash::sha256(binary.sha256)];
-        component.properties = vec![Property::new("tls-sidecar:location", &binary.location)];
+        let mut component = library(binary.package, version, root)?;
+        component.component_type = Classification::Application;
+        component.hashes = Some(sha256(binary.sha256));
+        component.properties = Some(Properties(vec![Property::new(
+            "tls-sidecar:location",
+            &binary.location,
+        )]));
         let Some(closure) = closure else {
             graph.insert(purl.clone(), BTreeSet::new());
             components.insert(purl, component);
@@ -280,10 +303,8 @@ pub fn render(input: &SbomInput) -> Result<String, serde_json::Error> {
             let this = purl_of(krate);
             let deps = graph.entry(this.clone()).or_default();
             deps.extend(krate.depends_on.iter().map(|&k| purl_of(&closure[k])));
-            if j > 0 {
-                components.entry(this).or_insert_with(|| {
-                    Component::library(&krate.name, &krate.version, Some(krate))
-                });
+            if j > 0 && !components.contains_key(&this) {
+                components.insert(this, library(&krate.name, &krate.version, Some(krate))?);
             }
         }
         components.insert(purl, component);
@@ -299,8 +320,8 @@ pub fn render(input: &SbomInput) -> Result<String, serde_json::Error> {
     ordered.extend(components.into_values());
 
     let mut dependencies = vec![Dependency {
-        reference: zip_ref.clone(),
-        depends_on: binaries
+        dependency_ref: zip_ref.clone(),
+        dependencies: binaries
             .iter()
             .cloned()
             .collect::<BTreeSet<_>>()
@@ -308,57 +329,100 @@ pub fn render(input: &SbomInput) -> Result<String, serde_json::Error> {
             .collect(),
     }];
     dependencies.extend(graph.into_iter().map(|(reference, deps)| Dependency {
-        reference,
-        depends_on: deps.into_iter().collect(),
+        dependency_ref: reference,
+        dependencies: deps.into_iter().collect(),
     }));
 
+    let timestamp = input
+        .timestamp
+        .map(|secs| DateTime::try_from(rfc3339(secs)).map_err(|_| SbomError::Timestamp(secs)))
+        .transpose()?;
+    let name = input
+        .zip_name
+        .rsplit_once("-v")
+        .map_or(input.zip_name, |(name, _)| name);
+    let mut zip = Component::new(
+        Classification::Application,
+        name,
+        input.version,
+        Some(zip_ref),
+    );
+    zip.description = Some(NormalizedString::new(&format!(
+        "Cloud Foundry buildpack zip ({}, stack {})",
+        if input.cached { "cached" } else { "uncached" },
+        input.stack
+    )));
+    zip.licenses = Some(Licenses(vec![LicenseChoice::expression("Apache-2.0")]));
+    zip.hashes = Some(sha256(input.zip_sha256));
+    zip.properties = Some(Properties(vec![Property::new(
+        "tls-sidecar:file",
+        input.zip_name,
+    )]));
+
     let bom = Bom {
-        bom_format: "CycloneDX",
-        spec_version: "1.5",
         version: 1,
-        metadata: Metadata {
-            timestamp: input.timestamp.map(rfc3339),
-            tools: Tools {
-                components: vec![Tool {
-                    kind: "application",
-                    name: "tls-sidecar-packager",
-                    version: env!("CARGO_PKG_VERSION"),
-                }],
-            },
-            component: Component {
-                kind: "application",
-                bom_ref: zip_ref,
-                name: input
-                    .zip_name
-                    .rsplit_once("-v")
-                    .map_or(input.zip_name, |(name, _)| name)
-                    .to_owned(),
-                version: input.version.to_owned(),
-                description: Some(format!(
-                    "Cloud Foundry buildpack zip ({}, stack {})",
-                    if input.cached { "cached" } else { "uncached" },
-                    input.stack
-                )),
-                purl: None,
-                licenses: vec![License::expression("Apache-2.0")],
-                hashes: vec![Hash::sha256(input.zip_sha256)],
-                properties: vec![Property::new("tls-sidecar:file", input.zip_name)],
-            },
-            properties: if input.crates.is_some() {
-                Vec::new()
-            } else {
-                vec![Property::new(
+        // No serial number: a random one per run would break byte-identical rebuilds.
+        serial_number: None,
+        metadata: Some(Metadata {
+            timestamp,
+            tools: Some(Tools::Object {
+                services: None,
+                components: Some(Components(vec![Component::new(
+                    Classification::Application,
+                    "tls-sidecar-packager",
+                    env!("CARGO_PKG_VERSION"),
+                    None,
+                )])),
+            }),
+            component: Some(zip),
+            properties: input.crates.is_none().then(|| {
+                Properties(vec![Property::new(
                     "tls-sidecar:note",
                     "packaged without cargo metadata: the crates of the binaries are not listed",
-                )]
-            },
-        },
-        components: ordered,
-        dependencies,
+                )])
+            }),
+            ..Metadata::default()
+        }),
+        components: Some(Components(ordered)),
+        services: None,
+        external_references: None,
+        dependencies: Some(Dependencies(dependencies)),
+        compositions: None,
+        properties: None,
+        vulnerabilities: None,
+        signature: None,
+        annotations: None,
+        formulation: None,
+        spec_version: SpecVersion::V1_5,
     };
-    let mut json = serde_json::to_string_pretty(&bom)?;
+    let mut bytes = Vec::new();
+    bom.output_as_json_v1_5(&mut bytes)
+        .map_err(|e| SbomError::Write(e.to_string()))?;
+    let mut document: Value =
+        serde_json::from_slice(&bytes).map_err(|e| SbomError::Write(e.to_string()))?;
+    declare_leaves(&mut document);
+    let mut json =
+        serde_json::to_string_pretty(&document).map_err(|e| SbomError::Write(e.to_string()))?;
     json.push('\n');
     Ok(json)
+}
+
+/// Gives every dependency entry without `dependsOn` an empty one. cyclonedx-bom leaves the field
+/// out when the list is empty; CycloneDX asks that a component known to have no dependencies be
+/// declared with an empty list, so that it is not read as "dependencies unknown".
+fn declare_leaves(document: &mut Value) {
+    let entries = document
+        .get_mut("dependencies")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten();
+    for entry in entries {
+        if let Some(entry) = entry.as_object_mut() {
+            entry
+                .entry("dependsOn")
+                .or_insert_with(|| Value::Array(Vec::new()));
+        }
+    }
 }
 
 fn purl(name: &str, version: &str) -> String {
@@ -369,107 +433,52 @@ fn purl_of(c: &Crate) -> String {
     purl(&c.name, &c.version)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (proleptic Gregorian, UTC).
+/// A crate (or, with its type changed, a binary) as a component: bom-ref and purl are both
+/// `pkg:cargo/<name>@<version>`.
+fn library(name: &str, version: &str, krate: Option<&Crate>) -> Result<Component, SbomError> {
+    let reference = purl(name, version);
+    let mut component = Component::new(
+        Classification::Library,
+        name,
+        version,
+        Some(reference.clone()),
+    );
+    // Written as given, not rebuilt by a purl encoder: the test and consumers compare it with
+    // `pkg:cargo/<name>@<version>` (cargo names and versions need no escaping).
+    component.purl = Some(
+        Purl::from_str(&reference)
+            .map_err(|()| SbomError::Write(format!("bad purl {reference}")))?,
+    );
+    component.licenses = match krate {
+        Some(Crate {
+            license: Some(l), ..
+        }) => Some(Licenses(vec![LicenseChoice::expression(&spdx(l))])),
+        Some(Crate {
+            license_file: Some(f),
+            ..
+        }) => Some(Licenses(vec![LicenseChoice::license(&format!(
+            "see {f} in the crate"
+        ))])),
+        _ => None,
+    };
+    Ok(component)
+}
+
+fn sha256(hex: &str) -> Hashes {
+    Hashes(vec![Hash {
+        alg: HashAlgorithm::SHA_256,
+        content: HashValue(hex.to_owned()),
+    }])
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (UTC); empty past 9999-12-31, which
+/// RFC 3339's four-digit year cannot write (`render` then refuses the timestamp).
 fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Bom {
-    bom_format: &'static str,
-    spec_version: &'static str,
-    version: u32,
-    metadata: Metadata,
-    components: Vec<Component>,
-    dependencies: Vec<Dependency>,
-}
-
-#[derive(Serialize)]
-struct Metadata {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<String>,
-    tools: Tools,
-    component: Component,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    properties: Vec<Property>,
-}
-
-#[derive(Serialize)]
-struct Tools {
-    components: Vec<Tool>,
-}
-
-#[derive(Serialize)]
-struct Tool {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    name: &'static str,
-    version: &'static str,
-}
-
-#[derive(Serialize)]
-struct Component {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(rename = "bom-ref")]
-    bom_ref: String,
-    name: String,
-    version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    purl: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    licenses: Vec<License>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    hashes: Vec<Hash>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    properties: Vec<Property>,
-}
-
-impl Component {
-    fn library(name: &str, version: &str, krate: Option<&Crate>) -> Component {
-        let purl = purl(name, version);
-        let licenses = match krate {
-            Some(Crate {
-                license: Some(l), ..
-            }) => vec![License::expression(&spdx(l))],
-            Some(Crate {
-                license_file: Some(f),
-                ..
-            }) => vec![License::named(&format!("see {f} in the crate"))],
-            _ => Vec::new(),
-        };
-        Component {
-            kind: "library",
-            bom_ref: purl.clone(),
-            name: name.to_owned(),
-            version: version.to_owned(),
-            description: None,
-            purl: Some(purl),
-            licenses,
-            hashes: Vec::new(),
-            properties: Vec::new(),
-        }
-    }
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 /// Cargo still accepts the deprecated `MIT/Apache-2.0`; SPDX spells it `MIT OR Apache-2.0`.
@@ -479,74 +488,6 @@ fn spdx(license: &str) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" OR ")
-}
-
-#[derive(Serialize)]
-struct License {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expression: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    license: Option<NamedLicense>,
-}
-
-#[derive(Serialize)]
-struct NamedLicense {
-    name: String,
-}
-
-impl License {
-    fn expression(e: &str) -> License {
-        License {
-            expression: Some(e.to_owned()),
-            license: None,
-        }
-    }
-    fn named(name: &str) -> License {
-        License {
-            expression: None,
-            license: Some(NamedLicense {
-                name: name.to_owned(),
-            }),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Hash {
-    alg: &'static str,
-    content: String,
-}
-
-impl Hash {
-    fn sha256(hex: &str) -> Hash {
-        Hash {
-            alg: "SHA-256",
-            content: hex.to_owned(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Property {
-    name: String,
-    value: String,
-}
-
-impl Property {
-    fn new(name: &str, value: &str) -> Property {
-        Property {
-            name: name.to_owned(),
-            value: value.to_owned(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Dependency {
-    #[serde(rename = "ref")]
-    reference: String,
-    #[serde(rename = "dependsOn")]
-    depends_on: Vec<String>,
 }
 
 #[cfg(test)]
@@ -610,5 +551,60 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn the_document_reads_back_as_valid_cyclonedx_1_5_with_every_leaf_declared() {
+        use cyclonedx_bom::validation::Validate;
+
+        let m = CargoMetadata::parse(METADATA).expect("parse");
+        let hex = |c: char| c.to_string().repeat(64);
+        let (zip_sha, app_sha) = (hex('a'), hex('b'));
+        let json = render(&SbomInput {
+            zip_name: "app-cached-cflinuxfs4-v1.0.0.zip",
+            zip_sha256: &zip_sha,
+            version: "1.0.0",
+            stack: "cflinuxfs4",
+            cached: true,
+            binaries: vec![Binary {
+                package: "app",
+                location: "bin/app".to_owned(),
+                sha256: &app_sha,
+            }],
+            crates: Some(vec![m.closure("app").expect("app")]),
+            timestamp: Some(1_700_000_000),
+        })
+        .expect("render");
+
+        let bom = Bom::parse_from_json_v1_5(json.as_bytes()).expect("cyclonedx-bom reads it");
+        let result = bom.validate();
+        assert!(result.passed(), "{result:?}");
+        let document: Value = serde_json::from_str(&json).expect("json");
+        let leaf = serde_json::json!({"ref": "pkg:cargo/aws-lc@1.2.0", "dependsOn": []});
+        assert!(
+            document["dependencies"]
+                .as_array()
+                .is_some_and(|d| d.contains(&leaf)),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_timestamp_past_the_year_9999_is_refused() {
+        let input = SbomInput {
+            zip_name: "app-v1.0.0.zip",
+            zip_sha256: "",
+            version: "1.0.0",
+            stack: "any",
+            cached: false,
+            binaries: Vec::new(),
+            crates: None,
+            timestamp: Some(253_402_300_800),
+        };
+        assert!(matches!(
+            render(&input),
+            Err(SbomError::Timestamp(253_402_300_800))
+        ));
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
     }
 }

@@ -24,7 +24,11 @@ fn touch(path: &std::path::Path, when: SystemTime) {
 fn two_runs_on_the_same_inputs_give_byte_identical_zips_and_tarballs() {
     for args in [
         &["--cached"][..],
-        &["--uncached"][..],
+        &[
+            "--uncached",
+            "--dependency-uri-base",
+            "https://deps.example.com/v1.0.0",
+        ][..],
         &["--stack", "any", "--cached"][..],
     ] {
         let repo = fake_repo();

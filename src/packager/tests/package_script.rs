@@ -97,3 +97,56 @@ fn package_sh_cached_prints_the_zip_path_last_and_the_zip_holds_runnable_static_
         "tls-sidecar --version printed {printed:?}"
     );
 }
+
+#[test]
+fn package_sh_uncached_without_a_uri_base_stops_before_building_and_says_how_to_publish() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(workspace_root().join("scripts/package.sh"))
+        .args(["--uncached", "--output"])
+        .arg(out.path())
+        .env_remove("TLS_SIDECAR_DEPENDENCY_URI_BASE")
+        .output()
+        .expect("run scripts/package.sh");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("**ERROR** --uncached needs --dependency-uri-base URL")
+            && stderr.contains("Or leave out --uncached"),
+        "{stderr}"
+    );
+    // Refused before the (minutes long) release build and before writing anything.
+    assert!(!stderr.contains("Building tls-sidecar"), "{stderr}");
+    assert_eq!(fs::read_dir(out.path()).expect("list").count(), 0);
+}
+
+#[test]
+#[ignore = "builds the release musl binaries: minutes"]
+fn pre_package_builds_every_include_file_the_repository_lacks_as_buildpack_packager_expects() {
+    let root = workspace_root();
+    // What libbuildpack's buildpack-packager does before zipping: run the manifest's
+    // pre_package command in the buildpack directory...
+    let manifest: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&fs::read_to_string(root.join("manifest.yml")).expect("read"))
+            .expect("yaml");
+    let hook = manifest["pre_package"]
+        .as_str()
+        .expect("pre_package is set");
+    let output = Command::new(root.join(hook))
+        .current_dir(&root)
+        .output()
+        .expect("run pre_package");
+    assert!(
+        output.status.success(),
+        "{hook} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // ...then open every include_files entry.
+    let files = manifest["include_files"].as_sequence().expect("list");
+    for file in files {
+        let file = file.as_str().expect("a path");
+        assert!(root.join(file).is_file(), "{file} is missing after {hook}");
+    }
+    let binary = fs::read(root.join("lib/tls-sidecar-buildpack")).expect("built binary");
+    check_static_x86_64_executable(&binary).expect("a static x86_64 executable");
+}

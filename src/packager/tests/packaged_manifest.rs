@@ -8,14 +8,22 @@ use std::process::Command;
 use common::{fake_repo, package, read_tarball, run_packager, sha256_hex, zip_manifest, zip_map};
 use tls_sidecar_packager::manifest::DefaultVersion;
 
-const RELEASES: &str =
-    "https://github.com/cloudfoundry-community/tls-sidecar-buildpack/releases/download";
+/// Where an operator publishes the tarball (`--dependency-uri-base <RELEASES>/v<version>`).
+const RELEASES: &str = "https://deps.example.com/tls-sidecar";
 
 #[test]
-fn the_uncached_manifest_points_at_the_github_release_and_names_the_stack() {
+fn the_uncached_manifest_points_at_the_given_uri_base_and_names_the_stack() {
     let repo = fake_repo();
     let out = tempfile::tempdir().expect("tempdir");
-    let zip = package(repo.path(), out.path(), &["--stack", "cflinuxfs4"]);
+    let base = format!("{RELEASES}/v1.0.0");
+    let args = [
+        "--stack",
+        "cflinuxfs4",
+        "--uncached",
+        "--dependency-uri-base",
+        &base,
+    ];
+    let zip = package(repo.path(), out.path(), &args);
     let manifest = zip_manifest(&zip);
 
     assert_eq!(manifest.language, "tls-sidecar");
@@ -49,6 +57,10 @@ fn the_uncached_manifest_points_at_the_github_release_and_names_the_stack() {
             "bin/finalize",
             "bin/release",
             "bin/supply",
+            "bin/detect.bat",
+            "bin/finalize.bat",
+            "bin/release.bat",
+            "bin/supply.bat",
             "lib/tls-sidecar-buildpack",
             "manifest.yml"
         ]
@@ -151,7 +163,9 @@ fn the_dependency_uri_base_can_come_from_the_environment() {
 fn the_version_flag_wins_over_the_version_file_everywhere() {
     let repo = fake_repo();
     let out = tempfile::tempdir().expect("tempdir");
-    let zip = package(repo.path(), out.path(), &["--version", "1.1.0-rc.1"]);
+    let base = format!("{RELEASES}/v1.1.0-rc.1");
+    let args = ["--version", "1.1.0-rc.1", "--dependency-uri-base", &base];
+    let zip = package(repo.path(), out.path(), &args);
     let manifest = zip_manifest(&zip);
     assert_eq!(manifest.default_versions[0].version, "1.1.0-rc.1");
     assert_eq!(manifest.dependencies[0].version, "1.1.0-rc.1");

@@ -210,7 +210,7 @@ fn without_cargo_metadata_the_sbom_still_names_the_zip_and_hashes_both_binaries(
 
     let bom = read_json(
         &out.path()
-            .join("tls_sidecar_buildpack-cflinuxfs4-v1.0.0.zip.cdx.json"),
+            .join("tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip.cdx.json"),
     );
     let components = bom["components"].as_array().expect("components");
     assert_eq!(components.len(), 2);

@@ -31,7 +31,15 @@ fn owned(entries: &[(&str, u32)]) -> Vec<(String, u32)> {
 fn the_uncached_zip_holds_exactly_the_shims_the_binary_the_manifest_version_and_readme() {
     let repo = fake_repo();
     let out = tempfile::tempdir().expect("tempdir");
-    let zip = package(repo.path(), out.path(), &[]);
+    let zip = package(
+        repo.path(),
+        out.path(),
+        &[
+            "--uncached",
+            "--dependency-uri-base",
+            "https://deps.example.com/v1.0.0",
+        ],
+    );
 
     assert_eq!(
         layout(&zip),
@@ -40,9 +48,13 @@ fn the_uncached_zip_holds_exactly_the_shims_the_binary_the_manifest_version_and_
             ("VERSION", FILE),
             ("bin/", DIR),
             ("bin/detect", EXEC),
+            ("bin/detect.bat", EXEC),
             ("bin/finalize", EXEC),
+            ("bin/finalize.bat", EXEC),
             ("bin/release", EXEC),
+            ("bin/release.bat", EXEC),
             ("bin/supply", EXEC),
+            ("bin/supply.bat", EXEC),
             ("lib/", DIR),
             ("lib/tls-sidecar-buildpack", EXEC),
             ("manifest.yml", FILE),
@@ -69,9 +81,13 @@ fn the_cached_zip_adds_the_tarball_under_dependencies() {
             ("VERSION", FILE),
             ("bin/", DIR),
             ("bin/detect", EXEC),
+            ("bin/detect.bat", EXEC),
             ("bin/finalize", EXEC),
+            ("bin/finalize.bat", EXEC),
             ("bin/release", EXEC),
+            ("bin/release.bat", EXEC),
             ("bin/supply", EXEC),
+            ("bin/supply.bat", EXEC),
             ("dependencies/", DIR),
             (&format!("{hash_dir}/"), DIR),
             (&file, FILE),
@@ -93,7 +109,7 @@ fn the_zip_carries_the_repository_shims_verbatim_and_the_packaged_version() {
         assert_eq!(entries[&format!("bin/{phase}")].data, shim, "bin/{phase}");
     }
     assert_eq!(entries["VERSION"].data, b"2.3.4\n");
-    assert!(zip.ends_with("tls_sidecar_buildpack-cflinuxfs4-v2.3.4.zip"));
+    assert!(zip.ends_with("tls_sidecar_buildpack-cached-cflinuxfs4-v2.3.4.zip"));
 }
 
 #[test]
@@ -175,14 +191,23 @@ fn the_zip_is_named_for_each_stack_and_stdout_is_its_absolute_path() {
     let cases = [
         (
             vec!["--stack", "cflinuxfs3"],
-            "tls_sidecar_buildpack-cflinuxfs3-v1.0.0.zip",
+            "tls_sidecar_buildpack-cached-cflinuxfs3-v1.0.0.zip",
         ),
-        (vec![], "tls_sidecar_buildpack-cflinuxfs4-v1.0.0.zip"),
+        (vec![], "tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip"),
         (
-            vec!["--stack", "cflinuxfs5", "--uncached"],
+            vec![
+                "--stack",
+                "cflinuxfs5",
+                "--uncached",
+                "--dependency-uri-base",
+                "https://deps.example.com/v1.0.0",
+            ],
             "tls_sidecar_buildpack-cflinuxfs5-v1.0.0.zip",
         ),
-        (vec!["--stack", "any"], "tls_sidecar_buildpack-v1.0.0.zip"),
+        (
+            vec!["--stack", "any"],
+            "tls_sidecar_buildpack-cached-v1.0.0.zip",
+        ),
         (
             vec!["--stack", "cflinuxfs4", "--cached"],
             "tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip",
@@ -224,7 +249,7 @@ fn a_relative_output_directory_still_prints_an_absolute_path() {
     let printed = String::from_utf8(output.stdout).expect("utf-8");
     let expected = fs::canonicalize(cwd.path())
         .expect("canonical")
-        .join("rel/out/tls_sidecar_buildpack-cflinuxfs4-v1.0.0.zip");
+        .join("rel/out/tls_sidecar_buildpack-cached-cflinuxfs4-v1.0.0.zip");
     assert_eq!(printed, format!("{}\n", expected.display()));
 }
 
@@ -290,4 +315,67 @@ fn progress_goes_to_stderr_in_the_cf_packager_voice() {
     );
     assert!(stderr.contains(": static x86_64 executable, "));
     assert!(stderr.contains("       tls-sidecar-1.0.0-linux-x64.tgz ("));
+}
+
+#[test]
+fn with_no_options_the_zip_is_cached_and_uncached_needs_a_uri_base() {
+    let repo = fake_repo();
+    let out = tempfile::tempdir().expect("tempdir");
+    let zip = package(repo.path(), out.path(), &[]);
+    let manifest = common::zip_manifest(&zip);
+    let file = manifest.dependencies[0]
+        .file
+        .as_deref()
+        .expect("a cached zip names the tarball's file");
+    assert!(zip_map(&zip).contains_key(file), "{file} is not in the zip");
+    assert!(
+        manifest.dependencies[0]
+            .uri
+            .starts_with("https://unpublished.invalid/"),
+        "{}",
+        manifest.dependencies[0].uri
+    );
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = run_packager(repo.path(), out.path(), &["--uncached"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("**ERROR** An uncached buildpack downloads tls-sidecar-1.0.0-linux-x64.tgz")
+            && stderr.contains("--dependency-uri-base URL"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(out.path()).expect("list").count(), 0);
+}
+
+#[test]
+fn windows_builders_find_entry_points_that_refuse_with_linux_stacks_only() {
+    let repo = fake_repo();
+    let out = tempfile::tempdir().expect("tempdir");
+    let zip = package(repo.path(), out.path(), &["--stack", "any"]);
+    let entries = zip_map(&zip);
+    for phase in ["supply", "finalize", "release"] {
+        let bat =
+            String::from_utf8(entries[&format!("bin/{phase}.bat")].data.clone()).expect("text");
+        // cmd.exe wants CRLF line ends.
+        assert!(
+            bat.split_terminator('\n').all(|l| l.ends_with('\r')),
+            "{phase}.bat: {bat:?}"
+        );
+        assert!(bat.starts_with("@echo off\r\n"), "{bat}");
+        assert!(
+            bat.contains("**ERROR** The TLS sidecar buildpack supports Linux stacks only"),
+            "{bat}"
+        );
+        assert!(bat.trim_end().ends_with("exit /b 1"), "{bat}");
+    }
+    // Detection stays quiet, like bin/detect: auto-detection of a Windows app is no error.
+    let detect = String::from_utf8(entries["bin/detect.bat"].data.clone()).expect("text");
+    assert!(
+        !detect.lines().any(|l| l.trim_start().starts_with("echo ")),
+        "{detect}"
+    );
+    assert!(detect.trim_end().ends_with("exit /b 1"), "{detect}");
 }

@@ -5,14 +5,15 @@
 //! answers, and closes. Enough for `curl`, CF health checks and the tests; HTTP mode brings a
 //! real HTTP stack later.
 
-use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
-use crate::server::{Health, stopped};
+use crate::accept::Door;
+use crate::shared::Health;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::time::{sleep, timeout};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
 use tracing::{debug, warn};
 
 /// Largest request head accepted; health checks send a few hundred bytes.
@@ -25,40 +26,42 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// local client must not pile up tasks.
 const MAX_CONNECTIONS: usize = 32;
 
-pub(crate) async fn serve(
-    listener: TcpListener,
+/// The admin endpoint's [`Door`]: each connection gets one answer; beyond
+/// [`MAX_CONNECTIONS`] at once, new ones are closed unanswered.
+pub(crate) struct AdminDoor {
     health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-    let mut errors = LogThrottle::new(LOG_REPEAT);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stopped(&mut stop) => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                backoff.reset();
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let health = health.clone();
-                tokio::spawn(async move {
-                    answer(stream, &health).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                if errors.allow(&e.to_string()).is_some() {
-                    warn!(listener = "admin", error = %e, "accept failed");
-                }
-                sleep(delay).await;
-            }
+    permits: Arc<Semaphore>,
+}
+
+impl AdminDoor {
+    pub(crate) fn new(health: Arc<Health>) -> Self {
+        AdminDoor {
+            health,
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         }
+    }
+}
+
+impl Door for AdminDoor {
+    type Slot = OwnedSemaphorePermit;
+
+    fn admit(&mut self, _stream: &TcpStream) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    fn serve(&self, stream: TcpStream, _peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            answer(stream, &health).await;
+            drop(permit);
+        });
+    }
+
+    /// Closed unanswered: loopback only, nothing to count or say.
+    fn refused(&self, _peer: SocketAddr, _held_back: Option<u64>) {}
+
+    fn accept_failed(&self, error: &std::io::Error, _held_back: u64, _retry_ms: u64) {
+        warn!(listener = "admin", error = %error, "accept failed");
     }
 }
 

@@ -6,18 +6,17 @@
 //! Meant for `cf ssh APP -c '/home/vcap/deps/0/bin/tls-sidecar check'`: the default
 //! configuration is the staged one beside the binary and the environment is the app's.
 
-use crate::config::{self, CertificateConfig, MintConfig, SidecarConfig};
-use crate::errors::app_name;
+use crate::cert::{self, CertificateConfig, Material, MintConfig, unix_now};
+use crate::config::{self, Rules, SidecarConfig};
+use crate::errors::{StartError, app_name};
 use crate::identity::CfIdentity;
 use crate::logging::rfc3339;
-use crate::reload::unix_now;
-use crate::source::Material;
-use crate::tls::{self, LoadError};
+use crate::tls;
 use crate::trust::{self, TrustError};
 use crate::{EX_USAGE, Env};
 use std::fmt::Write as _;
 use std::path::Path;
-use tls_sidecar_config::{CertificateSource, ClientAuth, Mode, Selector};
+use tls_sidecar_config::{ClientAuth, Mode, Selector};
 
 /// Exit code when the report lists problems.
 pub const EX_PROBLEMS: u8 = 1;
@@ -28,10 +27,20 @@ struct Problem {
     fix: String,
 }
 
+impl Problem {
+    /// A certificate that cannot be loaded, with the fix a failed reload logs too.
+    fn load(source: &CertificateConfig, e: &cert::LoadError, app: &str) -> Self {
+        Problem {
+            what: e.to_string(),
+            fix: source.fix(e, app),
+        }
+    }
+}
+
 /// Runs the check; returns the exit code (0, [`EX_PROBLEMS`] or 64) and the report.
 pub fn run(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> (u8, String) {
-    let loaded = match config::load_unchecked(cli_path, env, exe) {
-        Ok(loaded) => loaded,
+    let (ref config, origin) = match config::read(cli_path, env, exe) {
+        Ok(read) => read,
         Err(e) => {
             let code = e.exit_code();
             let verdict = if code == EX_USAGE {
@@ -43,30 +52,31 @@ pub fn run(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> (u8, Strin
         }
     };
     let app = app_name(env);
-    let config = &loaded.config;
+    let rules = config.rules();
     let mut out = String::new();
     let mut problems = Vec::new();
     let _ = writeln!(
         out,
         "tls-sidecar {} check\nConfiguration: {}{}",
         env!("CARGO_PKG_VERSION"),
-        loaded.source,
-        if loaded.overrides.is_empty() {
+        origin.source,
+        if origin.overrides.is_empty() {
             String::new()
         } else {
-            format!(" (overridden by {})", loaded.overrides.join(", "))
+            format!(" (overridden by {})", origin.overrides.join(", "))
         }
     );
-    for warning in &loaded.warnings {
+    for warning in &origin.warnings {
         // Reported as a problem below, with its fix.
-        if !warning.starts_with(config::SYSTEM_CERT_PATH_UNSET) {
+        if !warning.starts_with(config::SYSTEM_CERT_PATH_UNSET) && !route_warning(warning) {
             let _ = writeln!(out, "Warning: {warning}");
         }
     }
 
     certificate(&mut out, &mut problems, config, &app);
-    listeners(&mut out, &mut problems, config, &app);
-    egress(&mut out, &mut problems, config, &app);
+    listeners(&mut out, &mut problems, config, &rules, &app);
+    egress(&mut out, &mut problems, config, &rules, &app);
+    route(&mut out, &mut problems, config, &origin.warnings, &app);
     trust_anchors(&mut out, &mut problems, config, &app);
 
     let _ = writeln!(out, "\nAdmin");
@@ -103,17 +113,13 @@ fn certificate(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarCo
         config.certificate.describe()
     );
     if let CertificateConfig::Minted(mint) = &config.certificate {
-        minted(out, problems, mint, app);
+        minted(out, problems, &config.certificate, mint, app);
         return;
     }
     let material = match config.certificate.read() {
         Ok(material) => material,
         Err(e) => {
-            let fix = load_fix(&e, source, &config.certificate, app);
-            problems.push(Problem {
-                what: e.to_string(),
-                fix,
-            });
+            problems.push(Problem::load(&config.certificate, &e, app));
             return;
         }
     };
@@ -123,7 +129,7 @@ fn certificate(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarCo
         names,
     } = &material;
     // What the certificate says, even when the pair as a whole is unusable.
-    match tls::parse_chain(names, cert_pem) {
+    match cert::parse_chain(names, cert_pem) {
         Ok((chain, leaf)) => {
             match CfIdentity::from_der(&leaf.der) {
                 Ok(id) if id.is_instance_identity() => {
@@ -159,30 +165,28 @@ fn certificate(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarCo
             );
         }
         Err(e) => {
-            let fix = load_fix(&e, source, &config.certificate, app);
-            problems.push(Problem {
-                what: e.to_string(),
-                fix,
-            });
+            problems.push(Problem::load(&config.certificate, &e, app));
             return;
         }
     }
     let provider = tls::provider();
-    let checked = tls::parse_pair(names, cert_pem, key_pem, &provider)
-        .and_then(|pair| tls::check_validity(names, &pair.leaf, unix_now()));
+    let checked = cert::parse_pair(names, cert_pem, key_pem, &provider)
+        .and_then(|pair| cert::check_validity(names, &pair.leaf, unix_now()));
     if let Err(e) = checked {
-        let fix = load_fix(&e, source, &config.certificate, app);
-        problems.push(Problem {
-            what: e.to_string(),
-            fix,
-        });
+        problems.push(Problem::load(&config.certificate, &e, app));
     }
 }
 
 /// `source: minted`: mints one leaf in memory, exactly as the sidecar would, and describes it.
-fn minted(out: &mut String, problems: &mut Vec<Problem>, mint: &MintConfig, app: &str) {
+fn minted(
+    out: &mut String,
+    problems: &mut Vec<Problem>,
+    source: &CertificateConfig,
+    mint: &MintConfig,
+    app: &str,
+) {
     let provider = tls::provider();
-    match crate::mint::mint(mint, &provider, unix_now()) {
+    match cert::mint(mint, &provider, unix_now()) {
         Ok(minted) => {
             let leaf = &minted.leaf;
             let identity = CfIdentity::from_der(&leaf.der).unwrap_or_default();
@@ -220,25 +224,18 @@ fn minted(out: &mut String, problems: &mut Vec<Problem>, mint: &MintConfig, app:
             }
         }
         Err(e) => {
-            let fix = match &e {
-                LoadError::Service(_) => format!(
-                    "bind a service instance called \"{name}\" whose credentials hold \"ca_certificate\" and \"ca_private_key\" (PEM; e.g. cf create-user-provided-service {name} -p ca.json, then cf bind-service {app} {name}), then cf restage {app}",
-                    name = mint.service
-                ),
-                _ => format!(
-                    "put a valid CA certificate (CA:TRUE, not expired) and its own key into the service's credentials (cf update-user-provided-service {} -p ca.json), then cf restart {app}",
-                    mint.service
-                ),
-            };
-            problems.push(Problem {
-                what: e.to_string(),
-                fix,
-            });
+            problems.push(Problem::load(source, &e, app));
         }
     }
 }
 
-fn egress(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConfig, app: &str) {
+fn egress(
+    out: &mut String,
+    problems: &mut Vec<Problem>,
+    config: &SidecarConfig,
+    rules: &Rules,
+    app: &str,
+) {
     if config.egress.is_empty() {
         return;
     }
@@ -257,16 +254,9 @@ fn egress(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConfig,
             "  egress[{i}] {}  {} -> {}  (the app finds it in ${})",
             e.name, e.bind, e.target, var
         );
-        let rules: Vec<String> = e.expect.iter().map(|s| describe_rule(s, config)).collect();
-        let _ = writeln!(out, "      expect: {}", rules.join(", "));
-        if let Err(problem) = e.expectation(&config.app) {
-            problems.push(Problem {
-                what: format!("egress[{i}].expect: {problem}; the sidecar refuses to start (exit 64)"),
-                fix: format!(
-                    "Cloud Foundry sets VCAP_APPLICATION for the app's processes: run check inside the app's container (cf ssh {app}); or name the space or org explicitly (cf:space:<guid>, cf:org:<guid>) in tls-sidecar.yml, then cf push {app}"
-                ),
-            });
-        }
+        let described: Vec<String> = e.expect.iter().map(|s| describe_rule(s, config)).collect();
+        let _ = writeln!(out, "      expect: {}", described.join(", "));
+        rule_problems(problems, rules, &format!("egress[{i}].expect"), app);
     }
 }
 
@@ -288,49 +278,13 @@ fn time_left(secs: i64) -> String {
     }
 }
 
-/// How to fix a certificate that does not load, by source.
-fn load_fix(
-    e: &LoadError,
-    source: CertificateSource,
-    cert: &CertificateConfig,
+fn listeners(
+    out: &mut String,
+    problems: &mut Vec<Problem>,
+    config: &SidecarConfig,
+    rules: &Rules,
     app: &str,
-) -> String {
-    let replace = match source {
-        CertificateSource::Instance => {
-            "Diego issues and rotates the instance identity itself: restart the instance (cf restart APP) to get a new one; outside Diego point CF_INSTANCE_CERT and CF_INSTANCE_KEY at a valid pair".to_owned()
-        }
-        CertificateSource::Service => {
-            let name = match cert {
-                CertificateConfig::Service { name, .. } => name.as_str(),
-                CertificateConfig::Minted(m) => m.service.as_str(),
-                CertificateConfig::Files { .. } => "SERVICE",
-            };
-            format!("update the credentials of the service (cf update-user-provided-service {name} -p '{{\"certificate\":\"...\",\"private_key\":\"...\"}}'), then cf restart APP")
-        }
-        _ => "put a valid PEM pair at certificate.cert_file and certificate.key_file (relative to the app directory), then cf push APP; the sidecar also picks up replaced files by itself".to_owned(),
-    };
-    let fix = match e {
-        LoadError::Missing(_) | LoadError::Unreadable { .. } => match source {
-            CertificateSource::Instance => "the instance identity exists only in a Diego container: run this inside the app's container (cf ssh APP), or set CF_INSTANCE_CERT and CF_INSTANCE_KEY to existing files".to_owned(),
-            _ => "add the file to the app (paths are relative to the app directory, $HOME), make it readable, then cf push APP".to_owned(),
-        },
-        LoadError::Service(_) => match cert {
-            CertificateConfig::Service { name, .. } => format!(
-                "bind a service instance called \"{name}\" whose credentials hold \"certificate\" and \"private_key\" (cf bind-service APP {name}), then cf restage APP; or change certificate.service in tls-sidecar.yml"
-            ),
-            CertificateConfig::Files { .. } | CertificateConfig::Minted(_) => replace,
-        },
-        LoadError::Expired { .. } => replace,
-        LoadError::NotYetValid { .. } => format!("check the issuer's clock, or wait until the certificate becomes valid; or {replace}"),
-        LoadError::Mismatch { rotated_by_diego: true, .. } => "Diego may be mid-rotation: run check again in a minute; if it persists, cf restart APP".to_owned(),
-        LoadError::Mismatch { .. } => format!("use the certificate's own key (`openssl x509 -noout -pubkey -in CERT` and `openssl pkey -pubout -in KEY` must print the same): {replace}"),
-        LoadError::UnsupportedKey { .. } | LoadError::BadKey { .. } => format!("issue the certificate for an RSA (e.g. openssl genrsa 3072) or ECDSA P-256 key: {replace}"),
-        LoadError::BadPem { .. } | LoadError::NoCertificate(_) | LoadError::NoKey(_) | LoadError::BadCertificate { .. } => format!("provide PEM (-----BEGIN ...-----); convert DER with `openssl x509 -inform DER -in CERT -out CERT.pem`; {replace}"),
-    };
-    fix.replace("APP", app)
-}
-
-fn listeners(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConfig, app: &str) {
+) {
     let _ = writeln!(out, "\nListeners");
     for (i, l) in config.listeners.iter().enumerate() {
         let mut line = format!(
@@ -358,15 +312,76 @@ fn listeners(out: &mut String, problems: &mut Vec<Problem>, config: &SidecarConf
             let _ = writeln!(out, "      allow: {who}");
             continue;
         }
-        let rules: Vec<String> = l.allow.iter().map(|s| describe_rule(s, config)).collect();
-        let _ = writeln!(out, "      allow: {}", rules.join(", "));
-        if let Err(problem) = l.policy(&config.app) {
-            problems.push(Problem {
-                what: format!("listeners[{i}].allow: {problem}; the sidecar refuses to start (exit 64)"),
+        let described: Vec<String> = l.allow.iter().map(|s| describe_rule(s, config)).collect();
+        let _ = writeln!(out, "      allow: {}", described.join(", "));
+        rule_problems(problems, rules, &format!("listeners[{i}].allow"), app);
+    }
+}
+
+/// A warning that the route port is open to forged identity headers.
+fn route_warning(warning: &str) -> bool {
+    warning.starts_with(config::ROUTE_NOT_FRONTED)
+        || warning == tls_sidecar_config::UNFRONTED_XFCC_WARNING
+}
+
+fn route(
+    out: &mut String,
+    problems: &mut Vec<Problem>,
+    config: &SidecarConfig,
+    warnings: &[String],
+    app: &str,
+) {
+    let _ = writeln!(out, "\nRoute port");
+    match &config.route {
+        Some(r) => {
+            let headers = match r.trusted_xfcc_peer {
+                Some(envoy) => format!(
+                    "X-Forwarded-Client-Cert kept from {envoy} only (Diego's Envoy, carrying Gorouter's traffic: route.trust_gorouter_xfcc), other spellings and peers stripped"
+                ),
+                None => "identity headers stripped".to_owned(),
+            };
+            let _ = writeln!(out, "  {}  http -> {}  {headers}", r.bind, r.upstream);
+        }
+        None => {
+            let _ = writeln!(out, "  not fronted: the app serves $PORT itself");
+        }
+    }
+    for warning in warnings.iter().filter(|w| route_warning(w)) {
+        problems.push(Problem {
+            what: warning.clone(),
+            fix: format!(
+                "leave route.fronting out of tls-sidecar.yml (auto fronts the route port whenever a listener sets X-Forwarded-Client-Cert) and keep sidecar.process_types naming this process, then cf push {app}; or set xfcc: off if the app must not rely on the header"
+            ),
+        });
+    }
+}
+
+/// The problems of the rules in `field`, each as the start would refuse it.
+fn rule_problems(problems: &mut Vec<Problem>, rules: &Rules, field: &str, app: &str) {
+    for error in &rules.problems {
+        match error {
+            StartError::IdentityOutsideCf { field: f, .. } if f == field => {
+                let text = error.to_string();
+                let (what, fix) = text.split_once(" Fix: ").unwrap_or((&text, ""));
+                problems.push(Problem {
+                    what: format!(
+                        "{}; the sidecar refuses to start (exit 64)",
+                        what.trim_end_matches('.')
+                    ),
+                    fix: fix.to_owned(),
+                });
+            }
+            // The start's own fix assumes the environment is the app's; check may have been
+            // run outside the container.
+            StartError::AccessRule {
+                field: f, problem, ..
+            } if f == field => problems.push(Problem {
+                what: format!("{field}: {problem}; the sidecar refuses to start (exit 64)"),
                 fix: format!(
                     "Cloud Foundry sets VCAP_APPLICATION for the app's processes: run check inside the app's container (cf ssh {app}); or name the space or org explicitly (cf:space:<guid> from `cf space SPACE --guid`, cf:org:<guid> from `cf org ORG --guid`) in tls-sidecar.yml, then cf push {app}"
                 ),
-            });
+            }),
+            _ => {}
         }
     }
 }

@@ -3,14 +3,15 @@
 //! `VCAP_SERVICES`). Everything the server needs is in [`SidecarConfig`], so tests build one
 //! directly and never touch the process environment.
 
+pub use crate::cert::{CertificateConfig, CertificatePaths, MintConfig};
 use crate::errors::{StartError, app_name};
 use crate::identity::{AccessPolicy, Expectation};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tls_sidecar_config::{
-    CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, Selector,
-    StagedConfig, VcapApplication, Xfcc,
+    CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, ROUTE_PORT_ENV,
+    Selector, StagedConfig, VcapApplication, Xfcc,
 };
 use tracing::{info, warn};
 
@@ -36,6 +37,9 @@ pub struct SidecarConfig {
     pub certificate: CertificateConfig,
     /// What client certificates are verified against.
     pub trust: TrustConfig,
+    /// Where the platform's identity CA is found: which peers can have a CF identity (and so
+    /// match `cf:` rules), and which certificate egress presents.
+    pub identity_ca: IdentityAnchor,
     /// This app's `VCAP_APPLICATION`: `cf:same-space`/`cf:same-org` resolve against it.
     pub app: VcapApplication,
     /// Address of `/live`, `/ready` and `/metrics`; `None` when `admin.enabled` is false.
@@ -43,7 +47,27 @@ pub struct SidecarConfig {
     pub limits: Limits,
     pub reload: ReloadTiming,
     pub log: Log,
+    /// The route port, served in front of the app while the buildpack's profile script has
+    /// moved the app off it (`TLS_SIDECAR_ROUTE_PORT` set); `None`: the app serves it itself.
+    pub route: Option<RouteConfig>,
 }
+
+/// The plaintext HTTP listener on the route port (see [`crate::route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// `0.0.0.0:$TLS_SIDECAR_ROUTE_PORT` in CF; tests use `127.0.0.1:0`.
+    pub bind: SocketAddr,
+    /// The app on its moved port: `127.0.0.1:$PORT`.
+    pub upstream: HostPort,
+    /// `route.trust_gorouter_xfcc`: the one peer address whose canonical
+    /// X-Forwarded-Client-Cert is kept: `CF_INSTANCE_INTERNAL_IP`, where Diego's per-container
+    /// Envoy connects from when it hands on Gorouter's traffic. `None`: strip it from everyone.
+    pub trusted_xfcc_peer: Option<IpAddr>,
+}
+
+/// How every run-time warning about an unfronted route port starts (`check` reports them as
+/// problems).
+pub(crate) const ROUTE_NOT_FRONTED: &str = "the route port is not fronted";
 
 /// One TLS listener.
 #[derive(Debug, Clone)]
@@ -80,11 +104,6 @@ impl ListenerConfig {
     pub fn verifies_clients(&self) -> bool {
         self.client_auth != ClientAuth::None
     }
-
-    /// The `allow` rules resolved against this app's `VCAP_APPLICATION`.
-    pub fn policy(&self, app: &VcapApplication) -> Result<AccessPolicy, String> {
-        AccessPolicy::resolve(&self.allow, app)
-    }
 }
 
 /// One egress listener: the app connects in plaintext to `bind`, the sidecar connects to
@@ -105,97 +124,29 @@ pub struct EgressConfig {
     pub addrs: Option<Vec<SocketAddr>>,
 }
 
-impl EgressConfig {
-    /// The `expect` rules resolved against this app's `VCAP_APPLICATION`.
-    pub fn expectation(&self, app: &VcapApplication) -> Result<Expectation, String> {
-        Expectation::resolve(&self.expect, app)
-    }
-}
-
-/// `certificate.source: minted`: what the minted leaf says, all resolved at start.
+/// Where CF identities come from. Only a chain that ends at the trust anchor this instance's
+/// own Diego certificate chains to (the platform's instance-identity CA) carries a CF
+/// identity: any other trusted CA could sign `OU=app:<guid>` for any app. See
+/// [`crate::trust`] for how the anchor is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MintConfig {
-    /// The bound CA service's name (`certificate.service`).
-    pub service: String,
-    /// `VCAP_SERVICES` as found at start (`None` when unset).
-    pub vcap_services: Option<String>,
-    /// Subject CN: the instance GUID (`CF_INSTANCE_GUID`).
-    pub common_name: String,
-    /// Subject OUs, as Diego writes them: `app:<g>`, `space:<g>`, `organization:<g>`.
-    pub organizational_units: Vec<String>,
-    /// DNS SANs: the internal routes, their `<index>.<route>` forms, the instance GUID, then
-    /// `certificate.names`.
-    pub dns_names: Vec<String>,
-    /// IP SANs: `CF_INSTANCE_INTERNAL_IP`.
-    pub ips: Vec<IpAddr>,
-    /// Lifetime of each leaf (`certificate.validity`).
-    pub validity: Duration,
+pub enum IdentityAnchor {
+    /// The instance identity at these paths (`CF_INSTANCE_CERT`/`CF_INSTANCE_KEY`): its chain
+    /// names the identity CA, and egress presents this pair whatever `certificate.source`
+    /// serves.
+    FromInstanceCert(CertificatePaths),
+    /// Not on Diego (no instance certificate): no peer has a CF identity, so `cf:` rules are
+    /// refused at start.
+    None,
 }
 
-/// The serving certificate's source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertificateConfig {
-    /// `source: instance` (Diego's instance identity) or `source: files` (the app's own pair):
-    /// a key/cert pair read from files and reloaded when they change.
-    Files {
-        source: CertificateSource,
-        paths: CertificatePaths,
-    },
-    /// `source: service`: the credentials of a bound service instance in `VCAP_SERVICES`
-    /// (see [`crate::source`] for the keys read).
-    Service {
-        /// The service instance's name (`cf bind-service APP NAME`).
-        name: String,
-        /// `VCAP_SERVICES` as found at start (`None` when unset).
-        vcap_services: Option<String>,
-    },
-    /// `source: minted`: a key made in memory and a leaf signed by a bound service's CA,
-    /// renewed before two thirds of its lifetime have passed (see [`crate::mint`]).
-    Minted(MintConfig),
-}
-
-impl CertificateConfig {
-    /// The instance identity at `paths`.
-    pub fn instance(paths: CertificatePaths) -> Self {
-        CertificateConfig::Files {
-            source: CertificateSource::Instance,
-            paths,
-        }
-    }
-
-    /// What `/ready` and the logs say the sidecar waits for.
-    pub fn describe(&self) -> String {
+impl IdentityAnchor {
+    /// The instance credentials, when there are any.
+    pub fn paths(&self) -> Option<&CertificatePaths> {
         match self {
-            CertificateConfig::Files { paths, .. } => paths.cert.display().to_string(),
-            CertificateConfig::Service { name, .. } => {
-                format!("the credentials of the bound service \"{name}\"")
-            }
-            CertificateConfig::Minted(m) => {
-                format!(
-                    "a certificate minted from the CA of the bound service \"{}\"",
-                    m.service
-                )
-            }
+            IdentityAnchor::FromInstanceCert(paths) => Some(paths),
+            IdentityAnchor::None => None,
         }
     }
-
-    /// What `check` and messages call the source.
-    pub fn source(&self) -> CertificateSource {
-        match self {
-            CertificateConfig::Files { source, .. } => *source,
-            CertificateConfig::Service { .. } => CertificateSource::Service,
-            CertificateConfig::Minted(_) => CertificateSource::Minted,
-        }
-    }
-}
-
-/// The key/cert pair to serve, read together on every (re)load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificatePaths {
-    /// PEM chain: leaf first, then the intermediate(s).
-    pub cert: PathBuf,
-    /// PEM private key: PKCS#1 (`RSA PRIVATE KEY`, Diego's), PKCS#8 or SEC1.
-    pub key: PathBuf,
 }
 
 /// The trust bundle's sources: every certificate in every file of `system_dir`, then every
@@ -220,6 +171,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Slots of each TLS listener; `None`: an equal share of `max_connections`.
+    pub listener_connections: Option<usize>,
+    /// Requests in flight to the app per http-mode listener.
+    pub app_connections: usize,
+    /// HTTP/2 streams per client connection.
+    pub streams_per_connection: u32,
 }
 
 impl From<&tls_sidecar_config::Limits> for Limits {
@@ -230,6 +187,11 @@ impl From<&tls_sidecar_config::Limits> for Limits {
             idle_timeout: l.idle_timeout.duration(),
             drain_timeout: l.drain_timeout.duration(),
             connect_timeout: l.connect_timeout.duration(),
+            listener_connections: l
+                .listener_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            app_connections: usize::try_from(l.app_connections).unwrap_or(usize::MAX),
+            streams_per_connection: l.streams_per_connection,
         }
     }
 }
@@ -260,11 +222,53 @@ impl Default for ReloadTiming {
     }
 }
 
-/// A resolved configuration plus what start-up should report about it.
+/// What the server runs with: the configuration and its `allow`/`expect` rules, resolved once
+/// for this container. [`load`] makes it for the sidecar; [`Plan::new`] for a configuration
+/// built in code.
 #[derive(Debug)]
-pub struct Loaded {
+pub struct Plan {
     pub config: SidecarConfig,
-    /// Where the configuration came from: a file path or "built-in defaults".
+    /// Each listener's `allow` rules, in listener order.
+    pub(crate) policies: Vec<AccessPolicy>,
+    /// Each egress entry's `expect` rules, in config order.
+    pub(crate) expectations: Vec<Expectation>,
+}
+
+impl Plan {
+    /// Resolves `config`'s rules; fails (exit 64) on the first one that cannot be resolved
+    /// here, e.g. `cf:same-space` without `VCAP_APPLICATION.space_id`.
+    pub fn new(config: SidecarConfig) -> Result<Self, StartError> {
+        let Rules {
+            policies,
+            expectations,
+            problems,
+        } = config.rules();
+        match problems.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(Plan {
+                config,
+                policies,
+                expectations,
+            }),
+        }
+    }
+}
+
+/// Every `allow` and `expect` rule resolved against this app's `VCAP_APPLICATION`, and every
+/// one that cannot be, in config order: `check` reports the problems, [`Plan::new`] refuses
+/// them. With problems, the resolved lists lack the rules that failed.
+#[derive(Debug)]
+pub(crate) struct Rules {
+    pub(crate) policies: Vec<AccessPolicy>,
+    pub(crate) expectations: Vec<Expectation>,
+    /// [`StartError::IdentityOutsideCf`] and [`StartError::AccessRule`], each naming its field.
+    pub(crate) problems: Vec<StartError>,
+}
+
+/// Where the configuration came from and what start-up should report about it.
+#[derive(Debug)]
+pub struct Origin {
+    /// A file path or "built-in defaults".
     pub source: String,
     /// `TLS_SIDECAR_*` variables that overrode the file.
     pub overrides: Vec<&'static str>,
@@ -272,7 +276,7 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-impl Loaded {
+impl Origin {
     /// Logs where the configuration came from and every warning.
     pub fn log_summary(&self) {
         info!(
@@ -287,22 +291,30 @@ impl Loaded {
     }
 }
 
-/// Reads and resolves the configuration: `cli_path`, else `$TLS_SIDECAR_CONFIG`, else
-/// `<dir of exe>/../tls-sidecar.yml` if it exists, else built-in defaults; then the
-/// `TLS_SIDECAR_*` overrides from `env`.
-pub fn load(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> Result<Loaded, StartError> {
-    let loaded = load_unchecked(cli_path, env, exe)?;
-    loaded.config.policies()?;
-    loaded.config.expectations()?;
-    Ok(loaded)
+/// The sidecar's plan and where its configuration came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub plan: Plan,
+    pub origin: Origin,
 }
 
-/// [`load`] without resolving the `allow` rules (see [`SidecarConfig::resolve_unchecked`]).
-pub(crate) fn load_unchecked(
+/// Reads and resolves the configuration: `cli_path`, else `$TLS_SIDECAR_CONFIG`, else
+/// `<dir of exe>/../tls-sidecar.yml` if it exists, else built-in defaults; then the
+/// `TLS_SIDECAR_*` overrides from `env`; then the rules.
+pub fn load(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> Result<Loaded, StartError> {
+    let (config, origin) = read(cli_path, env, exe)?;
+    Ok(Loaded {
+        plan: Plan::new(config)?,
+        origin,
+    })
+}
+
+/// [`load`] up to the rules, which `check` resolves itself to report every problem.
+pub(crate) fn read(
     cli_path: Option<&Path>,
     env: &Env,
     exe: Option<&Path>,
-) -> Result<Loaded, StartError> {
+) -> Result<(SidecarConfig, Origin), StartError> {
     let app_port = app_port(env)?;
     let (text, source) = match config_file(cli_path, env, exe) {
         Some((path, named_by)) => match std::fs::read_to_string(&path) {
@@ -323,14 +335,14 @@ pub(crate) fn load_unchecked(
                 app: app_name(env),
             }
         })?;
-    let (config, more) = SidecarConfig::resolve_unchecked(&staged, env)?;
+    let (config, more) = SidecarConfig::resolve(&staged, env)?;
     warnings.extend(more);
-    Ok(Loaded {
-        config,
+    let origin = Origin {
         source,
         overrides,
         warnings,
-    })
+    };
+    Ok((config, origin))
 }
 
 /// The file to read and, when the user named it explicitly, by what (so a missing file is an
@@ -357,6 +369,76 @@ fn config_file(
     beside.is_file().then_some((beside, None))
 }
 
+/// Whose X-Forwarded-Client-Cert the route port keeps with `route.trust_gorouter_xfcc`: only
+/// the per-container Envoy's. With route integrity (cf-deployment's default) Gorouter reaches
+/// the app only through that Envoy, which runs in this container's network namespace and
+/// connects from `CF_INSTANCE_INTERNAL_IP`; a c2c peer with a policy for `$PORT` connects from
+/// its own address, so its header is still stripped. Without the variable nothing is trusted.
+fn trusted_xfcc_peer(
+    staged: &StagedConfig,
+    env: &Env,
+    warnings: &mut Vec<String>,
+) -> Option<IpAddr> {
+    if !staged.route.trust_gorouter_xfcc {
+        return None;
+    }
+    let ip = env
+        .get("CF_INSTANCE_INTERNAL_IP")
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    if ip.is_none() {
+        warnings.push(
+            "route.trust_gorouter_xfcc: CF_INSTANCE_INTERNAL_IP is not set, so Gorouter's connections cannot be told apart: X-Forwarded-Client-Cert is stripped from every route request".to_owned(),
+        );
+    }
+    ip
+}
+
+/// The route listener, when the profile script moved the app: it set `TLS_SIDECAR_ROUTE_PORT`
+/// to CF's `$PORT` and `$PORT` to `route.app_port`. Whatever the staged `route.fronting` says
+/// now (a run-time mode override can change `auto`), an app that was moved needs the route
+/// port served, and one that was not must keep it.
+fn route(
+    staged: &StagedConfig,
+    env: &Env,
+    app_port: u16,
+    warnings: &mut Vec<String>,
+) -> Option<RouteConfig> {
+    let value = env
+        .get(ROUTE_PORT_ENV)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty());
+    let Some(value) = value else {
+        if staged.route.fronted {
+            warnings.push(format!(
+                "{ROUTE_NOT_FRONTED}: {ROUTE_PORT_ENV} is not set, so the app's .profile.d/00-tls-sidecar-route.sh did not run for this process (or something removed it) and the app serves $PORT itself: X-Forwarded-Client-Cert sent to the route port reaches the app unchecked"
+            ));
+        }
+        return None;
+    };
+    match value.parse::<u16>() {
+        Ok(port) if port > 0 && port != app_port => Some(RouteConfig {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            upstream: HostPort {
+                host: "127.0.0.1".to_owned(),
+                port: app_port,
+            },
+            trusted_xfcc_peer: trusted_xfcc_peer(staged, env, warnings),
+        }),
+        Ok(port) if port == app_port => {
+            warnings.push(format!(
+                "{ROUTE_NOT_FRONTED}: {ROUTE_PORT_ENV} and $PORT are both {port} (CF gave this process route.app_port as its port), so the app serves the route port itself: pick another route.app_port"
+            ));
+            None
+        }
+        _ => {
+            warnings.push(format!(
+                "{ROUTE_NOT_FRONTED}: {ROUTE_PORT_ENV}=\"{value}\" is not a port number"
+            ));
+            None
+        }
+    }
+}
+
 /// `$PORT`, CF's port for the app process, or 8080 when unset.
 pub fn app_port(env: &Env) -> Result<u16, StartError> {
     match env.get("PORT").map(|p| p.trim()).filter(|p| !p.is_empty()) {
@@ -372,22 +454,10 @@ pub fn app_port(env: &Env) -> Result<u16, StartError> {
 }
 
 impl SidecarConfig {
-    /// Resolves `staged` for this container. Returns warnings beside the config. Fails (exit
-    /// 64) when an `allow` rule cannot be resolved, e.g. `cf:same-space` without
-    /// `VCAP_APPLICATION.space_id`.
+    /// Resolves `staged` for this container. Returns warnings beside the config. The `allow`
+    /// and `expect` rules are resolved after this, by [`Plan::new`] (or [`SidecarConfig::rules`]
+    /// for `check`), so tests can change them on the result first.
     pub fn resolve(staged: &StagedConfig, env: &Env) -> Result<(Self, Vec<String>), StartError> {
-        let (config, warnings) = Self::resolve_unchecked(staged, env)?;
-        config.policies()?;
-        config.expectations()?;
-        Ok((config, warnings))
-    }
-
-    /// [`SidecarConfig::resolve`] without resolving the `allow` rules, for `check`, which
-    /// reports a rule that cannot be resolved beside everything else.
-    pub(crate) fn resolve_unchecked(
-        staged: &StagedConfig,
-        env: &Env,
-    ) -> Result<(Self, Vec<String>), StartError> {
         let app_port = app_port(env)?;
         let mut warnings = Vec::new();
         let set = |var: &str| {
@@ -465,6 +535,19 @@ impl SidecarConfig {
             }
         };
 
+        // `source: instance` serves the instance identity itself (waited for if missing). Any
+        // other source runs on Diego only if Diego's certificate is actually there.
+        let identity_ca = match certificate.instance_paths() {
+            Some(paths) => IdentityAnchor::FromInstanceCert(paths.clone()),
+            None => match set("CF_INSTANCE_CERT").filter(|cert| cert.is_file()) {
+                Some(cert) => IdentityAnchor::FromInstanceCert(CertificatePaths {
+                    cert,
+                    key: set("CF_INSTANCE_KEY").unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_PATH)),
+                }),
+                None => IdentityAnchor::None,
+            },
+        };
+
         let mut trust = TrustConfig {
             system_dir: None,
             system_certs: staged.trust.system_certs,
@@ -479,30 +562,7 @@ impl SidecarConfig {
         if staged.trust.system_certs {
             trust.system_dir = set("CF_SYSTEM_CERT_PATH");
         }
-        if let CertificateConfig::Service {
-            name,
-            vcap_services: Some(raw),
-        } = &certificate
-            && let Ok(creds) = crate::source::service_credentials(raw, name)
-            && let Some(ca) = creds.ca
-        {
-            trust
-                .extra
-                .push((format!("service \"{name}\" credentials.ca"), ca));
-        }
-        // Apps bound to the same CA service verify each other's minted certificates.
-        if let CertificateConfig::Minted(MintConfig {
-            service,
-            vcap_services: Some(raw),
-            ..
-        }) = &certificate
-            && let Ok(creds) = crate::source::ca_credentials(raw, service)
-        {
-            trust.extra.push((
-                format!("service \"{service}\" credentials.ca_certificate"),
-                creds.certificate,
-            ));
-        }
+        trust.extra.extend(certificate.trust_extra());
         let mut verifying: Vec<String> = listeners
             .iter()
             .enumerate()
@@ -529,61 +589,96 @@ impl SidecarConfig {
             .admin
             .enabled
             .then(|| admin_addr(&staged.admin.listen));
+        let route = route(staged, env, app_port, &mut warnings);
 
         let config = SidecarConfig {
             listeners,
             egress,
             certificate,
             trust,
+            identity_ca,
             app,
             admin,
             limits: Limits::from(&staged.limits),
             reload: ReloadTiming::default(),
             log: staged.log.clone(),
+            route,
         };
         Ok((config, warnings))
     }
 
-    /// Each listener's resolved `allow` rules, in listener order.
-    pub(crate) fn policies(&self) -> Result<Vec<AccessPolicy>, StartError> {
-        let app = || {
-            self.app
-                .application_name
-                .clone()
-                .unwrap_or_else(|| "APP_NAME".to_owned())
-        };
-        self.listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                l.policy(&self.app)
-                    .map_err(|problem| StartError::AccessRule {
-                        field: format!("listeners[{i}].allow"),
-                        problem,
-                        app: app(),
-                    })
-            })
-            .collect()
+    /// The app's name for `cf` commands in fix texts, or a placeholder outside CF.
+    pub(crate) fn app_name(&self) -> String {
+        self.app.app_name().to_owned()
     }
 
-    /// Each egress entry's resolved `expect` rules, in config order.
-    pub(crate) fn expectations(&self) -> Result<Vec<Expectation>, StartError> {
-        self.egress
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                e.expectation(&self.app)
-                    .map_err(|problem| StartError::AccessRule {
-                        field: format!("egress[{i}].expect"),
-                        problem,
-                        app: self
-                            .app
-                            .application_name
-                            .clone()
-                            .unwrap_or_else(|| "APP_NAME".to_owned()),
-                    })
-            })
-            .collect()
+    /// Every `allow` and `expect` rule resolved against this app, once; see [`Rules`].
+    pub(crate) fn rules(&self) -> Rules {
+        let mut rules = Rules {
+            policies: Vec::with_capacity(self.listeners.len()),
+            expectations: Vec::with_capacity(self.egress.len()),
+            problems: Vec::new(),
+        };
+        for (i, l) in self.listeners.iter().enumerate() {
+            let field = format!("listeners[{i}].allow");
+            if let Some(policy) =
+                self.resolve_rules(&l.allow, field, AccessPolicy::resolve, &mut rules.problems)
+            {
+                rules.policies.push(policy);
+            }
+        }
+        for (i, e) in self.egress.iter().enumerate() {
+            let field = format!("egress[{i}].expect");
+            if let Some(expectation) =
+                self.resolve_rules(&e.expect, field, Expectation::resolve, &mut rules.problems)
+            {
+                rules.expectations.push(expectation);
+            }
+        }
+        rules
+    }
+
+    /// One rule list resolved by `resolve`, or `None` with its problems added: a `cf:` rule
+    /// where there is no platform identity (it could only ever match certificates from CAs
+    /// that are not the platform's, which is exactly what it must never match), and a rule
+    /// that cannot be resolved against `VCAP_APPLICATION`.
+    fn resolve_rules<T>(
+        &self,
+        rules: &[Selector],
+        field: String,
+        resolve: fn(&[Selector], &VcapApplication) -> Result<T, String>,
+        problems: &mut Vec<StartError>,
+    ) -> Option<T> {
+        let cf_rule = rules.iter().find(|s| !matches!(s, Selector::Dns(_)));
+        let outside_cf = match cf_rule {
+            Some(selector) if self.identity_ca == IdentityAnchor::None => {
+                problems.push(StartError::IdentityOutsideCf {
+                    field: field.clone(),
+                    selector: selector.to_string(),
+                    cert_source: self.certificate.source(),
+                    app: self.app_name(),
+                });
+                true
+            }
+            _ => false,
+        };
+        match resolve(rules, &self.app) {
+            Ok(resolved) => (!outside_cf).then_some(resolved),
+            Err(problem) => {
+                problems.push(StartError::AccessRule {
+                    field,
+                    problem,
+                    app: self.app_name(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Whether any `allow` or `expect` rule is a `cf:` rule (needs the platform identity CA).
+    pub(crate) fn identity_rules_written(&self) -> bool {
+        let cf = |rules: &[Selector]| rules.iter().any(|s| !matches!(s, Selector::Dns(_)));
+        self.listeners.iter().any(|l| cf(&l.allow)) || self.egress.iter().any(|e| cf(&e.expect))
     }
 
     /// Whether any listener verifies client certificates.
@@ -751,7 +846,8 @@ mod tests {
                 error,
                 app: "a".into(),
             })?;
-        SidecarConfig::resolve(&staged, env)
+        let (config, warnings) = SidecarConfig::resolve(&staged, env)?;
+        Ok((Plan::new(config)?.config, warnings))
     }
 
     fn paths(c: &SidecarConfig) -> &CertificatePaths {
@@ -888,7 +984,7 @@ mod tests {
         );
         assert_eq!(e.target.to_string(), "b.apps.internal:8443");
         assert_eq!(e.addrs, None);
-        assert_eq!(c.expectations().unwrap().len(), 1);
+        assert_eq!(c.rules().expectations.len(), 1);
         assert!(c.verifies_peers());
 
         let e = resolve(yaml, &Env::new()).unwrap_err();
@@ -982,7 +1078,7 @@ mod tests {
             &env(&[("VCAP_APPLICATION", vcap)]),
         )
         .unwrap();
-        assert!(c.policies().unwrap()[0].has_rules());
+        assert!(c.rules().policies[0].has_rules());
     }
 
     #[test]
@@ -1010,7 +1106,7 @@ mod tests {
 
         let exe = dir.path().join("bin/tls-sidecar");
         let loaded = load(None, &Env::new(), Some(&exe)).unwrap();
-        assert_eq!(loaded.source, "built-in defaults");
+        assert_eq!(loaded.origin.source, "built-in defaults");
     }
 
     #[test]
@@ -1023,15 +1119,15 @@ mod tests {
         .unwrap();
         let exe = dir.path().join("bin/tls-sidecar");
         let loaded = load(None, &Env::new(), Some(&exe)).unwrap();
-        assert_eq!(loaded.config.listeners[0].bind.port(), 9443);
+        assert_eq!(loaded.plan.config.listeners[0].bind.port(), 9443);
         assert!(
-            loaded.source.ends_with("tls-sidecar.yml"),
+            loaded.origin.source.ends_with("tls-sidecar.yml"),
             "{}",
-            loaded.source
+            loaded.origin.source
         );
 
         let loaded = load(None, &env(&[("TLS_SIDECAR_PORT", "7443")]), Some(&exe)).unwrap();
-        assert_eq!(loaded.config.listeners[0].bind.port(), 7443);
-        assert_eq!(loaded.overrides, ["TLS_SIDECAR_PORT"]);
+        assert_eq!(loaded.plan.config.listeners[0].bind.port(), 7443);
+        assert_eq!(loaded.origin.overrides, ["TLS_SIDECAR_PORT"]);
     }
 }

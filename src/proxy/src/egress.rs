@@ -7,17 +7,34 @@
 //!
 //! The identity check is a custom [`ServerCertVerifier`] (Linkerd's `verify_id` pattern):
 //! WebPKI verifies the chain without a hostname; `cf:` rules then read the leaf's OUs (Diego
-//! certificates name no routes, so hostname verification would always fail on them) and
-//! `dns:` rules run standard hostname verification over the SANs.
+//! certificates name no routes, so hostname verification would always fail on them), but
+//! only when the chain also ends at the platform identity CA ([`crate::trust`]); `dns:` rules
+//! run standard hostname verification over the SANs.
+//!
+//! Which certificate egress presents: the Diego instance identity whenever this container has
+//! one, whatever `certificate.source` serves (server.rs wires the store). The receiving
+//! side's `cf:` rules can only match a certificate from the platform identity CA, so that is
+//! the only certificate that says "this app" to another sidecar; a minted or a service
+//! certificate keeps serving ingress, where clients verify hostnames. Outside CF the serving
+//! certificate is presented.
+//!
+//! Resumption: the `ClientConfig`, and with it the client session cache, is rebuilt whenever
+//! the trust anchors change, so no session from before is offered. A resumed session is
+//! re-verified after the handshake (rustls does not): a server certificate that expired since
+//! the session began is refused like one in a full handshake.
 
+use crate::accept::Door;
+use crate::cert::{CertStore, leaf_info};
 use crate::config::Limits;
 use crate::forward::{self, CLOSE_GRACE, Counts, PumpError};
 use crate::identity::{CfIdentity, Expectation};
+use crate::logging::{millis, tls_version};
 use crate::metrics::{EgressFailure, EgressMetrics};
-use crate::server::{Shared, stopped};
-use crate::tls::{CertStore, leaf_info};
+use crate::shared::Shared;
+use crate::stop::stopped;
+use crate::trust::{Anchors, Side};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ResolvesClientCert, verify_server_cert_signed_by_trust_anchor, verify_server_name,
 };
@@ -25,8 +42,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError,
-    ProtocolVersion, RootCertStore, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, Error, HandshakeKind, OtherError,
+    ProtocolVersion, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::fmt;
@@ -59,14 +76,15 @@ pub(crate) struct EgressTls {
     provider: Arc<CryptoProvider>,
     store: Arc<CertStore>,
     expect: Arc<Expectation>,
-    roots: ArcSwap<RootCertStore>,
+    anchors: ArcSwap<Anchors>,
     built: ArcSwapOption<Built>,
 }
 
 struct Built {
     cert: Arc<CertifiedKey>,
-    roots: Arc<RootCertStore>,
+    anchors: Arc<Anchors>,
     config: Arc<ClientConfig>,
+    verifier: Arc<ServerVerifier>,
 }
 
 impl EgressTls {
@@ -74,37 +92,38 @@ impl EgressTls {
         provider: Arc<CryptoProvider>,
         store: Arc<CertStore>,
         expect: Expectation,
-        roots: &Arc<RootCertStore>,
+        anchors: &Arc<Anchors>,
     ) -> Self {
         EgressTls {
             provider,
             store,
             expect: Arc::new(expect),
-            roots: ArcSwap::new(roots.clone()),
+            anchors: ArcSwap::new(anchors.clone()),
             built: ArcSwapOption::empty(),
         }
     }
 
-    /// Verifies servers against `roots` from the next connection on.
-    pub(crate) fn install(&self, roots: &Arc<RootCertStore>) {
-        self.roots.store(roots.clone());
+    /// Verifies servers against `anchors` from the next connection on (with an empty session
+    /// cache).
+    pub(crate) fn install(&self, anchors: &Arc<Anchors>) {
+        self.anchors.store(anchors.clone());
     }
 
     /// The client configuration for a new connection.
-    fn config(&self) -> Result<Arc<ClientConfig>, Failure> {
+    fn config(&self) -> Result<Arc<Built>, Failure> {
         let cert = self.store.current().ok_or_else(|| Failure {
             why: EgressFailure::NoCertificate,
             text: "no certificate loaded yet: nothing to present to the target".to_owned(),
         })?;
-        let roots = self.roots.load_full();
+        let anchors = self.anchors.load_full();
         if let Some(built) = self.built.load_full()
             && Arc::ptr_eq(&built.cert, &cert)
-            && Arc::ptr_eq(&built.roots, &roots)
+            && Arc::ptr_eq(&built.anchors, &anchors)
         {
-            return Ok(built.config.clone());
+            return Ok(built);
         }
         let verifier = Arc::new(ServerVerifier {
-            roots: roots.clone(),
+            anchors: anchors.clone(),
             expect: self.expect.clone(),
             algorithms: self.provider.signature_verification_algorithms,
         });
@@ -115,15 +134,16 @@ impl EgressTls {
                 text: format!("cannot set up TLS: {e}"),
             })?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
+            .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(Arc::new(Present(cert.clone())));
-        let config = Arc::new(config);
-        self.built.store(Some(Arc::new(Built {
+        let built = Arc::new(Built {
             cert,
-            roots,
-            config: config.clone(),
-        })));
-        Ok(config)
+            anchors,
+            config: Arc::new(config),
+            verifier,
+        });
+        self.built.store(Some(built.clone()));
+        Ok(built)
     }
 }
 
@@ -144,7 +164,7 @@ impl ResolvesClientCert for Present {
 /// The chain against the trust bundle (no hostname), then the identity against `expect`.
 #[derive(Debug)]
 struct ServerVerifier {
-    roots: Arc<RootCertStore>,
+    anchors: Arc<Anchors>,
     expect: Arc<Expectation>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -174,19 +194,20 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if self.roots.is_empty() {
+        if self.anchors.bundle.is_empty() {
             return Err(Error::InvalidCertificate(CertificateError::UnknownIssuer));
         }
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            &self.anchors.bundle,
             intermediates,
             now,
             self.algorithms.all,
         )?;
-        let identity = CfIdentity::from_der(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let identity = self
+            .anchors
+            .identity(Side::Server, end_entity, intermediates, now);
         if self.expect.admits(&identity) {
             return Ok(ServerCertVerified::assertion());
         }
@@ -219,27 +240,7 @@ impl ServerCertVerifier for ServerVerifier {
         )))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    crate::trust::signatures_by_provider!();
 }
 
 /// Why a connection did not reach its target: the metrics label and a sentence for the log.
@@ -271,6 +272,44 @@ enum Ended {
     Drained,
 }
 
+/// An egress listener's [`Door`]: each connection from the app takes one of the egress
+/// slots (`max_connections`, apart from the TLS listeners') and is [`serve`]d; with none
+/// left it is closed.
+pub(crate) struct EgressDoor {
+    pub(crate) egress: Arc<Egress>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Door for EgressDoor {
+    type Slot = OwnedSemaphorePermit;
+
+    fn admit(&mut self, _app: &TcpStream) -> Option<OwnedSemaphorePermit> {
+        self.egress.metrics.accepted.fetch_add(1, Relaxed);
+        self.shared.egress_permit()
+    }
+
+    fn serve(&self, app: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let (egress, shared) = (self.egress.clone(), self.shared.clone());
+        tokio::spawn(serve(app, peer, egress, shared, permit));
+    }
+
+    fn refused(&self, peer: SocketAddr, held_back: Option<u64>) {
+        self.egress.metrics.refused.fetch_add(1, Relaxed);
+        if let Some(held_back) = held_back {
+            let (name, max_connections) = (&self.egress.name, self.shared.limits.max_connections);
+            warn!(
+                egress = %name, peer = %peer, max_connections, held_back,
+                "egress connection refused: max_connections reached"
+            );
+        }
+    }
+
+    fn accept_failed(&self, error: &io::Error, held_back: u64, retry_ms: u64) {
+        let name = &self.egress.name;
+        warn!(egress = %name, error = %error, held_back, retry_ms, "accept failed");
+    }
+}
+
 /// Serves one connection from the app. `_permit` is its `max_connections` slot.
 pub(crate) async fn serve(
     app: TcpStream,
@@ -292,19 +331,9 @@ pub(crate) async fn serve(
     // Its buffers are freed: give them back once the sidecar is quiet.
     crate::memory::collect_soon();
 
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let tls = match conn.tls {
-        Some(ProtocolVersion::TLSv1_3) => "1.3",
-        Some(ProtocolVersion::TLSv1_2) => "1.2",
-        Some(_) => "other",
-        None => "none",
-    };
-    let id = conn.identity.as_ref();
-    let part = |f: fn(&CfIdentity) -> Option<&str>| id.map(|id| f(id).unwrap_or("-"));
-    let app = part(|id| id.app.as_ref().map(|g| g.as_str()));
-    let space = part(|id| id.space.as_ref().map(|g| g.as_str()));
-    let org = part(|id| id.org.as_ref().map(|g| g.as_str()));
-    let instance = part(|id| id.instance.as_deref());
+    let duration_ms = millis(started.elapsed());
+    let tls = tls_version(conn.tls);
+    let [app, space, org, instance] = CfIdentity::log_fields(conn.identity.as_ref());
     let server = conn.server.map(tracing::field::display);
     let (bytes_sent, bytes_received) = (conn.counts.bytes_out, conn.counts.bytes_in);
     let target = tracing::field::display(&egress.target);
@@ -378,6 +407,10 @@ async fn handle(
             Ended::Error(format!("target: {e}"))
         }
         Err(PumpError::Plain(e)) => Ended::Error(format!("app: {e}")),
+        Err(PumpError::Stalled(d)) => Ended::Error(format!(
+            "target: took none of the app's data for {} ms",
+            d.as_millis()
+        )),
     })
 }
 
@@ -387,7 +420,7 @@ async fn connect(
     limits: &Limits,
     conn: &mut Conn,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
-    let config = egress.tls.config()?;
+    let built = egress.tls.config()?;
     let target = &egress.target;
     let deadline = Instant::now() + limits.connect_timeout;
     let addrs: Vec<SocketAddr> = match &egress.addrs {
@@ -435,7 +468,7 @@ async fn connect(
         why: EgressFailure::Handshake,
         text: format!("{} cannot be a TLS server name: {e}", target.host),
     })?;
-    let handshake = TlsConnector::from(config).connect(name, tcp);
+    let handshake = TlsConnector::from(built.config.clone()).connect(name.clone(), tcp);
     let tls = match timeout(limits.handshake_timeout, handshake).await {
         Err(_) => {
             return Err(Failure {
@@ -447,14 +480,39 @@ async fn connect(
             });
         }
         Ok(Err(e)) => return Err(classify(&e)),
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(mut tls)) => {
+            let state = tls.get_ref().1;
+            conn.tls = state.protocol_version();
+            let chain = state.peer_certificates().unwrap_or_default();
+            let now = UnixTime::now();
+            if let Some((leaf, intermediates)) = chain.split_first() {
+                conn.identity = Some(built.anchors.identity(
+                    Side::Server,
+                    leaf,
+                    intermediates,
+                    now,
+                ));
+            }
+            // rustls verifies the server only in a full handshake; a resumed session carries
+            // the chain verified back then.
+            if state.handshake_kind() == Some(HandshakeKind::Resumed) {
+                let verified = match chain.split_first() {
+                    Some((leaf, intermediates)) => built
+                        .verifier
+                        .verify_server_cert(leaf, intermediates, &name, &[], now)
+                        .map(|_| ()),
+                    None => Err(Error::NoCertificatesPresented),
+                };
+                if let Err(e) = verified {
+                    let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
+                    let mut failure = classify(&io::Error::new(io::ErrorKind::InvalidData, e));
+                    failure.text = format!("resumed session refused: {}", failure.text);
+                    return Err(failure);
+                }
+            }
+            tls
+        }
     };
-    let state = tls.get_ref().1;
-    conn.tls = state.protocol_version();
-    conn.identity = state
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| CfIdentity::from_der(leaf).ok());
     Ok(tls)
 }
 
@@ -588,6 +646,9 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(5),
             drain_timeout: std::time::Duration::from_secs(5),
             connect_timeout: std::time::Duration::from_secs(5),
+            listener_connections: None,
+            app_connections: 16,
+            streams_per_connection: 8,
         };
         let deadline = Instant::now() + limits.connect_timeout;
         let tcp = connect_any(&[dead, live], deadline, &limits).await.unwrap();

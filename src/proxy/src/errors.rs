@@ -3,7 +3,7 @@
 //! is a log line, never an exit, because a sidecar exit kills the whole app instance.
 
 use std::path::PathBuf;
-use tls_sidecar_config::{ConfigError, Env, Origin, VcapApplication};
+use tls_sidecar_config::{CertificateSource, ConfigError, Env, Origin, VcapApplication};
 
 /// `EX_USAGE` from sysexits.h: the configuration cannot work (docs/DESIGN.md, "Exit codes").
 pub const EX_USAGE: u8 = 64;
@@ -66,6 +66,19 @@ pub enum StartError {
         app: String,
     },
 
+    /// A `cf:` rule where there is no instance identity (not on Diego, `certificate.source`
+    /// other than `instance` and no `CF_INSTANCE_CERT` file): no peer can be proven to be a CF
+    /// app, so the rule could only match certificates from some other CA claiming CF OUs.
+    #[error(
+        "{field}: {selector} names a Cloud Foundry identity, but this container has no instance identity certificate (certificate.source: {cert_source}, and CF_INSTANCE_CERT is not set or names no file), so no peer can be proven to be a CF app. Fix: run on Cloud Foundry, where Diego provides CF_INSTANCE_CERT; outside CF remove the cf: rules (in egress expect, name the server with dns:<hostname> instead) in tls-sidecar.yml, then cf push {app}"
+    )]
+    IdentityOutsideCf {
+        field: String,
+        selector: String,
+        cert_source: CertificateSource,
+        app: String,
+    },
+
     /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -88,18 +101,16 @@ impl StartError {
             | StartError::ConfigFileUnreadable { .. }
             | StartError::AppPort { .. }
             | StartError::EgressListen { .. }
-            | StartError::AccessRule { .. } => EX_USAGE,
+            | StartError::AccessRule { .. }
+            | StartError::IdentityOutsideCf { .. } => EX_USAGE,
             StartError::Runtime(_) | StartError::Signals(_) | StartError::Tls(_) => EX_SOFTWARE,
         }
     }
 }
 
-/// The app's name for `cf` commands in fix texts, or a placeholder outside CF.
+/// The app's name for `cf` commands in fix texts, or the config crate's placeholder outside CF.
 pub(crate) fn app_name(env: &Env) -> String {
-    VcapApplication::from_env(env)
-        .0
-        .application_name
-        .unwrap_or_else(|| "APP_NAME".to_owned())
+    VcapApplication::from_env(env).0.app_name().to_owned()
 }
 
 fn config_fix(error: &ConfigError, app: &str) -> String {

@@ -2,12 +2,18 @@
 //! (tcp mode, optionally after a PROXY protocol header) or hand the connection to the HTTP side
 //! (http mode); one log line.
 
+use crate::accept::Door;
+use crate::gate::{Admission, Admitted, has_sent};
 use crate::http::{Caller, Drain};
 use crate::identity::{CfIdentity, Denial};
+use crate::logging::{millis, tls_version};
 use crate::metrics::HandshakeFailure;
-use crate::server::{Listener, Shared, stopped};
+use crate::retry::LogThrottle;
+use crate::shared::{Listener, Shared};
+use crate::stop::stopped;
 use crate::{proxy_protocol, verifier};
-use rustls::ProtocolVersion;
+use rustls::{HandshakeKind, ProtocolVersion};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,7 +25,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep, sleep, timeout};
 use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
@@ -42,6 +47,9 @@ pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// report what it did) before the task is dropped.
 const HTTP_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
+/// At most one line per this about connections shed under a flood (with the count held back).
+const SHED_LOG_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnError {
     #[error("no certificate loaded yet")]
@@ -60,6 +68,10 @@ pub(crate) enum ConnError {
     Upstream(io::Error),
     #[error("idle for {} ms", .0.as_millis())]
     Idle(Duration),
+    #[error("the client took none of the data owed to it for {} ms", .0.as_millis())]
+    Stalled(Duration),
+    #[error("shed before the TLS handshake finished: the listener was full")]
+    Shed,
     #[error("closed at the end of the drain")]
     Drained,
     #[error("{0}")]
@@ -99,14 +111,84 @@ struct Conn {
     requests: Option<u64>,
 }
 
-/// Serves one accepted connection. `_permit` is its `max_connections` slot, held until the
-/// log line is written so that a drain waits for it.
+/// A TLS listener's [`Door`]: each connection gets a slot of the listener's gate (when it is
+/// full, the slot of the oldest connection still in its handshake) and is [`serve`]d; with
+/// every slot held by an established connection it is closed before any TLS work.
+pub(crate) struct TlsDoor {
+    listener: Arc<Listener>,
+    shared: Arc<Shared>,
+    sheds: LogThrottle,
+}
+
+impl TlsDoor {
+    pub(crate) fn new(listener: Arc<Listener>, shared: Arc<Shared>) -> Self {
+        let sheds = LogThrottle::new(SHED_LOG_EVERY);
+        TlsDoor {
+            listener,
+            shared,
+            sheds,
+        }
+    }
+}
+
+impl Door for TlsDoor {
+    type Slot = Admission;
+
+    fn admit(&mut self, tcp: &TcpStream) -> Option<Admission> {
+        let listener = &self.listener;
+        listener.metrics.accepted.fetch_add(1, Relaxed);
+        match listener.gate.admit(has_sent(tcp)) {
+            Admitted::Free(admission) => Some(admission),
+            Admitted::Shed(admission) => {
+                listener.metrics.shed.fetch_add(1, Relaxed);
+                if let Some(held_back) = self.sheds.allow("shed") {
+                    let shed = held_back + 1;
+                    let slots = listener.gate.capacity();
+                    warn!(
+                        listener = listener.port,
+                        shed,
+                        slots,
+                        "listener full: closed {shed} connection(s) that had not finished their TLS handshake to admit new ones (oldest silent first)"
+                    );
+                }
+                Some(admission)
+            }
+            Admitted::Full => None,
+        }
+    }
+
+    fn serve(&self, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
+        let (listener, shared) = (self.listener.clone(), self.shared.clone());
+        tokio::spawn(serve(tcp, peer, listener, shared, admission));
+    }
+
+    fn refused(&self, peer: SocketAddr, held_back: Option<u64>) {
+        let listener = &self.listener;
+        listener.metrics.refused.fetch_add(1, Relaxed);
+        if let Some(held_back) = held_back {
+            let slots = listener.gate.capacity();
+            warn!(
+                listener = listener.port, peer = %peer, slots, held_back,
+                "connection refused: max_connections reached (every slot of this listener is held by an established connection)"
+            );
+        }
+    }
+
+    fn accept_failed(&self, error: &io::Error, held_back: u64, retry_ms: u64) {
+        let port = self.listener.port;
+        warn!(listener = port, error = %error, held_back, retry_ms, "accept failed");
+    }
+}
+
+/// Serves one accepted connection. `admission` is its slot of the listener, held until the
+/// log line is written so that a drain waits for it; until the handshake finishes, a newer
+/// connection may take it (the connection then closes).
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    mut admission: Admission,
 ) {
     let started = Instant::now();
     let metrics = listener.metrics.clone();
@@ -115,7 +197,7 @@ pub(crate) async fn serve(
     let mut close_all = shared.close_all.clone();
     let http = listener.http.is_some();
     let result = tokio::select! {
-        result = handle(tcp, peer, &listener, &shared, &mut conn) => result,
+        result = handle(tcp, peer, &listener, &shared, &mut conn, &mut admission) => result,
         () = async {
             stopped(&mut close_all).await;
             // The HTTP side watches the same switch and ends its connection on its own.
@@ -127,21 +209,16 @@ pub(crate) async fn serve(
     metrics.active.fetch_sub(1, Relaxed);
     // Its buffers are freed: give them back once the sidecar is quiet.
     crate::memory::collect_soon();
+    if let Err(ConnError::Shed) = result {
+        // Under a flood these come by the thousand a second: the accept loop logs one
+        // summary line a second instead, and /metrics counts each.
+        return;
+    }
 
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let tls = match conn.tls {
-        Some(ProtocolVersion::TLSv1_3) => "1.3",
-        Some(ProtocolVersion::TLSv1_2) => "1.2",
-        Some(_) => "other",
-        None => "none",
-    };
+    let duration_ms = millis(started.elapsed());
+    let tls = tls_version(conn.tls);
     let (bytes_in, bytes_out) = (conn.counts.bytes_in, conn.counts.bytes_out);
-    let id = conn.identity.as_ref();
-    let part = |f: fn(&CfIdentity) -> Option<&str>| id.map(|id| f(id).unwrap_or("-"));
-    let app = part(|id| id.app.as_ref().map(|g| g.as_str()));
-    let space = part(|id| id.space.as_ref().map(|g| g.as_str()));
-    let org = part(|id| id.org.as_ref().map(|g| g.as_str()));
-    let instance = part(|id| id.instance.as_deref());
+    let [app, space, org, instance] = CfIdentity::log_fields(conn.identity.as_ref());
     let alpn = conn.alpn.as_deref();
     let requests = conn.requests;
     let error = result.err();
@@ -169,6 +246,7 @@ async fn handle(
     listener: &Listener,
     shared: &Shared,
     conn: &mut Conn,
+    admission: &mut Admission,
 ) -> Result<(), ConnError> {
     let limits = &shared.limits;
     // Both sockets carry small interactive writes (TLS records, request/response heads):
@@ -179,8 +257,29 @@ async fn handle(
         listener.port,
     ));
     let acceptor = listener.tls.acceptor();
-    let handshake = timeout(limits.handshake_timeout, acceptor.accept(tcp));
+    let shed = admission.shed();
+    let handshake = async {
+        // A client that has sent nothing yet is the first to be shed when the listener is
+        // full; one byte (its ClientHello, normally) moves it behind every silent one. A
+        // connection readable only because it is closed (EOF) stays silent: it is dead.
+        if tcp.readable().await.is_ok() && has_sent(&tcp) {
+            admission.talking();
+        }
+        // Boxed: the handshake's state (a whole rustls connection) is allocated only once the
+        // caller has sent something, so a silent connection costs its task and socket alone.
+        Box::pin(acceptor.accept(tcp)).await
+    };
+    let handshake = timeout(limits.handshake_timeout, handshake);
+    let handshake = async {
+        tokio::select! {
+            accepted = handshake => Some(accepted),
+            () = shed => None,
+        }
+    };
     let (accepted, verdict) = verifier::with_verdict(handshake).await;
+    let Some(accepted) = accepted else {
+        return Err(ConnError::Shed);
+    };
     let mut tls = match accepted {
         Err(_) => {
             listener.metrics.handshake_failed(HandshakeFailure::Timeout);
@@ -201,22 +300,53 @@ async fn handle(
         }
         Ok(Ok(tls)) => tls,
     };
+    if !admission.established() {
+        // Shed as the handshake finished: its slot is already another connection's.
+        return Err(ConnError::Shed);
+    }
 
     let state = tls.get_ref().1;
     conn.tls = state.protocol_version();
     conn.alpn = state
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    let leaf = state
+    let resumed = state.handshake_kind() == Some(HandshakeKind::Resumed);
+    let chain: Vec<CertificateDer<'static>> = state
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| leaf.clone().into_owned());
-    let identity = leaf
-        .as_ref()
-        .map(|leaf| CfIdentity::from_der(leaf).unwrap_or_default());
+        .map(|c| c.iter().map(|cert| cert.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let leaf = chain.first().cloned();
+    // Today's anchors, which may be newer than those this handshake was verified against.
+    let anchors = listener.tls.anchors();
+    let now = UnixTime::now();
+    // A resumed session carries the chain verified when it began, against the trust of that
+    // moment: rustls does not look at it again. Without this check, a client certificate that
+    // has expired since (or whose CA was removed) could keep resuming for the ticket's
+    // lifetime. The CF identity comes only from a chain ending at the platform identity CA
+    // (trust.rs). A full handshake verified against these anchors is answered from memory.
+    let identity = if chain.is_empty() {
+        None
+    } else {
+        match anchors.check_client(&chain, now) {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+                let (why, reason) = verifier::classify(&e, true, None);
+                listener.metrics.handshake_failed(why);
+                let what = if resumed {
+                    "resumed session refused"
+                } else {
+                    "refused after a trust change during the handshake"
+                };
+                warn!(listener = listener.port, peer = %peer, "{what}: {reason}");
+                let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
+                return Err(ConnError::Handshake(format!("{what}: {reason}")));
+            }
+        }
+    };
     conn.identity = identity.clone();
-    // In tcp mode the verifier enforced this already; checking again costs nothing and also
-    // covers a resumed session.
+    // In tcp mode the verifier enforced this already; checking again also covers a resumed
+    // session (whose rules or identity anchors may have changed since).
     let denial = listener.policy.check(identity.as_ref()).err();
     if let Some(denial) = &denial {
         log_denial(
@@ -239,7 +369,10 @@ async fn handle(
             graceful: shared.graceful.clone(),
             close_all: shared.close_all.clone(),
         };
-        let outcome = http.serve(tls, caller, drain).await;
+        // Boxed, like `forward` below: every connection's task is as large as its largest
+        // state, and a connection still waiting for its ClientHello (thousands of them under
+        // a flood) should not carry the size of a whole HTTP connection.
+        let outcome = Box::pin(http.serve(tls, caller, drain)).await;
         conn.counts.bytes_in = outcome.bytes_in;
         conn.counts.bytes_out = outcome.bytes_out;
         conn.requests = Some(outcome.requests);
@@ -259,7 +392,7 @@ async fn handle(
         let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
         return Err(ConnError::Denied(denial));
     }
-    forward(tls, peer, local, listener, shared, conn).await
+    Box::pin(forward(tls, peer, local, listener, shared, conn)).await
 }
 
 /// The warning every refused caller gets, naming it by its CF identity.
@@ -326,7 +459,11 @@ async fn forward(
         PumpError::Tls(e) => ConnError::Client(e),
         PumpError::Plain(e) => ConnError::Upstream(e),
         PumpError::Idle(d) => ConnError::Idle(d),
+        PumpError::Stalled(d) => ConnError::Stalled(d),
     });
+    if let Err(ConnError::Stalled(_)) = result {
+        metrics.stalled.fetch_add(1, Relaxed);
+    }
     if let Err(ConnError::Idle(_)) = result {
         // A clean close_notify tells the client this was on purpose, not a network fault.
         let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
@@ -334,12 +471,14 @@ async fn forward(
     result
 }
 
-/// How a [`pump`] ended badly: on the TLS side, on the plaintext side, or idle.
+/// How a [`pump`] ended badly: on the TLS side, on the plaintext side, idle, or with data for
+/// the TLS side that it took none of for the idle limit.
 #[derive(Debug)]
 pub(crate) enum PumpError {
     Tls(io::Error),
     Plain(io::Error),
     Idle(Duration),
+    Stalled(Duration),
 }
 
 /// Copies TLS→plaintext and plaintext→TLS at once until both directions are done (see
@@ -364,6 +503,7 @@ where
         to_tls,
         idle,
         last_activity: Instant::now(),
+        last_toward_tls: Instant::now(),
         to_plain: ToPlain::default(),
         to_tls_side: ToTls::default(),
     };
@@ -373,8 +513,9 @@ where
 }
 
 /// Copies both ways at once. A FIN (or close_notify) from one side shuts down writing to the
-/// other, and the pump ends when both directions have, when either fails, or after `idle`
-/// without a byte either way. Used for ingress (TLS = the client, plaintext = the app) and for
+/// other, and the pump ends when both directions have, when either fails, after `idle`
+/// without a byte either way, or after `idle` with bytes for the TLS side that it took none
+/// of (a client that stopped reading must not hold the app's connection by sending). Used for ingress (TLS = the client, plaintext = the app) and for
 /// egress (TLS = the target, plaintext = the app).
 struct Pump<'a, T> {
     tls: &'a mut T,
@@ -384,6 +525,8 @@ struct Pump<'a, T> {
     to_tls: &'a AtomicU64,
     idle: Duration,
     last_activity: Instant,
+    /// When bytes last moved toward the TLS side (read from the plaintext side or written).
+    last_toward_tls: Instant,
     to_plain: ToPlain,
     to_tls_side: ToTls,
 }
@@ -400,6 +543,8 @@ struct ToTls {
     buf: Vec<u8>,
     pos: usize,
     cap: usize,
+    /// Bytes read from the plaintext side so far.
+    taken: u64,
     /// A read has filled the small buffer: allocate [`BULK_READ_BUFFER`] from now on.
     bulk: bool,
     eof: bool,
@@ -431,6 +576,7 @@ impl<T: AsyncBufRead + AsyncWrite + Unpin> Pump<'_, T> {
         mut idle: Pin<&mut Sleep>,
     ) -> Poll<Result<(), PumpError>> {
         let moved = self.counts.bytes_in + self.counts.bytes_out;
+        let toward_tls = self.counts.bytes_out + self.to_tls_side.taken;
         if !self.to_plain.done
             && let Poll::Ready(result) = self.poll_to_plain(cx)
         {
@@ -447,12 +593,29 @@ impl<T: AsyncBufRead + AsyncWrite + Unpin> Pump<'_, T> {
             return Poll::Ready(Ok(()));
         }
         if self.counts.bytes_in + self.counts.bytes_out != moved {
-            self.last_activity = Instant::now();
+            let now = Instant::now();
+            self.last_activity = now;
+            if self.counts.bytes_out + self.to_tls_side.taken != toward_tls {
+                self.last_toward_tls = now;
+            }
         }
         // The timer is re-armed only when it fires, not on every byte.
         while idle.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let out = &self.to_tls_side;
+            if out.pos < out.cap {
+                let stall_deadline = self.last_toward_tls + self.idle;
+                if now >= stall_deadline {
+                    return Poll::Ready(Err(PumpError::Stalled(self.idle)));
+                }
+                let deadline = stall_deadline.min(self.last_activity + self.idle);
+                if now < deadline {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
+            }
             let deadline = self.last_activity + self.idle;
-            if Instant::now() >= deadline {
+            if now >= deadline {
                 return Poll::Ready(Err(PumpError::Idle(self.idle)));
             }
             idle.as_mut().reset(deadline);
@@ -554,6 +717,7 @@ impl<T: AsyncBufRead + AsyncWrite + Unpin> Pump<'_, T> {
             }
             out.pos = 0;
             out.cap = n;
+            out.taken += n as u64;
         }
     }
 }

@@ -6,6 +6,11 @@
 //! any order. So the OUs are collected from every RDN and matched by prefix, never by position.
 //! A certificate carrying two different values for the same prefix is ambiguous and has no
 //! identity for that part: authorization must not pick one.
+//!
+//! OUs are only a *claim*: any CA can write them. [`CfIdentity::from_der`] reads the claim;
+//! the identity that rules, logs and metrics use comes from [`crate::trust::Anchors`], which
+//! keeps the claim only for chains ending at the platform's instance-identity CA and
+//! otherwise clears it ([`CfIdentity::not_platform`]).
 
 use std::fmt;
 use tls_sidecar_config::{Guid, Selector, VcapApplication};
@@ -20,9 +25,24 @@ pub struct CfIdentity {
     pub app: Option<Guid>,
     pub space: Option<Guid>,
     pub org: Option<Guid>,
+    /// The leaf claimed app/space/org OUs, but its chain does not end at the platform's
+    /// instance-identity CA: the claim was dropped (`app`, `space`, `org` are `None`).
+    pub not_platform: bool,
 }
 
 impl CfIdentity {
+    /// The `app`, `space`, `org` and `instance` fields of a connection's log line: `-` for a
+    /// part the certificate lacks, no fields without a certificate.
+    pub(crate) fn log_fields(id: Option<&CfIdentity>) -> [Option<&str>; 4] {
+        let part = |f: fn(&CfIdentity) -> Option<&str>| id.map(|id| f(id).unwrap_or("-"));
+        [
+            part(|id| id.app.as_ref().map(Guid::as_str)),
+            part(|id| id.space.as_ref().map(Guid::as_str)),
+            part(|id| id.org.as_ref().map(Guid::as_str)),
+            part(|id| id.instance.as_deref()),
+        ]
+    }
+
     pub fn from_der(der: &[u8]) -> Result<Self, String> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| format!("certificate does not parse: {e}"))?;
@@ -32,22 +52,51 @@ impl CfIdentity {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned);
-        let ous: Vec<&str> = subject
-            .iter_organizational_unit()
-            .filter_map(|ou| ou.as_str().ok())
-            .collect();
+        let ous = organizational_units(subject);
+        let ous: Vec<&str> = ous.iter().map(String::as_str).collect();
         Ok(CfIdentity {
             instance,
             app: unique_guid(&ous, "app:"),
             space: unique_guid(&ous, "space:"),
             org: unique_guid(&ous, "organization:"),
+            not_platform: false,
         })
+    }
+
+    /// Whether the certificate claims any CF app/space/org OU (only then does it matter which
+    /// CA signed it).
+    pub fn claims_cf_identity(&self) -> bool {
+        self.app.is_some() || self.space.is_some() || self.org.is_some()
+    }
+
+    /// This claim, dropped because a CA other than the platform's made it. The CN stays (it is
+    /// only a name for logs, never authorization).
+    pub(crate) fn dropped_as_not_platform(self) -> Self {
+        CfIdentity {
+            instance: self.instance,
+            app: None,
+            space: None,
+            org: None,
+            not_platform: true,
+        }
     }
 
     /// A full CF instance identity: app, space and org are all known.
     pub fn is_instance_identity(&self) -> bool {
         self.app.is_some() && self.space.is_some() && self.org.is_some()
     }
+}
+
+/// Every OU of `subject` as text, decoded exactly as the XFCC `Subject` decodes it (all
+/// string types: UTF8, Printable, IA5, T61/Latin-1, BMP/UTF-16, Universal/UTF-32), so the app
+/// and authorization never read different GUIDs from one certificate. An OU that cannot be
+/// decoded voids them all: a certificate the two sides could read differently gets no identity.
+fn organizational_units(subject: &x509_parser::x509::X509Name) -> Vec<String> {
+    subject
+        .iter_organizational_unit()
+        .map(|ou| crate::xfcc::attr_text(ou.attr_value()))
+        .collect::<Option<Vec<String>>>()
+        .unwrap_or_default()
 }
 
 fn unique_guid(ous: &[&str], prefix: &str) -> Option<Guid> {
@@ -74,7 +123,11 @@ impl fmt::Display for CfIdentity {
             show(&self.space),
             show(&self.org),
             self.instance.as_deref().unwrap_or("-")
-        )
+        )?;
+        if self.not_platform {
+            f.write_str(" (CF OUs ignored: not from the platform identity CA)")?;
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +211,10 @@ impl AccessPolicy {
         });
         if hit {
             Ok(())
+        } else if id.not_platform {
+            Err(Denial(
+                "the client certificate claims CF OUs, but its CA is not the platform instance-identity CA, so no cf: rule matches it".to_owned(),
+            ))
         } else if !id.is_instance_identity() {
             Err(Denial(
                 "the client certificate carries no CF app/space/org identity".to_owned(),
@@ -219,51 +276,25 @@ impl Expectation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-    use std::process::Command;
+    use tls_sidecar_testkit::{LeafSpec, Pki};
 
     const APP: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
     const SPACE: &str = "5c4d1b0e-2a3f-4e5d-9c8b-7a6f5e4d3c2b";
     const ORG: &str = "0f8a4d6e-6c61-4c39-a6d0-2b0d6c1f8b11";
     const INSTANCE: &str = "4e0a8b9c-1d2e-4f3a-5b6c-7d8e9f0a1b2c";
 
-    fn cert(dir: &Path, subj: &str) -> Vec<u8> {
-        let st = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "k.pem",
-                "-outform",
-                "DER",
-                "-out",
-                "c.der",
-                "-days",
-                "1",
-                "-subj",
-                subj,
-            ])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        std::fs::read(dir.join("c.der")).unwrap()
+    /// A certificate with `subj` (OpenSSL `-subj` syntax), DER.
+    fn cert(subj: &str) -> Vec<u8> {
+        Pki::shared()
+            .issue_spec(&LeafSpec::subject(subj))
+            .leaf_der
+            .to_vec()
     }
 
-    fn diego(dir: &Path) -> CfIdentity {
-        CfIdentity::from_der(&cert(
-            dir,
-            &format!("/OU=organization:{ORG}+OU=space:{SPACE}+OU=app:{APP}/CN={INSTANCE}"),
-        ))
+    fn diego() -> CfIdentity {
+        CfIdentity::from_der(&cert(&format!(
+            "/OU=organization:{ORG}+OU=space:{SPACE}+OU=app:{APP}/CN={INSTANCE}"
+        )))
         .unwrap()
     }
 
@@ -282,8 +313,7 @@ mod tests {
 
     #[test]
     fn reads_the_three_ous_from_diegos_multi_valued_rdn() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = diego(dir.path());
+        let id = diego();
         assert_eq!(id.app.unwrap().as_str(), APP);
         assert_eq!(id.space.unwrap().as_str(), SPACE);
         assert_eq!(id.org.unwrap().as_str(), ORG);
@@ -292,11 +322,9 @@ mod tests {
 
     #[test]
     fn reads_ous_from_separate_rdns_in_any_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = CfIdentity::from_der(&cert(
-            dir.path(),
-            &format!("/CN=x/OU=app:{APP}/OU=organization:{ORG}/OU=space:{SPACE}"),
-        ))
+        let id = CfIdentity::from_der(&cert(&format!(
+            "/CN=x/OU=app:{APP}/OU=organization:{ORG}/OU=space:{SPACE}"
+        )))
         .unwrap();
         assert!(id.is_instance_identity());
         assert_eq!(id.app.unwrap().as_str(), APP);
@@ -304,12 +332,10 @@ mod tests {
 
     #[test]
     fn conflicting_app_ous_give_no_app_identity() {
-        let dir = tempfile::tempdir().unwrap();
         let other = "11111111-2222-4333-8444-555555555555";
-        let id = CfIdentity::from_der(&cert(
-            dir.path(),
-            &format!("/OU=app:{APP}+OU=app:{other}+OU=space:{SPACE}+OU=organization:{ORG}/CN=x"),
-        ))
+        let id = CfIdentity::from_der(&cert(&format!(
+            "/OU=app:{APP}+OU=app:{other}+OU=space:{SPACE}+OU=organization:{ORG}/CN=x"
+        )))
         .unwrap();
         assert_eq!(id.app, None);
         assert!(policy(&["cf:any"]).check(Some(&id)).is_err());
@@ -317,8 +343,7 @@ mod tests {
 
     #[test]
     fn selectors_are_ored_and_relative_ones_resolve_from_vcap_application() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = diego(dir.path());
+        let id = diego();
         assert!(policy(&["cf:same-space"]).check(Some(&id)).is_ok());
         assert!(policy(&["cf:same-org"]).check(Some(&id)).is_ok());
         assert!(policy(&["cf:any"]).check(Some(&id)).is_ok());
@@ -340,9 +365,7 @@ mod tests {
 
     #[test]
     fn rules_deny_a_caller_without_a_certificate_or_without_ous_and_no_rules_allow_anyone() {
-        let dir = tempfile::tempdir().unwrap();
-        let plain =
-            CfIdentity::from_der(&cert(dir.path(), "/CN=gorouter.service.cf.internal")).unwrap();
+        let plain = CfIdentity::from_der(&cert("/CN=gorouter.service.cf.internal")).unwrap();
         assert!(
             policy(&["cf:any"])
                 .check(None)
@@ -362,8 +385,7 @@ mod tests {
 
     #[test]
     fn an_expectation_matches_cf_rules_by_ous_and_keeps_dns_names_for_hostname_checks() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = diego(dir.path());
+        let id = diego();
         let sels = |s: &[&str]| -> Vec<Selector> { s.iter().map(|x| x.parse().unwrap()).collect() };
         let e =
             Expectation::resolve(&sels(&["cf:same-org", "dns:B.apps.internal"]), &vcap()).unwrap();
@@ -377,6 +399,31 @@ mod tests {
         assert!(
             !dns_only.admits(&id),
             "no cf: rule admits anything by itself"
+        );
+    }
+
+    #[test]
+    fn a_claim_dropped_as_not_from_the_platform_ca_matches_no_rule_and_the_denial_says_why() {
+        let claimed = diego();
+        assert!(claimed.claims_cf_identity());
+        let dropped = claimed.dropped_as_not_platform();
+        assert_eq!((dropped.app.as_ref(), dropped.org.as_ref()), (None, None));
+        assert_eq!(dropped.instance.as_deref(), Some(INSTANCE));
+        for rules in [
+            vec!["cf:any"],
+            vec![&*format!("cf:app:{APP}")],
+            vec!["cf:same-org"],
+        ] {
+            let denial = policy(&rules).check(Some(&dropped)).unwrap_err();
+            assert!(
+                denial.0.contains("not the platform instance-identity CA"),
+                "{denial}"
+            );
+        }
+        assert!(
+            dropped
+                .to_string()
+                .ends_with("(CF OUs ignored: not from the platform identity CA)")
         );
     }
 

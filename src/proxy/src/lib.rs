@@ -10,32 +10,38 @@
 //! it at start (exit 64, see [`StartError`]); once serving, missing certificates, busy ports,
 //! failed accepts and failed connections are retried and logged, never fatal.
 //!
-//! - [`load`]: `tls-sidecar.yml` + environment → [`SidecarConfig`] (tests build one directly).
-//! - [`start`] → [`Running`]: bound addresses, readiness, reload, [`Running::shutdown`] (drain).
+//! - [`load`]: `tls-sidecar.yml` + environment → [`Plan`]: a [`SidecarConfig`] (tests build one
+//!   directly) and its `allow`/`expect` rules, resolved once.
+//! - [`serve`] → [`Running`]: bound addresses, readiness, reload, [`Running::shutdown`] (drain);
+//!   [`start`] is `serve` for a [`SidecarConfig`], resolving its rules first.
 //! - [`run`]: start, wait for a shutdown future, drain. [`run_until_signalled`] is `run` driven
 //!   by SIGTERM/SIGINT, with SIGHUP reloading the certificate and the trust bundle.
 //! - [`check::run`]: `tls-sidecar check`, the same loading without serving, as a report.
 
+mod accept;
 mod admin;
+mod cert;
 pub mod check;
 mod cli;
 pub mod config;
 mod egress;
 mod errors;
 mod forward;
+mod gate;
 #[doc(hidden)]
 pub mod http;
 pub mod identity;
 pub mod logging;
 mod memory;
 pub mod metrics;
-mod mint;
 pub mod proxy_protocol;
 mod reload;
 mod retry;
+mod route;
 mod server;
+mod shared;
 pub mod signal;
-mod source;
+mod stop;
 mod tls;
 mod trust;
 mod verifier;
@@ -63,10 +69,10 @@ pub mod fuzzing {
 pub use cli::{Cli, Command};
 pub use config::{
     CertificateConfig, CertificatePaths, EgressConfig, Limits, ListenerConfig, Loaded, MintConfig,
-    ReloadTiming, SidecarConfig, TrustConfig, load,
+    Origin, Plan, ReloadTiming, RouteConfig, SidecarConfig, TrustConfig, load,
 };
 pub use errors::{EX_SOFTWARE, EX_USAGE, StartError};
-pub use server::{Running, start};
+pub use server::{Running, serve, start};
 pub use tls_sidecar_config::Env;
 
 use std::future::Future;
@@ -87,9 +93,9 @@ pub async fn run(
 }
 
 /// [`run`] until SIGTERM or SIGINT; SIGHUP re-reads the certificate and the trust bundle.
-pub async fn run_until_signalled(config: SidecarConfig) -> Result<(), StartError> {
+pub async fn run_until_signalled(plan: Plan) -> Result<(), StartError> {
     let signals = signal::Signals::install().map_err(StartError::Signals)?;
-    let running = start(config).await?;
+    let running = serve(plan).await?;
     signals.wait_for_shutdown(&running).await;
     running.shutdown().await;
     Ok(())

@@ -2,9 +2,11 @@
 //! (`ts=2026-11-28T03:20:00.123Z level=info msg="listening on 0.0.0.0:8443" listener=tls`),
 //! or one JSON object per line with `log.format: json`.
 
+use rustls::ProtocolVersion;
 use std::fmt::{self, Write as _};
 use std::sync::Once;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
 use tls_sidecar_config::{Log, LogFormat};
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -233,30 +235,40 @@ fn timestamp(now: SystemTime) -> String {
 }
 
 /// Seconds since the Unix epoch as `2026-11-28T03:20:00Z` (UTC), for log timestamps and
-/// certificate dates, without a date crate.
-pub(crate) fn rfc3339(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// certificate dates.
+///
+/// The calendar comes from `time` (already linked for certificate dates); the fields are written
+/// here rather than through its `Rfc3339` formatter, whose `formatting` feature would add code to
+/// the binary for a fixed eight-field layout.
+/// `d` in whole milliseconds, for the `*_ms` log fields.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// The `tls` log field of a connection: the negotiated version, or `none` before a handshake.
+pub(crate) fn tls_version(version: Option<ProtocolVersion>) -> &'static str {
+    match version {
+        Some(ProtocolVersion::TLSv1_3) => "1.3",
+        Some(ProtocolVersion::TLSv1_2) => "1.2",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+pub fn rfc3339(secs: i64) -> String {
+    match OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        // Only beyond the years ±9999, which neither the clock nor an X.509 date reaches.
+        Err(_) => format!("{secs} s after 1970-01-01T00:00:00Z"),
+    }
 }
 
 #[cfg(test)]

@@ -30,10 +30,10 @@ fn main() -> ExitCode {
     }
     let result =
         tls_sidecar::load(cli.config.as_deref(), &env, exe.as_deref()).and_then(|loaded| {
-            logging::init(&loaded.config.log);
-            loaded.log_summary();
+            logging::init(&loaded.plan.config.log);
+            loaded.origin.log_summary();
             let runtime = tls_sidecar::runtime().map_err(StartError::Runtime)?;
-            runtime.block_on(tls_sidecar::run_until_signalled(loaded.config))
+            runtime.block_on(tls_sidecar::run_until_signalled(loaded.plan))
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

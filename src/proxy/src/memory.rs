@@ -11,7 +11,7 @@
 //! every worker thread collect its own heap. Under steady traffic it does nothing (the memory
 //! is being reused), and while nothing happens it never wakes.
 
-use crate::server::stopped;
+use crate::stop::stopped;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};

@@ -3,6 +3,8 @@
 //! Plain atomics, no registry crate: the set of series is fixed at start (one block per
 //! listener), updates are one relaxed atomic add on the hot path, and the format is small
 //! enough that hand-rendering it is simpler than tracking a client library's breaking changes.
+//! `prometheus-client` 0.26 was measured as the renderer and rendered slower (docs/DESIGN.md,
+//! "Metrics and dates").
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -72,14 +74,25 @@ impl Histogram {
     }
 }
 
-/// Per-listener series; `port` is the label.
+/// Per-listener series; `port` is the label (`route` for the route listener).
 #[derive(Debug, Default)]
 pub struct ListenerMetrics {
     pub port: u16,
+    /// The plaintext route listener: labelled `listener="route"`, no handshake series.
+    pub route: bool,
     pub active: AtomicI64,
     pub accepted: AtomicU64,
     /// Refused at once because `limits.max_connections` was reached.
     pub refused: AtomicU64,
+    /// Closed before their TLS handshake finished to make room for a new connection at
+    /// `max_connections` (oldest silent connection first).
+    pub shed: AtomicU64,
+    /// Connections cut because a response owed to the client made no progress for
+    /// `limits.idle_timeout` (a client that stopped reading, or a zero HTTP/2 window).
+    pub stalled: AtomicU64,
+    /// http mode: requests answered `503` because the listener's cap on requests in flight to
+    /// the app stayed reached.
+    pub app_saturated: AtomicU64,
     handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     /// Callers refused by `allow` (in the handshake in tcp mode, with a 403 in http mode).
     pub denials: AtomicU64,
@@ -95,6 +108,24 @@ impl ListenerMetrics {
         ListenerMetrics {
             port,
             ..Default::default()
+        }
+    }
+
+    /// The route listener's series, on `port`.
+    pub fn route(port: u16) -> Self {
+        ListenerMetrics {
+            port,
+            route: true,
+            ..Default::default()
+        }
+    }
+
+    /// The `listener` label value.
+    pub fn label(&self) -> String {
+        if self.route {
+            "route".to_owned()
+        } else {
+            self.port.to_string()
         }
     }
 
@@ -219,6 +250,18 @@ impl Metrics {
         }
     }
 
+    /// Adds the route listener's series (last in `listeners`), when there is one.
+    pub fn with_route(mut self, port: Option<u16>) -> Self {
+        self.listeners
+            .extend(port.map(|port| Arc::new(ListenerMetrics::route(port))));
+        self
+    }
+
+    /// The route listener's series.
+    pub fn route(&self) -> Option<&ListenerMetrics> {
+        self.listeners.iter().find(|l| l.route).map(|l| l.as_ref())
+    }
+
     /// Adds one block of egress series per name.
     pub fn with_egress<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
         self.egress = names
@@ -238,7 +281,7 @@ impl Metrics {
     pub fn listener(&self, port: u16) -> Option<&ListenerMetrics> {
         self.listeners
             .iter()
-            .find(|l| l.port == port)
+            .find(|l| l.port == port && !l.route)
             .map(|l| l.as_ref())
     }
 
@@ -252,7 +295,7 @@ impl Metrics {
         let per_listener =
             |out: &mut String, name: &str, f: &dyn Fn(&ListenerMetrics) -> String| {
                 for l in &self.listeners {
-                    let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", l.port, f(l));
+                    let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", l.label(), f(l));
                 }
             };
         family(
@@ -286,16 +329,46 @@ impl Metrics {
             },
         );
         family(
+            "tls_sidecar_connections_shed_total",
+            "counter",
+            "Connections closed before their TLS handshake finished to admit a new one at max_connections.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_connections_shed_total", &|l| {
+                    l.shed.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_connections_stalled_total",
+            "counter",
+            "Connections cut because data owed to the client made no progress for idle_timeout.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_connections_stalled_total", &|l| {
+                    l.stalled.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
+            "tls_sidecar_app_saturated_total",
+            "counter",
+            "Requests answered 503 because the cap on requests in flight to the app was reached.",
+            &mut |o| {
+                per_listener(o, "tls_sidecar_app_saturated_total", &|l| {
+                    l.app_saturated.load(Relaxed).to_string()
+                })
+            },
+        );
+        family(
             "tls_sidecar_handshake_failures_total",
             "counter",
             "TLS handshakes that did not complete, by reason.",
             &mut |o| {
-                for l in &self.listeners {
+                for l in self.listeners.iter().filter(|l| !l.route) {
                     for why in HandshakeFailure::ALL {
                         let _ = writeln!(
                             o,
                             "tls_sidecar_handshake_failures_total{{listener=\"{}\",reason=\"{}\"}} {}",
-                            l.port,
+                            l.label(),
                             why.as_str(),
                             l.handshake_failures(why)
                         );
@@ -345,25 +418,25 @@ impl Metrics {
                         let _ = writeln!(
                             o,
                             "tls_sidecar_request_duration_seconds_bucket{{listener=\"{}\",le=\"{le}\"}} {cumulative}",
-                            l.port
+                            l.label()
                         );
                     }
                     let count = l.latency.count.load(Relaxed);
                     let _ = writeln!(
                         o,
                         "tls_sidecar_request_duration_seconds_bucket{{listener=\"{}\",le=\"+Inf\"}} {count}",
-                        l.port
+                        l.label()
                     );
                     let sum = l.latency.sum_micros.load(Relaxed) as f64 / 1e6;
                     let _ = writeln!(
                         o,
                         "tls_sidecar_request_duration_seconds_sum{{listener=\"{}\"}} {sum}",
-                        l.port
+                        l.label()
                     );
                     let _ = writeln!(
                         o,
                         "tls_sidecar_request_duration_seconds_count{{listener=\"{}\"}} {count}",
-                        l.port
+                        l.label()
                     );
                 }
             },

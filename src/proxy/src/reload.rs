@@ -8,23 +8,23 @@
 //! files). Directory events can be missed, so a periodic re-check and SIGHUP back them up. A
 //! failed load never drops what is being served.
 
-use crate::config::{CertificateConfig, ReloadTiming, TrustConfig};
+use crate::cert::{CertStore, CertificateConfig, Fresh, LoadError, Loader, unix_now};
+use crate::config::{ReloadTiming, TrustConfig};
 use crate::egress::EgressTls;
-use crate::logging::rfc3339;
+use crate::logging::{millis, rfc3339};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
-use crate::server::stopped;
-use crate::tls::{self, CertStore, ListenerTls, LoadError};
+use crate::stop::stopped;
+use crate::tls::ListenerTls;
 use crate::trust::{self, TrustBundle};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
@@ -110,7 +110,7 @@ impl<J: Job> Reloader<J> {
             Err(text) => {
                 let retry = self.backoff.next_delay();
                 if let Some(held_back) = self.throttle.allow(&text) {
-                    let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+                    let retry_ms = millis(retry);
                     self.job.log_failure(&text, retry_ms, held_back);
                 }
                 retry
@@ -183,17 +183,21 @@ impl<J: Job> Reloader<J> {
     }
 }
 
-/// The serving certificate.
+/// The serving certificate: a [`Loader`] kept current, its pairs handed to the [`CertStore`].
 pub(crate) struct CertJob {
-    source: CertificateConfig,
+    /// Shared with the blocking thread each load runs on.
+    loader: Arc<Mutex<Loader>>,
     store: Arc<CertStore>,
     provider: Arc<CryptoProvider>,
-    metrics: Arc<Metrics>,
-    /// Hash of the material behind the pair being served: unchanged material is not parsed
-    /// again.
-    loaded: Option<[u8; 32]>,
-    /// `source: minted`: when the leaf being served is due for renewal (Unix seconds).
-    renew_at: Option<i64>,
+    /// `None` for the instance identity egress presents beside another serving source: the
+    /// certificate metrics describe the serving certificate.
+    metrics: Option<Arc<Metrics>>,
+    /// "certificate" or "egress certificate", for log lines.
+    role: &'static str,
+    /// The app's name, for the `cf` commands of fix texts.
+    app: String,
+    /// How to fix the last failure, logged beside it (the text `check` prints for it).
+    fix: String,
 }
 
 impl CertJob {
@@ -202,75 +206,77 @@ impl CertJob {
         store: Arc<CertStore>,
         provider: Arc<CryptoProvider>,
         metrics: Arc<Metrics>,
+        app: String,
     ) -> Self {
         CertJob {
-            source,
+            metrics: Some(metrics),
+            role: "certificate",
+            ..Self::for_egress(source, store, provider, app)
+        }
+    }
+
+    /// The instance identity egress presents when another source serves ingress.
+    pub(crate) fn for_egress(
+        source: CertificateConfig,
+        store: Arc<CertStore>,
+        provider: Arc<CryptoProvider>,
+        app: String,
+    ) -> Self {
+        CertJob {
+            loader: Arc::new(Mutex::new(Loader::new(source))),
             store,
             provider,
-            metrics,
-            loaded: None,
-            renew_at: None,
+            metrics: None,
+            role: "egress certificate",
+            app,
+            fix: String::new(),
         }
+    }
+
+    fn loader(&self) -> MutexGuard<'_, Loader> {
+        // A panic mid-load leaves nothing half-written: the loader only records what loaded.
+        self.loader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn load(&mut self) -> Result<(), LoadError> {
-        if let CertificateConfig::Minted(config) = &self.source {
-            return self.mint(config.clone()).await;
-        }
-        let source = self.source.clone();
-        let material = tokio::task::spawn_blocking(move || source.read())
-            .await
-            .map_err(|e| LoadError::Service(format!("reading the certificate failed: {e}")))??;
-        let fingerprint = fingerprint(&material.cert_pem, &material.key_pem);
-        if self.loaded == Some(fingerprint) {
-            return Ok(());
-        }
-        let names = &material.names;
-        let pair = tls::parse_pair(names, &material.cert_pem, &material.key_pem, &self.provider)?;
-        tls::check_validity(names, &pair.leaf, unix_now())?;
-        self.store.replace(pair.certified);
-        self.loaded = Some(fingerprint);
-        let leaf = pair.leaf;
-        self.metrics.cert_not_after.store(leaf.not_after, Relaxed);
-        self.metrics.reloads_succeeded.fetch_add(1, Relaxed);
-        info!(
-            subject_cn = %leaf.subject_cn,
-            serial = %leaf.serial,
-            not_after = %rfc3339(leaf.not_after),
-            cert = %names.cert,
-            "certificate loaded"
-        );
-        Ok(())
-    }
-}
-
-impl CertJob {
-    /// Mints a new leaf when none is served yet or the served one is due for renewal.
-    async fn mint(&mut self, config: crate::config::MintConfig) -> Result<(), LoadError> {
-        let now = unix_now();
-        if self.renew_at.is_some_and(|at| now < at) && self.store.is_loaded() {
-            return Ok(());
-        }
+        let loader = self.loader.clone();
         let provider = self.provider.clone();
-        let minted =
-            tokio::task::spawn_blocking(move || crate::mint::mint(&config, &provider, now))
-                .await
-                .map_err(|e| LoadError::Service(format!("minting failed: {e}")))??;
-        self.store.replace(minted.certified);
-        self.renew_at = Some(minted.renew_at);
-        let leaf = minted.leaf;
-        self.metrics.cert_not_after.store(leaf.not_after, Relaxed);
-        self.metrics.reloads_succeeded.fetch_add(1, Relaxed);
-        info!(
-            subject_cn = %leaf.subject_cn,
-            serial = %leaf.serial,
-            sans = %leaf.sans.join(","),
-            ca = %minted.ca_subject,
-            not_after = %rfc3339(leaf.not_after),
-            renew_at = %rfc3339(minted.renew_at),
-            left_out = (!minted.left_out.is_empty()).then(|| minted.left_out.join(",")).as_deref(),
-            "certificate minted"
-        );
+        let fresh = tokio::task::spawn_blocking(move || {
+            loader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .load(&provider)
+        })
+        .await
+        .map_err(|e| LoadError::Service(format!("loading the certificate failed: {e}")))??;
+        let Some(fresh) = fresh else {
+            return Ok(());
+        };
+        self.store.replace(fresh.certified());
+        let leaf = fresh.leaf();
+        if let Some(metrics) = &self.metrics {
+            metrics.cert_not_after.store(leaf.not_after, Relaxed);
+            metrics.reloads_succeeded.fetch_add(1, Relaxed);
+        }
+        match &fresh {
+            Fresh::Read { cert, .. } => info!(
+                subject_cn = %leaf.subject_cn,
+                serial = %leaf.serial,
+                not_after = %rfc3339(leaf.not_after),
+                cert = %cert,
+                "{} loaded", self.role
+            ),
+            Fresh::Minted(minted) => info!(
+                subject_cn = %leaf.subject_cn,
+                serial = %leaf.serial,
+                sans = %leaf.sans.join(","),
+                ca = %minted.ca_subject,
+                not_after = %rfc3339(leaf.not_after),
+                renew_at = %rfc3339(minted.renew_at),
+                left_out = (!minted.left_out.is_empty()).then(|| minted.left_out.join(",")).as_deref(),
+                "certificate minted"
+            ),
+        }
         Ok(())
     }
 }
@@ -279,19 +285,23 @@ impl Job for CertJob {
     const WHAT: &'static str = "certificate";
 
     fn due_in(&self) -> Option<Duration> {
-        let at = self.renew_at?;
+        let at = self.loader().renew_at()?;
         let secs = u64::try_from(at.saturating_sub(unix_now())).unwrap_or(0);
         Some(Duration::from_secs(secs))
     }
 
     fn directories(&self) -> Vec<PathBuf> {
-        self.source.directories()
+        self.loader().config().directories()
     }
 
     async fn attempt(&mut self) -> Result<(), String> {
         self.load().await.map_err(|e| {
             let text = e.to_string();
-            self.metrics.reloads_failed.fetch_add(1, Relaxed);
+            let fix = self.loader().config().fix(&e, &self.app);
+            self.fix = fix;
+            if let Some(metrics) = &self.metrics {
+                metrics.reloads_failed.fetch_add(1, Relaxed);
+            }
             if !self.store.is_loaded() {
                 self.store.set_problem(text.clone());
             }
@@ -303,6 +313,7 @@ impl Job for CertJob {
         if self.store.is_loaded() {
             warn!(
                 error,
+                fix = %self.fix,
                 retry_ms,
                 held_back,
                 "certificate reload failed; still serving the previous certificate"
@@ -310,6 +321,7 @@ impl Job for CertJob {
         } else {
             warn!(
                 error,
+                fix = %self.fix,
                 retry_ms,
                 held_back,
                 "no certificate loaded yet; TLS handshakes fail until one loads"
@@ -318,71 +330,122 @@ impl Job for CertJob {
     }
 
     fn log_request(&self) {
-        let cert = self.source.describe();
+        let cert = self.loader().config().describe();
         info!(cert = %cert, "re-reading the certificate on request");
     }
 }
 
 /// The trust bundle of every listener that verifies client certificates and of every egress
-/// entry.
+/// entry, and the platform identity anchors among it, derived from the instance certificate
+/// (whose directory is watched too: a rotated instance certificate may chain to a rotated CA).
 pub(crate) struct TrustJob {
     config: TrustConfig,
+    /// `CF_INSTANCE_CERT`, when there is one.
+    instance_cert: Option<trust::InstanceCert>,
+    provider: Arc<CryptoProvider>,
     listeners: Vec<Arc<ListenerTls>>,
     egress: Vec<Arc<EgressTls>>,
-    /// Fingerprint of the bundle installed now.
+    /// Fingerprint of the bundle and instance certificate installed now.
     installed: [u8; 32],
+    /// Why the installed anchors have no platform identity CA (retried until they do).
+    identity_problem: Option<String>,
+    /// Some `allow`/`expect` rule is a `cf:` rule: without the identity CA it matches nobody,
+    /// so not finding it is a failure to retry (else it only costs CF names in log lines).
+    identity_required: bool,
 }
 
 impl TrustJob {
-    /// `installed` is the bundle the listeners were built with.
+    /// `installed` is what the listeners were built with.
     pub(crate) fn new(
         config: TrustConfig,
+        instance_cert: Option<trust::InstanceCert>,
+        provider: Arc<CryptoProvider>,
         listeners: Vec<Arc<ListenerTls>>,
         egress: Vec<Arc<EgressTls>>,
-        installed: &TrustBundle,
+        installed: &trust::Derived,
+        identity_required: bool,
     ) -> Self {
         TrustJob {
             config,
+            instance_cert,
+            provider,
             listeners,
             egress,
             installed: installed.fingerprint,
+            identity_problem: installed.problem.as_ref().map(ToString::to_string),
+            identity_required,
         }
     }
 }
+
+/// How a failure to find the platform identity CA starts, so its log line can say what it
+/// means (everything else is a bundle failure).
+const IDENTITY_PROBLEM: &str = "platform identity CA unknown: ";
 
 impl Job for TrustJob {
     const WHAT: &'static str = "trust bundle";
 
     fn directories(&self) -> Vec<PathBuf> {
-        trust::directories(&self.config)
+        let mut dirs = trust::directories(&self.config);
+        if let Some(parent) = self.instance_cert.as_ref().and_then(|c| c.path.parent())
+            && !dirs.iter().any(|d| d == parent)
+        {
+            dirs.push(parent.to_owned());
+        }
+        dirs
     }
 
     async fn attempt(&mut self) -> Result<(), String> {
         let config = self.config.clone();
-        let (bundle, errors) = tokio::task::spawn_blocking(move || trust::load(&config))
-            .await
-            .map_err(|e| format!("reading the trust bundle failed: {e}"))?;
-        if !errors.is_empty() {
+        let mut instance_cert = self.instance_cert.take();
+        let provider = self.provider.clone();
+        let (loaded, instance_cert) = tokio::task::spawn_blocking(move || {
+            let (bundle, errors) = trust::load(&config);
+            if !errors.is_empty() {
+                return (Ok(Err(errors)), instance_cert);
+            }
+            let derived = trust::derive(&bundle, instance_cert.as_mut(), &provider);
+            (derived.map(|d| Ok((bundle, d))), instance_cert)
+        })
+        .await
+        .map_err(|e| format!("reading the trust bundle failed: {e}"))?;
+        self.instance_cert = instance_cert;
+        let loaded =
+            loaded.map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
+        let (bundle, derived) = loaded.map_err(|errors| {
             let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Err(texts.join("; "));
+            texts.join("; ")
+        })?;
+        if derived.fingerprint != self.installed {
+            for listener in &self.listeners {
+                listener
+                    .install(&derived.anchors)
+                    .map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
+            }
+            for egress in &self.egress {
+                egress.install(&derived.anchors);
+            }
+            self.installed = derived.fingerprint;
+            self.identity_problem = derived.problem.as_ref().map(ToString::to_string);
+            log_bundle(&bundle, "trust bundle loaded");
+            log_identity(&derived);
         }
-        if bundle.fingerprint == self.installed {
-            return Ok(());
+        match &self.identity_problem {
+            Some(problem) if self.identity_required => Err(format!("{IDENTITY_PROBLEM}{problem}")),
+            _ => Ok(()),
         }
-        for listener in &self.listeners {
-            listener
-                .install(&bundle.roots)
-                .map_err(|e| format!("cannot build the client certificate verifier: {e}"))?;
-        }
-        for egress in &self.egress {
-            egress.install(&bundle.roots);
-        }
-        self.installed = bundle.fingerprint;
-        log_bundle(&bundle, "trust bundle loaded");
-        Ok(())
     }
 
     fn log_failure(&self, error: &str, retry_ms: u64, held_back: u64) {
+        if error.starts_with(IDENTITY_PROBLEM) {
+            warn!(
+                error,
+                retry_ms,
+                held_back,
+                "no caller or server has a CF identity until the platform identity CA is known: cf: rules match nothing"
+            );
+            return;
+        }
         warn!(
             error,
             retry_ms,
@@ -393,6 +456,16 @@ impl Job for TrustJob {
 
     fn log_request(&self) {
         info!("re-reading the trust bundle on request");
+    }
+}
+
+/// Which anchors speak for CF identities now.
+pub(crate) fn log_identity(derived: &trust::Derived) {
+    if derived.problem.is_none() && !derived.identity_names.is_empty() {
+        info!(
+            anchors = %derived.identity_names.join(", "),
+            "platform identity CA: cf: identities are read only from chains ending here"
+        );
     }
 }
 
@@ -408,20 +481,4 @@ pub(crate) fn log_bundle(bundle: &TrustBundle, message: &str) {
         files = %files.join("; "),
         "{message}"
     );
-}
-
-fn fingerprint(cert: &[u8], key: &[u8]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    hash.update((cert.len() as u64).to_be_bytes());
-    hash.update(cert);
-    hash.update(key);
-    hash.finalize().into()
-}
-
-pub(crate) fn unix_now() -> i64 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    i64::try_from(secs).unwrap_or(i64::MAX)
 }

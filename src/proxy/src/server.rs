@@ -1,375 +1,295 @@
-//! Listeners, admission, readiness and the drain.
+//! Wires the sidecar together and takes it apart again: [`start`] binds the ports, builds the
+//! shared state and each listener, and spawns the listeners and the background work;
+//! [`Running::shutdown`] drains them in order. What runs lives elsewhere: the shared state in
+//! `shared` and `gate`, binding and accepting in `accept`, connections in `forward`,
+//! `egress`, `route` and `admin`, certificates and trust in `reload`.
 
-use crate::config::{EgressConfig, ListenerConfig, SidecarConfig};
-use crate::egress::{self, Egress, EgressTls};
+use crate::accept::{self, Door, announce};
+use crate::admin::AdminDoor;
+use crate::cert::CertStore;
+use crate::config::{CertificateConfig, EgressConfig, Plan, ReloadTiming, SidecarConfig};
+use crate::egress::{Egress, EgressDoor, EgressTls};
 use crate::errors::StartError;
-use crate::http::{HttpService, HttpSettings};
-use crate::identity::AccessPolicy;
-use crate::metrics::{ListenerMetrics, Metrics};
-use crate::reload::{self, CertJob, Reloader, TrustJob};
-use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
-use crate::tls::{self, CertStore, ListenerTls};
-use crate::trust::{self, TrustBundle};
-use crate::{admin, forward};
+use crate::forward::TlsDoor;
+use crate::gate::{self, Gate};
+use crate::http::{Forwarding, HttpLimits, HttpService, HttpSettings};
+use crate::identity::{AccessPolicy, Expectation};
+use crate::logging::millis;
+use crate::metrics::Metrics;
+use crate::reload::{self, CertJob, Job, Reloader, TrustJob};
+use crate::route::{self, Route};
+use crate::shared::{Health, Listener, Shared};
+use crate::tls::{self, ListenerTls};
+use crate::trust::{self, Derived, InstanceCert, TrustBundle};
+use rustls::crypto::CryptoProvider;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tls_sidecar_config::{HostPort, Mode};
+use tls_sidecar_config::Mode;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// Retry pacing when a port cannot be bound (e.g. still held by a previous process).
-const BIND_RETRY_MIN: Duration = Duration::from_millis(250);
-const BIND_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Pause after a failed accept (EMFILE and friends): retrying at once would spin.
-const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// After the drain timeout, how long closed connections get to log their line.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// What every connection task needs, whatever its listener.
-pub(crate) struct Shared {
-    pub(crate) store: Arc<CertStore>,
-    pub(crate) limits: crate::Limits,
-    /// Turns true when the drain starts (the HTTP side then closes idle connections).
-    pub(crate) graceful: watch::Receiver<bool>,
-    /// Turns true when the drain timeout ends: every connection still open closes.
-    pub(crate) close_all: watch::Receiver<bool>,
-    /// One permit per open TLS listener connection.
-    permits: Arc<Semaphore>,
-    /// One permit per open egress connection: separate, because egress keeps accepting while
-    /// the TLS listeners drain (the app may still call other apps to finish its requests).
-    egress_permits: Arc<Semaphore>,
-    /// `max_connections`, within what a semaphore and `acquire_many` can count.
-    capacity: u32,
-}
-
-impl Shared {
-    fn in_flight(&self) -> usize {
-        let open = |permits: &Semaphore| {
-            (self.capacity as usize).saturating_sub(permits.available_permits())
-        };
-        open(&self.permits) + open(&self.egress_permits)
-    }
-}
-
-/// One listener, as its connection tasks see it.
-pub(crate) struct Listener {
-    /// The bound port (the configured one while binding is retried): log field and metrics
-    /// label.
-    pub(crate) port: u16,
-    pub(crate) tls: Arc<ListenerTls>,
-    pub(crate) upstream: HostPort,
-    /// The resolved `allow` rules (tcp mode: also enforced in the handshake).
-    pub(crate) policy: AccessPolicy,
-    pub(crate) proxy_protocol: bool,
-    pub(crate) metrics: Arc<ListenerMetrics>,
-    /// `Some` in http mode.
-    pub(crate) http: Option<HttpService>,
-}
-
-/// What `/ready` and `/metrics` report.
-pub(crate) struct Health {
-    store: Arc<CertStore>,
-    /// What a missing certificate is waited for from.
-    cert_source: String,
-    listeners: Vec<Slot>,
-    /// One per egress entry, with its name.
-    egress: Vec<(String, Slot)>,
-    draining: AtomicBool,
-    pub(crate) metrics: Arc<Metrics>,
-}
-
-struct Slot {
-    configured: SocketAddr,
-    bound: OnceLock<SocketAddr>,
-}
-
-impl Health {
-    /// `Ok` when the sidecar can serve; otherwise one line saying why not.
-    pub(crate) fn readiness(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err("draining: the sidecar is shutting down".to_owned());
-        }
-        if !self.store.is_loaded() {
-            let waiting = format!(
-                "no certificate loaded yet (waiting for {})",
-                self.cert_source
-            );
-            return Err(match self.store.problem() {
-                Some(problem) => format!("{waiting}: {problem}"),
-                None => waiting,
-            });
-        }
-        if let Some(slot) = self.listeners.iter().find(|s| s.bound.get().is_none()) {
-            return Err(format!("not listening on {} yet", slot.configured));
-        }
-        match self.egress.iter().find(|(_, s)| s.bound.get().is_none()) {
-            Some((name, slot)) => Err(format!(
-                "egress \"{name}\" not listening on {} yet",
-                slot.configured
-            )),
-            None => Ok(()),
-        }
-    }
-}
 
 /// A started sidecar. Dropping it leaves the tasks running; call [`Running::shutdown`].
 pub struct Running {
     shared: Arc<Shared>,
     health: Arc<Health>,
     admin_addr: Arc<OnceLock<SocketAddr>>,
-    reload_now: Vec<Arc<Notify>>,
-    stop_accepting: watch::Sender<bool>,
-    stop_egress: watch::Sender<bool>,
-    close_all: watch::Sender<bool>,
-    stop_background: watch::Sender<bool>,
+    /// The route listener's address once bound (after the app accepts).
+    route_addr: Arc<OnceLock<SocketAddr>>,
+    switches: Switches,
     listener_tasks: Vec<JoinHandle<()>>,
     egress_tasks: Vec<JoinHandle<()>>,
-    background_tasks: Vec<JoinHandle<()>>,
+    background: Background,
+}
+
+/// The drain's phases, in the order [`Running::shutdown`] flips them; each task watches the
+/// switch of its phase.
+struct Switches {
+    /// The TLS listeners and the route port stop accepting; the HTTP side closes idle
+    /// connections.
+    stop_accepting: watch::Sender<bool>,
+    /// Egress stops accepting.
+    stop_egress: watch::Sender<bool>,
+    /// The drain timeout ended: every connection still open closes.
+    close_all: watch::Sender<bool>,
+    /// Reloaders, memory reclaim and the admin endpoint stop.
+    stop_background: watch::Sender<bool>,
+}
+
+impl Switches {
+    fn new() -> Self {
+        Switches {
+            stop_accepting: watch::channel(false).0,
+            stop_egress: watch::channel(false).0,
+            close_all: watch::channel(false).0,
+            stop_background: watch::channel(false).0,
+        }
+    }
+}
+
+/// The tasks that run beside the listeners until the end of the drain, and the notifiers that
+/// make a reloader load now (SIGHUP).
+struct Background {
+    /// `stop_background`, for each new task.
+    stop: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    reload_now: Vec<Arc<Notify>>,
+}
+
+impl Background {
+    fn new(stop: &watch::Sender<bool>) -> Self {
+        Background {
+            stop: stop.subscribe(),
+            tasks: Vec::new(),
+            reload_now: Vec::new(),
+        }
+    }
+
+    /// Keeps what `job` loads current until the end of the drain.
+    fn reload(&mut self, job: impl Job, timing: ReloadTiming) {
+        let now = Arc::new(Notify::new());
+        let task = Reloader::new(job, timing).run(now.clone(), self.stop.clone());
+        self.tasks.push(tokio::spawn(task));
+        self.reload_now.push(now);
+    }
+
+    /// Gives memory back to the OS whenever the sidecar goes quiet.
+    fn reclaim_memory(&mut self) {
+        let stop = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            crate::memory::reclaim_when_quiet(stop).await;
+        }));
+    }
+}
+
+/// Each port bound once before anything else, so that the bound ports label the metrics
+/// (tests bind port 0). `None` where the port was busy: its listener retries.
+struct FirstBinds {
+    listeners: Vec<Option<TcpListener>>,
+    egress: Vec<Option<TcpListener>>,
+    /// Each TLS listener's port: the bound one, else the configured one.
+    ports: Vec<u16>,
+}
+
+impl FirstBinds {
+    async fn bind(config: &SidecarConfig) -> Self {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            listeners.push(TcpListener::bind(listener.bind).await.ok());
+        }
+        let ports = config
+            .listeners
+            .iter()
+            .zip(&listeners)
+            .map(|(l, first)| {
+                first
+                    .as_ref()
+                    .and_then(|f| f.local_addr().ok())
+                    .map_or(l.bind.port(), |a| a.port())
+            })
+            .collect();
+        let mut egress = Vec::with_capacity(config.egress.len());
+        for e in &config.egress {
+            egress.push(TcpListener::bind(e.bind).await.ok());
+        }
+        FirstBinds {
+            listeners,
+            egress,
+            ports,
+        }
+    }
+
+    /// Marks each port bound at the first try bound and logs it, before `start` returns (the
+    /// others are marked by their task once bound).
+    fn announce(&self, config: &SidecarConfig, health: &Health) {
+        let tls = config.listeners.iter().zip(&self.listeners);
+        for ((l, first), slot) in tls.zip(health.listener_slots()) {
+            if let Some(bound) = first {
+                announce(bound, &slot, "tls", Some(l));
+            }
+        }
+        let egress = config.egress.iter().zip(&self.egress);
+        for ((e, first), slot) in egress.zip(health.egress_slots()) {
+            if let Some(bound) = first {
+                announce_egress(bound, &slot, e);
+            }
+        }
+    }
+}
+
+/// [`serve`] for a configuration built in code: resolves its rules first ([`Plan::new`]).
+pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
+    serve(Plan::new(config)?).await
 }
 
 /// Starts everything and returns without waiting for a certificate or a port: a missing
 /// certificate or a busy port is retried in the background (and reported by `/ready`), because
 /// in CF a sidecar exit kills the app instance. Each port is tried once before this returns,
-/// so with free ports [`Running::tls_addrs`] is complete at once. Fails only on `allow` rules
-/// that cannot be resolved (exit 64) or when TLS cannot be set up at all.
-pub async fn start(config: SidecarConfig) -> Result<Running, StartError> {
-    let policies = config.policies()?;
-    let expectations = config.expectations()?;
+/// so with free ports [`Running::tls_addrs`] is complete at once. Fails only when TLS cannot
+/// be set up at all.
+pub async fn serve(plan: Plan) -> Result<Running, StartError> {
+    let Plan {
+        config,
+        policies,
+        expectations,
+    } = plan;
     let provider = tls::provider();
-    let store = Arc::new(CertStore::default());
-    let trust = if config.verifies_peers() {
-        initial_trust(&config)
-    } else {
-        TrustBundle::empty()
-    };
-
-    let (stop_accepting, graceful) = watch::channel(false);
-    let (stop_egress, _) = watch::channel(false);
-    let (close_all, close_all_rx) = watch::channel(false);
-    let (stop_background, _) = watch::channel(false);
-
-    // Bind first: the bound ports label the metrics (tests bind port 0).
-    let mut firsts = Vec::with_capacity(config.listeners.len());
-    for listener in &config.listeners {
-        firsts.push(TcpListener::bind(listener.bind).await.ok());
-    }
-    let ports: Vec<u16> = config
-        .listeners
-        .iter()
-        .zip(&firsts)
-        .map(|(l, first)| {
-            first
-                .as_ref()
-                .and_then(|f| f.local_addr().ok())
-                .map_or(l.bind.port(), |a| a.port())
-        })
-        .collect();
-    let mut egress_firsts = Vec::with_capacity(config.egress.len());
-    for e in &config.egress {
-        egress_firsts.push(TcpListener::bind(e.bind).await.ok());
-    }
+    let (derived, instance_cert) = initial_identity(&config, &provider)?;
+    let switches = Switches::new();
+    let firsts = FirstBinds::bind(&config).await;
     let metrics = Arc::new(
-        Metrics::new(ports.iter().copied())
-            .with_egress(config.egress.iter().map(|e| e.name.as_str())),
+        Metrics::new(firsts.ports.iter().copied())
+            .with_egress(config.egress.iter().map(|e| e.name.as_str()))
+            .with_route(config.route.as_ref().map(|r| r.bind.port())),
     );
 
-    let capacity = config.limits.max_connections.min(Semaphore::MAX_PERMITS);
-    let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        limits: config.limits,
-        graceful,
-        close_all: close_all_rx,
-        permits: Arc::new(Semaphore::new(capacity as usize)),
-        egress_permits: Arc::new(Semaphore::new(capacity as usize)),
-        capacity,
-    });
-    let health = Arc::new(Health {
-        store: store.clone(),
-        cert_source: config.certificate.describe(),
-        listeners: config
-            .listeners
-            .iter()
-            .map(|l| Slot {
-                configured: l.bind,
-                bound: OnceLock::new(),
-            })
-            .collect(),
-        egress: config
-            .egress
-            .iter()
-            .map(|e| {
-                let slot = Slot {
-                    configured: e.bind,
-                    bound: OnceLock::new(),
-                };
-                (e.name.clone(), slot)
-            })
-            .collect(),
-        draining: AtomicBool::new(false),
-        metrics: metrics.clone(),
-    });
+    let store = Arc::new(CertStore::default());
+    // Each listener (the route port too) gets its own share, so a flood on one cannot take
+    // the slots of another. The route port's gate comes last.
+    let shares = config.listeners.len() + usize::from(config.route.is_some());
+    let gates = gate::shares(&config.limits, shares);
+    let shared = Arc::new(Shared::new(
+        store.clone(),
+        config.limits,
+        switches.stop_accepting.subscribe(),
+        switches.close_all.subscribe(),
+        gates.clone(),
+    ));
+    let health = Arc::new(Health::new(&config, store.clone(), metrics.clone()));
+    let parts = Parts {
+        provider: &provider,
+        store: &store,
+        derived: &derived,
+        metrics: &metrics,
+        ports: &firsts.ports,
+        gates: &gates,
+    };
+    let built = BuiltListeners::new(&config, policies, &parts)?;
 
-    let mut listeners = Vec::with_capacity(config.listeners.len());
-    let mut verifying = Vec::new();
-    for (index, (l, policy)) in config.listeners.iter().zip(policies).enumerate() {
-        let tls = ListenerTls::new(
-            provider.clone(),
-            store.clone(),
-            l.mode,
-            l.client_auth,
-            &policy,
-            &trust.roots,
-        )
-        .map_err(StartError::Tls)?;
-        let tls = Arc::new(tls);
-        if l.verifies_clients() {
-            verifying.push(tls.clone());
-        }
-        let listener_metrics = metrics.listeners[index].clone();
-        let http = (l.mode == Mode::Http).then(|| {
-            let settings = HttpSettings {
-                upstream: l.upstream.clone(),
-                xfcc: l.xfcc,
-                connect_timeout: config.limits.connect_timeout,
-                idle_timeout: config.limits.idle_timeout,
-            };
-            HttpService::new(settings, listener_metrics.clone())
-        });
-        listeners.push(Arc::new(Listener {
-            port: ports[index],
-            tls,
-            upstream: l.upstream.clone(),
-            policy,
-            proxy_protocol: l.proxy_protocol,
-            metrics: listener_metrics,
-            http,
-        }));
-    }
-
-    let mut egress = Vec::with_capacity(config.egress.len());
-    for ((e, expect), metrics) in config.egress.iter().zip(expectations).zip(&metrics.egress) {
-        let tls = EgressTls::new(provider.clone(), store.clone(), expect, &trust.roots);
-        egress.push(Arc::new(Egress {
-            name: e.name.clone(),
-            target: e.target.clone(),
-            addrs: e.addrs.clone(),
-            tls: Arc::new(tls),
-            metrics: metrics.clone(),
-        }));
-    }
-
-    let cert_now = Arc::new(Notify::new());
-    let cert_job = CertJob::new(
-        config.certificate.clone(),
-        store,
-        provider.clone(),
-        metrics.clone(),
+    let mut background = Background::new(&switches.stop_background);
+    let egress_store = egress_store(&config, &parts, &health, &mut background);
+    let egress = egress_entries(&config, expectations, &parts, &egress_store);
+    keep_current(
+        &mut background,
+        &config,
+        &parts,
+        built.verifying,
+        &egress,
+        instance_cert,
     );
-    let mut background_tasks = vec![tokio::spawn(
-        Reloader::new(cert_job, config.reload).run(cert_now.clone(), stop_background.subscribe()),
-    )];
-    let stop = stop_background.subscribe();
-    background_tasks.push(tokio::spawn(async move {
-        crate::memory::reclaim_when_quiet(stop).await;
-    }));
-    let mut reload_now = vec![cert_now];
-    if !verifying.is_empty() || !egress.is_empty() {
-        let trust_now = Arc::new(Notify::new());
-        let egress_tls = egress.iter().map(|e| e.tls.clone()).collect();
-        let job = TrustJob::new(config.trust.clone(), verifying, egress_tls, &trust);
-        background_tasks.push(tokio::spawn(
-            Reloader::new(job, config.reload).run(trust_now.clone(), stop_background.subscribe()),
-        ));
-        reload_now.push(trust_now);
-    }
 
-    let mut listener_tasks = Vec::with_capacity(config.listeners.len());
-    for (index, ((l, first), listener)) in config
-        .listeners
-        .iter()
-        .zip(firsts)
-        .zip(listeners)
-        .enumerate()
-    {
-        if let Some(bound) = &first {
-            announce(bound, &health.listeners[index].bound, "tls", Some(l));
-        }
-        let task = tls_listener(
-            index,
-            l.bind,
-            first,
-            listener,
-            shared.clone(),
-            health.clone(),
-            stop_accepting.subscribe(),
-        );
-        listener_tasks.push(tokio::spawn(task));
+    firsts.announce(&config, &health);
+    let tls_binds = config.listeners.iter().map(|l| l.bind);
+    let doors = built.listeners.into_iter();
+    let doors = doors.map(|listener| TlsDoor::new(listener, shared.clone()));
+    let slots = health.listener_slots();
+    let stop = &switches.stop_accepting;
+    let mut listener_tasks =
+        spawn_listeners("tls", tls_binds, firsts.listeners, slots, doors, stop);
+    // Egress keeps accepting until the drain has waited for the TLS listeners' connections.
+    let egress_binds = config.egress.iter().map(|e| e.bind);
+    let doors = egress.into_iter();
+    let doors = doors.map(|egress| EgressDoor {
+        egress,
+        shared: shared.clone(),
+    });
+    let slots = health.egress_slots();
+    let stop = &switches.stop_egress;
+    let egress_tasks = spawn_listeners("egress", egress_binds, firsts.egress, slots, doors, stop);
+    let route_addr = Arc::new(OnceLock::new());
+    if let Some(task) = spawn_route(&config, &metrics, &gates, &shared, &route_addr, &switches) {
+        listener_tasks.push(task);
     }
-
-    let mut egress_tasks = Vec::with_capacity(config.egress.len());
-    for (index, ((e, first), entry)) in config
-        .egress
-        .iter()
-        .zip(egress_firsts)
-        .zip(egress)
-        .enumerate()
-    {
-        if let Some(bound) = &first {
-            announce_egress(bound, &health.egress[index].1.bound, e);
-        }
-        let task = egress_listener(
-            index,
-            e.clone(),
-            first,
-            entry,
-            shared.clone(),
-            health.clone(),
-            stop_egress.subscribe(),
-        );
-        egress_tasks.push(tokio::spawn(task));
-    }
-
     let admin_addr = Arc::new(OnceLock::new());
-    if let Some(addr) = config.admin {
-        let first = TcpListener::bind(addr).await.ok();
-        if let Some(bound) = &first {
-            announce(bound, &admin_addr, "admin", None);
-        }
-        let (health, admin_addr, mut stop) = (
-            health.clone(),
-            admin_addr.clone(),
-            stop_background.subscribe(),
-        );
-        background_tasks.push(tokio::spawn(async move {
-            let Some(listener) = bound_or_retry(first, addr, "admin", &admin_addr, &mut stop).await
-            else {
-                return;
-            };
-            admin::serve(listener, health, stop).await;
-        }));
+    if let Some(task) = spawn_admin(&config, &health, &admin_addr, &switches).await {
+        background.tasks.push(task);
     }
 
     Ok(Running {
         shared,
         health,
         admin_addr,
-        reload_now,
-        stop_accepting,
-        stop_egress,
-        close_all,
-        stop_background,
+        route_addr,
+        switches,
         listener_tasks,
         egress_tasks,
-        background_tasks,
+        background,
     })
+}
+
+/// The trust bundle at start and the platform identity CA derived from it (with the instance
+/// certificate it was found through, which the trust reloader keeps watching).
+fn initial_identity(
+    config: &SidecarConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Derived, Option<InstanceCert>), StartError> {
+    let trust = if config.verifies_peers() {
+        initial_trust(config)
+    } else {
+        TrustBundle::empty()
+    };
+    let mut instance_cert = config
+        .identity_ca
+        .paths()
+        .filter(|_| config.verifies_peers())
+        .map(|p| InstanceCert::new(p.cert.clone()));
+    let derived =
+        trust::derive(&trust, instance_cert.as_mut(), provider).map_err(StartError::Tls)?;
+    reload::log_identity(&derived);
+    if let Some(problem) = derived
+        .problem
+        .as_ref()
+        .filter(|_| config.identity_rules_written())
+    {
+        warn!(error = %problem, "platform identity CA unknown yet: cf: rules match nothing until it is; retrying");
+    }
+    Ok((derived, instance_cert))
 }
 
 /// The trust bundle at start. Problems are logged and the reloader keeps retrying; a partial
@@ -389,203 +309,189 @@ fn initial_trust(config: &SidecarConfig) -> TrustBundle {
     bundle
 }
 
-impl Running {
-    /// The bound address of each TLS listener, in config order; `None` while its port is
-    /// still being retried.
-    pub fn tls_addrs(&self) -> Vec<Option<SocketAddr>> {
-        self.health
-            .listeners
-            .iter()
-            .map(|s| s.bound.get().copied())
-            .collect()
-    }
-
-    /// The bound address of each egress listener, in config order; `None` while its port is
-    /// still being retried.
-    pub fn egress_addrs(&self) -> Vec<Option<SocketAddr>> {
-        self.health
-            .egress
-            .iter()
-            .map(|(_, s)| s.bound.get().copied())
-            .collect()
-    }
-
-    /// The bound admin address; `None` when disabled or while its port is being retried.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr.get().copied()
-    }
-
-    /// What `/ready` says: `Ok` once a certificate is loaded and every listener is bound.
-    pub fn readiness(&self) -> Result<(), String> {
-        self.health.readiness()
-    }
-
-    /// Connections open right now.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight()
-    }
-
-    /// Re-reads the certificate and the trust bundle now (what SIGHUP does).
-    pub fn reload_certificates(&self) {
-        for job in &self.reload_now {
-            job.notify_one();
-        }
-    }
-
-    /// The counters `/metrics` renders.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.health.metrics.clone()
-    }
-
-    /// Drains: `/ready` turns 503, the TLS listeners close (new connections are refused) and
-    /// their open connections get up to `limits.drain_timeout` to finish. Egress listeners keep
-    /// accepting until then (the app may still call other apps to finish its own requests),
-    /// then close, and their connections get what is left of the drain timeout. Whatever is
-    /// still open at the end is closed.
-    pub async fn shutdown(self) {
-        let started = Instant::now();
-        self.health.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop_accepting.send(true);
-        // Once these return every TLS listening socket is closed.
-        for task in self.listener_tasks {
-            let _ = task.await;
-        }
-        let in_flight = self.shared.in_flight();
-        let drain_timeout = self.shared.limits.drain_timeout;
-        info!(
-            in_flight,
-            drain_timeout_ms = millis(drain_timeout),
-            "draining: stopped accepting connections"
-        );
-
-        let everyone = self.shared.capacity;
-        let deadline = started + drain_timeout;
-        let permits = self.shared.permits.clone();
-        let egress_permits = self.shared.egress_permits.clone();
-        let mut drained = tokio::time::timeout_at(deadline, permits.acquire_many(everyone))
-            .await
-            .is_ok();
-        let _ = self.stop_egress.send(true);
-        for task in self.egress_tasks {
-            let _ = task.await;
-        }
-        if drained {
-            drained = tokio::time::timeout_at(deadline, egress_permits.acquire_many(everyone))
-                .await
-                .is_ok();
-        }
-        let closed = if drained {
-            0
-        } else {
-            let left = self.shared.in_flight();
-            let _ = self.close_all.send(true);
-            let _ = timeout(FORCED_CLOSE_GRACE, async {
-                let _ = permits.acquire_many(everyone).await;
-                let _ = egress_permits.acquire_many(everyone).await;
-            })
-            .await;
-            left
-        };
-        info!(
-            finished = in_flight.saturating_sub(closed),
-            closed,
-            duration_ms = millis(started.elapsed()),
-            "drain finished"
-        );
-        let _ = self.stop_background.send(true);
-        for task in self.background_tasks {
-            let _ = task.await;
-        }
-    }
+/// Each TLS listener as its connections see it, and the TLS setups that verify client
+/// certificates (the trust reloader updates their anchors).
+struct BuiltListeners {
+    listeners: Vec<Arc<Listener>>,
+    verifying: Vec<Arc<ListenerTls>>,
 }
 
-/// Resolves once `stop` turns true (or its sender is gone). Holds no borrow of the value, so
-/// it can sit in a `select!` beside branches that await.
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
+/// What the steps after the first binds build from, besides the config.
+struct Parts<'a> {
+    provider: &'a Arc<CryptoProvider>,
+    store: &'a Arc<CertStore>,
+    derived: &'a Derived,
+    metrics: &'a Arc<Metrics>,
+    /// Each listener's port (bound or configured), in config order.
+    ports: &'a [u16],
+    /// Each listener's slots, in config order.
+    gates: &'a [Arc<Gate>],
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Marks `listener` bound and logs the line tests and operators wait for.
-fn announce(
-    listener: &TcpListener,
-    slot: &OnceLock<SocketAddr>,
-    kind: &'static str,
-    config: Option<&ListenerConfig>,
-) {
-    if let Ok(addr) = listener.local_addr() {
-        let _ = slot.set(addr);
-        match config {
-            Some(c) => info!(
-                listener = kind,
-                mode = c.mode.as_str(),
-                client_auth = c.client_auth.as_str(),
-                upstream = %c.upstream,
-                "listening on {addr}"
-            ),
-            None => info!(listener = kind, "listening on {addr}"),
-        }
-    }
-}
-
-/// `first` if the first bind worked, else binds `addr` with backoff until it works or `stop`.
-async fn bound_or_retry(
-    first: Option<TcpListener>,
-    addr: SocketAddr,
-    kind: &'static str,
-    slot: &OnceLock<SocketAddr>,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<TcpListener> {
-    if first.is_some() {
-        return first;
-    }
-    let mut backoff = Backoff::new(BIND_RETRY_MIN, BIND_RETRY_MAX);
-    let mut throttle = LogThrottle::new(LOG_REPEAT);
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                announce(&listener, slot, kind, None);
-                return Some(listener);
+impl BuiltListeners {
+    fn new(
+        config: &SidecarConfig,
+        policies: Vec<AccessPolicy>,
+        parts: &Parts<'_>,
+    ) -> Result<Self, StartError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut verifying = Vec::new();
+        for (index, (l, policy)) in config.listeners.iter().zip(policies).enumerate() {
+            let tls = ListenerTls::new(
+                parts.provider.clone(),
+                parts.store.clone(),
+                l.mode,
+                l.client_auth,
+                &policy,
+                &parts.derived.anchors,
+            )
+            .map_err(StartError::Tls)?;
+            let tls = Arc::new(tls);
+            if l.verifies_clients() {
+                verifying.push(tls.clone());
             }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                if throttle.allow(&e.to_string()).is_some() {
-                    let hint = match e.kind() {
-                        std::io::ErrorKind::AddrInUse => "another process holds the port; retrying",
-                        _ => "retrying",
-                    };
-                    warn!(
-                        listener = kind, %addr, error = %e, retry_ms = millis(delay),
-                        "cannot listen on {addr}: {hint}"
-                    );
-                }
-                tokio::select! {
-                    () = sleep(delay) => {}
-                    () = stopped(stop) => return None,
-                }
-            }
+            let listener_metrics = parts.metrics.listeners[index].clone();
+            let http = (l.mode == Mode::Http).then(|| {
+                let settings = HttpSettings {
+                    upstream: l.upstream.clone(),
+                    xfcc: l.xfcc,
+                    connect_timeout: config.limits.connect_timeout,
+                    idle_timeout: config.limits.idle_timeout,
+                    forwarding: Forwarding::Tls,
+                };
+                HttpService::with_limits(settings, http_limits(config), listener_metrics.clone())
+            });
+            listeners.push(Arc::new(Listener {
+                port: parts.ports[index],
+                tls,
+                upstream: l.upstream.clone(),
+                policy,
+                proxy_protocol: l.proxy_protocol,
+                metrics: listener_metrics,
+                gate: parts.gates[index].clone(),
+                http,
+            }));
         }
+        Ok(BuiltListeners {
+            listeners,
+            verifying,
+        })
     }
 }
 
-async fn tls_listener(
-    index: usize,
-    bind: SocketAddr,
-    first: Option<TcpListener>,
-    listener: Arc<Listener>,
-    shared: Arc<Shared>,
-    health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
+fn http_limits(config: &SidecarConfig) -> HttpLimits {
+    HttpLimits {
+        app_connections: config.limits.app_connections,
+        streams_per_connection: config.limits.streams_per_connection,
+    }
+}
+
+/// Keeps the certificate current (and, when anything verifies peers, the trust bundle), and
+/// gives memory back to the OS whenever the sidecar goes quiet.
+fn keep_current(
+    background: &mut Background,
+    config: &SidecarConfig,
+    parts: &Parts<'_>,
+    verifying: Vec<Arc<ListenerTls>>,
+    egress: &[Arc<Egress>],
+    instance_cert: Option<InstanceCert>,
 ) {
-    let slot = &health.listeners[index].bound;
-    let Some(socket) = bound_or_retry(first, bind, "tls", slot, &mut stop).await else {
-        return;
-    };
-    accept_loop(&socket, &listener, &shared, &mut stop).await;
-    // Returning drops the socket: the port now refuses connections.
+    let cert_job = CertJob::new(
+        config.certificate.clone(),
+        parts.store.clone(),
+        parts.provider.clone(),
+        parts.metrics.clone(),
+        config.app_name(),
+    );
+    background.reload(cert_job, config.reload);
+    background.reclaim_memory();
+    if !verifying.is_empty() || !egress.is_empty() {
+        let egress_tls = egress.iter().map(|e| e.tls.clone()).collect();
+        let job = TrustJob::new(
+            config.trust.clone(),
+            instance_cert,
+            parts.provider.clone(),
+            verifying,
+            egress_tls,
+            parts.derived,
+            config.identity_rules_written(),
+        );
+        background.reload(job, config.reload);
+    }
+}
+
+/// The store egress presents its certificate from. Egress presents the Diego instance identity
+/// whenever there is one (see egress.rs): when another source serves ingress, the instance
+/// identity is loaded (and kept current) on its own for egress.
+fn egress_store(
+    config: &SidecarConfig,
+    parts: &Parts<'_>,
+    health: &Health,
+    background: &mut Background,
+) -> Arc<CertStore> {
+    match config.identity_ca.paths() {
+        Some(paths)
+            if !config.egress.is_empty()
+                && config.certificate != CertificateConfig::instance(paths.clone()) =>
+        {
+            let egress_store = Arc::new(CertStore::default());
+            let job = CertJob::for_egress(
+                CertificateConfig::instance(paths.clone()),
+                egress_store.clone(),
+                parts.provider.clone(),
+                config.app_name(),
+            );
+            background.reload(job, config.reload);
+            health.set_egress_store(egress_store.clone(), paths.cert.display().to_string());
+            egress_store
+        }
+        _ => parts.store.clone(),
+    }
+}
+
+/// Each egress entry as its connections see it.
+fn egress_entries(
+    config: &SidecarConfig,
+    expectations: Vec<Expectation>,
+    parts: &Parts<'_>,
+    egress_store: &Arc<CertStore>,
+) -> Vec<Arc<Egress>> {
+    let mut egress = Vec::with_capacity(config.egress.len());
+    let entries = config.egress.iter().zip(expectations);
+    for ((e, expect), metrics) in entries.zip(&parts.metrics.egress) {
+        let tls = EgressTls::new(
+            parts.provider.clone(),
+            egress_store.clone(),
+            expect,
+            &parts.derived.anchors,
+        );
+        egress.push(Arc::new(Egress {
+            name: e.name.clone(),
+            target: e.target.clone(),
+            addrs: e.addrs.clone(),
+            tls: Arc::new(tls),
+            metrics: metrics.clone(),
+        }));
+    }
+    egress
+}
+
+/// One task per listener of `kind`, in config order: each binds its address unless its first
+/// bind worked, records where it listens in its slot and accepts into its door until `stop`.
+fn spawn_listeners<D: Door + Send + 'static>(
+    kind: &'static str,
+    binds: impl Iterator<Item = SocketAddr>,
+    firsts: Vec<Option<TcpListener>>,
+    slots: Vec<Arc<OnceLock<SocketAddr>>>,
+    doors: impl Iterator<Item = D>,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    let listeners = binds.zip(firsts).zip(slots).zip(doors);
+    listeners
+        .map(|(((bind, first), slot), door)| {
+            accept::spawn(first, bind, kind, slot, door, stop.subscribe())
+        })
+        .collect()
 }
 
 /// Marks an egress listener bound and logs where the app reaches it.
@@ -607,125 +513,163 @@ fn announce_egress(listener: &TcpListener, slot: &OnceLock<SocketAddr>, config: 
     }
 }
 
-async fn egress_listener(
-    index: usize,
-    config: EgressConfig,
-    first: Option<TcpListener>,
-    egress: Arc<Egress>,
-    shared: Arc<Shared>,
-    health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slot = &health.egress[index].1.bound;
-    let socket = match first {
-        Some(first) => first,
-        None => {
-            // Logs "listening on" itself once the port is free.
-            let Some(socket) = bound_or_retry(None, config.bind, "egress", slot, &mut stop).await
-            else {
-                return;
-            };
-            socket
-        }
+/// The route port's task, when there is one. It stops accepting with the TLS listeners when
+/// the drain starts (Gorouter has stopped routing here by then).
+fn spawn_route(
+    config: &SidecarConfig,
+    metrics: &Metrics,
+    gates: &[Arc<Gate>],
+    shared: &Arc<Shared>,
+    route_addr: &Arc<OnceLock<SocketAddr>>,
+    switches: &Switches,
+) -> Option<JoinHandle<()>> {
+    let (Some(route), Some(route_metrics)) = (&config.route, metrics.listeners.last()) else {
+        return None;
     };
-    let name = egress.name.clone();
-    let mut backoff = Backoff::new(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
-    let mut accept_errors = LogThrottle::new(LOG_REPEAT);
-    let mut refusals = LogThrottle::new(LOG_REPEAT);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stopped(&mut stop) => return,
-            accepted = socket.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff.reset();
-                egress.metrics.accepted.fetch_add(1, Relaxed);
-                match shared.egress_permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let task = egress::serve(tcp, peer, egress.clone(), shared.clone(), permit);
-                        tokio::spawn(task);
-                    }
-                    Err(_) => {
-                        drop(tcp);
-                        egress.metrics.refused.fetch_add(1, Relaxed);
-                        if let Some(held_back) = refusals.allow("max_connections") {
-                            let max_connections = shared.limits.max_connections;
-                            warn!(
-                                egress = %name, peer = %peer, max_connections, held_back,
-                                "egress connection refused: max_connections reached"
-                            );
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                if let Some(held_back) = accept_errors.allow(&e.to_string()) {
-                    let retry_ms = millis(delay);
-                    warn!(egress = %name, error = %e, held_back, retry_ms, "accept failed");
-                }
-                tokio::select! {
-                    () = sleep(delay) => {}
-                    () = stopped(&mut stop) => return,
-                }
-            }
-        }
+    if !route_metrics.route {
+        return None;
     }
+    let settings = HttpSettings {
+        upstream: route.upstream.clone(),
+        xfcc: tls_sidecar_config::Xfcc::Off,
+        connect_timeout: config.limits.connect_timeout,
+        idle_timeout: config.limits.idle_timeout,
+        forwarding: route
+            .trusted_xfcc_peer
+            .map_or(Forwarding::Route, Forwarding::RouteKeepingXfccFrom),
+    };
+    let served = Arc::new(Route {
+        http: HttpService::with_limits(settings, http_limits(config), route_metrics.clone()),
+        metrics: route_metrics.clone(),
+        gate: gates[config.listeners.len()].clone(),
+    });
+    Some(tokio::spawn(route::run(
+        route.clone(),
+        served,
+        shared.clone(),
+        route_addr.clone(),
+        switches.stop_accepting.subscribe(),
+    )))
 }
 
-async fn accept_loop(
-    socket: &TcpListener,
-    listener: &Arc<Listener>,
-    shared: &Arc<Shared>,
-    stop: &mut watch::Receiver<bool>,
-) {
-    let port = listener.port;
-    let mut backoff = Backoff::new(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
-    let mut accept_errors = LogThrottle::new(LOG_REPEAT);
-    let mut refusals = LogThrottle::new(LOG_REPEAT);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stopped(stop) => return,
-            accepted = socket.accept() => accepted,
+/// The admin endpoint's task, when enabled: it answers until the end of the drain.
+async fn spawn_admin(
+    config: &SidecarConfig,
+    health: &Arc<Health>,
+    admin_addr: &Arc<OnceLock<SocketAddr>>,
+    switches: &Switches,
+) -> Option<JoinHandle<()>> {
+    let addr = config.admin?;
+    let first = TcpListener::bind(addr).await.ok();
+    if let Some(bound) = &first {
+        announce(bound, admin_addr, "admin", None);
+    }
+    let door = AdminDoor::new(health.clone());
+    let stop = switches.stop_background.subscribe();
+    Some(accept::spawn(
+        first,
+        addr,
+        "admin",
+        admin_addr.clone(),
+        door,
+        stop,
+    ))
+}
+
+impl Running {
+    /// The bound address of each TLS listener, in config order; `None` while its port is
+    /// still being retried.
+    pub fn tls_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.health.listener_addrs()
+    }
+
+    /// The bound address of each egress listener, in config order; `None` while its port is
+    /// still being retried.
+    pub fn egress_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.health.egress_addrs()
+    }
+
+    /// The bound route port; `None` without one, and until the app accepts on its port.
+    pub fn route_addr(&self) -> Option<SocketAddr> {
+        self.route_addr.get().copied()
+    }
+
+    /// The bound admin address; `None` when disabled or while its port is being retried.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr.get().copied()
+    }
+
+    /// What `/ready` says: `Ok` once a certificate is loaded and every listener is bound.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.health.readiness()
+    }
+
+    /// Connections open right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// Re-reads the certificate and the trust bundle now (what SIGHUP does).
+    pub fn reload_certificates(&self) {
+        for job in &self.background.reload_now {
+            job.notify_one();
+        }
+    }
+
+    /// The counters `/metrics` renders.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.health.metrics.clone()
+    }
+
+    /// Drains: `/ready` turns 503, the TLS listeners close (new connections are refused) and
+    /// their open connections get up to `limits.drain_timeout` to finish. Egress listeners keep
+    /// accepting until then (the app may still call other apps to finish its own requests),
+    /// then close, and their connections get what is left of the drain timeout. Whatever is
+    /// still open at the end is closed.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        self.health.start_draining();
+        let _ = self.switches.stop_accepting.send(true);
+        // Once these return every TLS listening socket is closed.
+        for task in self.listener_tasks {
+            let _ = task.await;
+        }
+        let in_flight = self.shared.in_flight();
+        let drain_timeout = self.shared.limits.drain_timeout;
+        info!(
+            in_flight,
+            drain_timeout_ms = millis(drain_timeout),
+            "draining: stopped accepting connections"
+        );
+
+        let deadline = started + drain_timeout;
+        let mut drained = self.shared.listeners_drained_by(deadline).await;
+        let _ = self.switches.stop_egress.send(true);
+        for task in self.egress_tasks {
+            let _ = task.await;
+        }
+        if drained {
+            drained = self.shared.egress_drained_by(deadline).await;
+        }
+        let closed = if drained {
+            0
+        } else {
+            let left = self.shared.in_flight();
+            let _ = self.switches.close_all.send(true);
+            self.shared
+                .closed_by(Instant::now() + FORCED_CLOSE_GRACE)
+                .await;
+            left
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff.reset();
-                listener.metrics.accepted.fetch_add(1, Relaxed);
-                match shared.permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let task =
-                            forward::serve(tcp, peer, listener.clone(), shared.clone(), permit);
-                        tokio::spawn(task);
-                    }
-                    Err(_) => {
-                        // Closed before the handshake: cheaper than any TLS work.
-                        drop(tcp);
-                        listener.metrics.refused.fetch_add(1, Relaxed);
-                        if let Some(held_back) = refusals.allow("max_connections") {
-                            let max_connections = shared.limits.max_connections;
-                            warn!(
-                                listener = port, peer = %peer, max_connections, held_back,
-                                "connection refused: max_connections reached"
-                            );
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                if let Some(held_back) = accept_errors.allow(&e.to_string()) {
-                    let retry_ms = millis(delay);
-                    warn!(listener = port, error = %e, held_back, retry_ms, "accept failed");
-                }
-                tokio::select! {
-                    () = sleep(delay) => {}
-                    () = stopped(stop) => return,
-                }
-            }
+        info!(
+            finished = in_flight.saturating_sub(closed),
+            closed,
+            duration_ms = millis(started.elapsed()),
+            "drain finished"
+        );
+        let _ = self.switches.stop_background.send(true);
+        for task in self.background.tasks {
+            let _ = task.await;
         }
     }
 }

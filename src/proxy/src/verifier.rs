@@ -6,41 +6,16 @@
 use crate::identity::{AccessPolicy, CfIdentity, Denial};
 use crate::logging::rfc3339;
 use crate::metrics::HandshakeFailure;
+use crate::trust::Anchors;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName};
 use rustls::{Error, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-
-/// A chain verifier over `roots`; `optional` lets clients without a certificate through.
-/// With no trust anchors at all every presented certificate is refused as from an unknown CA
-/// (rustls cannot build a verifier without anchors, and failing closed is the only safe
-/// answer).
-pub(crate) fn chain_verifier(
-    roots: &Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-    optional: bool,
-) -> Result<Arc<dyn ClientCertVerifier>, Error> {
-    if roots.is_empty() {
-        return Ok(Arc::new(NoAnchors {
-            mandatory: !optional,
-            algorithms: provider.signature_verification_algorithms,
-        }));
-    }
-    let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
-    let builder = if optional {
-        builder.allow_unauthenticated()
-    } else {
-        builder
-    };
-    builder.build().map_err(|e| Error::General(e.to_string()))
-}
 
 /// Why a tcp listener refused a verified caller, recorded for the connection that asked.
 #[derive(Debug, Clone)]
@@ -67,16 +42,26 @@ pub(crate) async fn with_verdict<F: Future>(handshake: F) -> (F::Output, Option<
         .await
 }
 
-/// The chain first, then the `allow` rules over the leaf's CF identity.
+/// The chain first, then the `allow` rules over the leaf's CF identity, which only a chain
+/// ending at the platform identity CA has (see [`crate::trust`]).
 #[derive(Debug)]
 pub(crate) struct PolicyVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     policy: Arc<AccessPolicy>,
+    anchors: Arc<Anchors>,
 }
 
 impl PolicyVerifier {
-    pub(crate) fn new(chain: Arc<dyn ClientCertVerifier>, policy: Arc<AccessPolicy>) -> Self {
-        PolicyVerifier { chain, policy }
+    pub(crate) fn new(
+        chain: Arc<dyn ClientCertVerifier>,
+        policy: Arc<AccessPolicy>,
+        anchors: Arc<Anchors>,
+    ) -> Self {
+        PolicyVerifier {
+            chain,
+            policy,
+            anchors,
+        }
     }
 }
 
@@ -99,13 +84,14 @@ impl ClientCertVerifier for PolicyVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .chain
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let identity = CfIdentity::from_der(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        // The chain against the bundle (the same anchors `self.chain` was built from), then
+        // the identity; remembered for the check after the handshake (forward.rs).
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        let identity = self.anchors.check_client(&chain, now)?;
         match self.policy.check(Some(&identity)) {
-            Ok(()) => Ok(verified),
+            Ok(()) => Ok(ClientCertVerified::assertion()),
             Err(denial) => {
                 let _ = VERDICT.try_with(|v| *v.borrow_mut() = Some(Verdict { identity, denial }));
                 // rustls answers this one with an access_denied alert.
@@ -136,54 +122,6 @@ impl ClientCertVerifier for PolicyVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.chain.supported_verify_schemes()
-    }
-}
-
-/// Asks for a client certificate but trusts no CA (the trust bundle is empty).
-#[derive(Debug)]
-struct NoAnchors {
-    mandatory: bool,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for NoAnchors {
-    fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        Err(Error::InvalidCertificate(CertificateError::UnknownIssuer))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 

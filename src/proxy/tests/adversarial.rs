@@ -14,17 +14,18 @@
 mod common;
 
 use common::{
-    DEADLINE, Identity, KeyKind, Leaf, NOT_YET_VALID, Pki, Validity, client_config, echo_app,
-    eventually, get, loopback, metric, mtls_client, served_leaf,
+    Creds, DEADLINE, Identity, KeyKind, Leaf, NOT_YET_VALID, Pki, Process, Validity, client_config,
+    echo_app, eventually, free_port, get, loopback, metric, mtls_client, served_leaf,
+    sidecar_command,
 };
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+/// The tests that load the machine (floods, keep-alive load, a 100 MB body) run one at a time:
+/// the time bounds they assert are about the sidecar, not about two of them sharing two cores.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-sidecar");
 /// `vcap` on cflinuxfs4: who runs the sidecar in CF.
@@ -82,40 +87,6 @@ fn random_bytes(n: usize) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // The credential and trust directories, world-readable so that uid 2000 can read them
 
-/// What Diego mounts at `/etc/cf-instance-credentials`.
-struct Creds {
-    dir: PathBuf,
-}
-
-impl Creds {
-    fn in_dir(dir: PathBuf) -> Creds {
-        Creds { dir }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.join("instance.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.join("instance.key")
-    }
-
-    /// Diego's order: both `.tmp` files, then rename the key, then the certificate.
-    fn rotate(&self, pair: &Leaf) {
-        let (key_tmp, crt_tmp) = (
-            self.dir.join("instance.key.tmp"),
-            self.dir.join("instance.crt.tmp"),
-        );
-        std::fs::write(&key_tmp, &pair.key_pem).unwrap();
-        std::fs::write(&crt_tmp, &pair.chain_pem).unwrap();
-        for f in [&key_tmp, &crt_tmp] {
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        }
-        std::fs::rename(key_tmp, self.key()).unwrap();
-        std::fs::rename(crt_tmp, self.cert()).unwrap();
-    }
-}
-
 /// A world-readable temp dir (tempfile makes them 0700).
 fn open_dir() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -125,16 +96,6 @@ fn open_dir() -> TempDir {
 
 // ---------------------------------------------------------------------------------------------
 // The sidecar process
-
-/// A port that was free a moment ago (the binary's config cannot say "port 0"). Should another
-/// process grab it first, the sidecar retries binding and the test times out rather than lies.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One listener's YAML entry.
 fn listener(port: u16, upstream: SocketAddr, extra: &str) -> String {
@@ -146,8 +107,7 @@ fn is_root() -> bool {
 }
 
 struct Sidecar {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    process: Process,
     admin: SocketAddr,
     /// The config file and, unless given, the credentials and the trust directory.
     _dir: TempDir,
@@ -185,16 +145,7 @@ impl Sidecar {
         let config = dir.path().join("tls-sidecar.yml");
         std::fs::write(&config, format!("{}admin:\n  listen: {admin}\n", opts.yaml)).unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&config)
-            .env_clear()
-            .env("PORT", "8080")
-            .env("CF_INSTANCE_CERT", opts.creds.cert())
-            .env("CF_INSTANCE_KEY", opts.creds.key())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = sidecar_command(Path::new(BIN), &config, opts.creds, 8080);
         if let Some(trust) = opts.trust {
             cmd.env("CF_SYSTEM_CERT_PATH", trust);
         }
@@ -204,39 +155,19 @@ impl Sidecar {
         if opts.as_vcap && is_root() {
             cmd.uid(VCAP_UID).gid(VCAP_UID);
         }
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
         Sidecar {
-            child,
-            log,
+            process: Process::spawn(cmd),
             admin,
             _dir: dir,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.process.log().join("\n")
     }
 
     fn lines_with(&self, parts: &[&str]) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| parts.iter().all(|p| l.contains(p)))
-            .cloned()
-            .collect()
+        self.process.lines_with(parts)
     }
 
     /// Waits for a log line containing every one of `parts`.
@@ -272,8 +203,8 @@ impl Sidecar {
     }
 
     fn assert_running(&self) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
+            .unwrap_or_default();
         // Field 3 of /proc/<pid>/stat: Z = exited and not reaped yet.
         let state = status
             .rsplit_once(") ")
@@ -310,18 +241,13 @@ impl Sidecar {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
+        self.process.signal(name);
     }
 
     async fn exit_status(&mut self) -> ExitStatus {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.try_wait() {
                 return status;
             }
             assert!(
@@ -331,13 +257,6 @@ impl Sidecar {
             );
             sleep(Duration::from_millis(25)).await;
         }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -576,7 +495,7 @@ async fn tcp_sidecar(rest: &str) -> TcpSetup {
     let app = echo_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&server(pki));
+    creds.rotate_the_diego_way(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(&creds, &[listener(port, app, "")], rest));
     sidecar.ready().await;
@@ -850,7 +769,7 @@ enum Outcome {
     Served,
     /// tcp mode: an `access_denied` alert in the handshake.
     DeniedAlert,
-    /// http mode: `403` with the reason.
+    /// http mode: `403` saying only `not allowed`.
     Forbidden,
     /// The chain does not verify: a TLS alert, whatever the mode.
     Invalid,
@@ -865,7 +784,7 @@ async fn client_certificates_of_every_key_type_are_served_and_undated_or_ou_less
     std::fs::write(trust.path().join("trusted-ca-1.crt"), &pki.root_pem).unwrap();
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&server(pki));
+    creds.rotate_the_diego_way(&server(pki));
     let (echo, http_app) = (echo_app().await, RawApp::start().await);
     let [tcp_allow, http_allow, tcp_any] = [free_port(), free_port(), free_port()];
     let mut opts = Options::new(
@@ -922,9 +841,10 @@ async fn client_certificates_of_every_key_type_are_served_and_undated_or_ou_less
                     Ok(a) if a.starts_with("HTTP/1.1 200") => Outcome::Served,
                     Ok(a) if a.starts_with("HTTP/1.1 403") => {
                         if *want == Outcome::Forbidden {
+                            // The reason is for the log line; the caller learns nothing.
                             assert!(
-                                a.contains("no CF app/space/org identity"),
-                                "{what}: 403 without the reason:\n{a}"
+                                a.ends_with("\r\n\r\nnot allowed\n"),
+                                "{what}: 403 with more than `not allowed`:\n{a}"
                             );
                         }
                         Outcome::Forbidden
@@ -1011,7 +931,7 @@ async fn http_sidecar(rest: &str) -> (Sidecar, u16, RawApp, TempDir) {
     let app = RawApp::start().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&server(pki));
+    creds.rotate_the_diego_way(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1188,7 +1108,7 @@ async fn in_tcp_mode_a_hung_app_costs_a_connection_only_until_the_idle_timeout()
     let (app, app_open) = hung_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&server(pki));
+    creds.rotate_the_diego_way(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1230,7 +1150,7 @@ async fn in_http_mode_a_client_giving_up_on_a_hung_app_leaves_no_connection_behi
     let (app, app_open) = hung_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&server(pki));
+    creds.rotate_the_diego_way(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1271,7 +1191,7 @@ async fn in_http_mode_a_request_to_a_hung_app_ends_by_the_idle_timeout_with_504_
     let (app, app_open) = hung_app().await;
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&server(pki));
+    creds.rotate_the_diego_way(&server(pki));
     let port = free_port();
     let sidecar = Sidecar::spawn(Options::new(
         &creds,
@@ -1332,7 +1252,7 @@ async fn deleted_certificate_files_leave_the_last_good_pair_serving_with_a_warni
     let (first, second) = (server(pki), server(pki));
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&first);
+    creds.rotate_the_diego_way(&first);
     let (sidecar, port) = sidecar_with_creds(&creds, false).await;
     sidecar.ready().await;
 
@@ -1362,7 +1282,7 @@ async fn deleted_certificate_files_leave_the_last_good_pair_serving_with_a_warni
     );
 
     // Files back: picked up without a restart.
-    creds.rotate(&second);
+    creds.rotate_the_diego_way(&second);
     // A fresh client each time: a resumed TLS 1.3 session would show the chain of the
     // handshake that issued its ticket.
     eventually("the new pair to be served", || async {
@@ -1381,10 +1301,10 @@ async fn an_unreadable_credentials_dir_at_start_keeps_the_sidecar_waiting_at_503
     let pki = Pki::shared();
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().join("creds"));
-    std::fs::create_dir(&creds.dir).unwrap();
-    creds.rotate(&server(pki));
+    std::fs::create_dir(creds.dir()).unwrap();
+    creds.rotate_the_diego_way(&server(pki));
     // Root owns it, mode 000: vcap (or, without root, this very user) cannot enter it.
-    std::fs::set_permissions(&creds.dir, std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(creds.dir(), std::fs::Permissions::from_mode(0o000)).unwrap();
     let (sidecar, port) = sidecar_with_creds(&creds, true).await;
 
     let line = sidecar
@@ -1404,7 +1324,7 @@ async fn an_unreadable_credentials_dir_at_start_keeps_the_sidecar_waiting_at_503
     assert_eq!(get(sidecar.admin, "/live").await.unwrap().0, 200);
     println!("warnings while waiting: {}", retries());
 
-    std::fs::set_permissions(&creds.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(creds.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     sidecar.ready().await;
     echo_once(port, tls_client(&[], None)).await.unwrap();
 }
@@ -1424,9 +1344,9 @@ async fn a_credentials_dir_that_does_not_exist_yet_keeps_the_sidecar_waiting_unt
     sleep(Duration::from_secs(1)).await;
     sidecar.assert_running();
 
-    std::fs::create_dir(&creds.dir).unwrap();
-    std::fs::set_permissions(&creds.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    creds.rotate(&server(pki));
+    std::fs::create_dir(creds.dir()).unwrap();
+    std::fs::set_permissions(creds.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    creds.rotate_the_diego_way(&server(pki));
     sidecar.ready().await;
     echo_once(port, tls_client(&[], None)).await.unwrap();
 }
@@ -1460,6 +1380,7 @@ impl Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_load() {
+    let _heavy = HEAVY.lock().await;
     const ROTATIONS: usize = 100;
     /// Each load task stops after this many exchanges even if the storm never ended.
     const MAX_EXCHANGES: u64 = 100_000;
@@ -1467,7 +1388,7 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
     let leaves: Vec<Leaf> = (0..5).map(|_| server(pki)).collect();
     let dir = open_dir();
     let creds = Creds::in_dir(dir.path().to_owned());
-    creds.rotate(&leaves[0]);
+    creds.rotate_the_diego_way(&leaves[0]);
     let (sidecar, port) = sidecar_with_creds(&creds, false).await;
     sidecar.ready().await;
     let client = tls_client(&[], None);
@@ -1500,7 +1421,7 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
     let started = Instant::now();
     for i in 1..=ROTATIONS {
         // Never the pair being served: every rotation is a change.
-        creds.rotate(&leaves[1 + i % 4]);
+        creds.rotate_the_diego_way(&leaves[1 + i % 4]);
         sleep(Duration::from_millis(50)).await;
     }
     let last = &leaves[1 + ROTATIONS % 4];
@@ -1544,6 +1465,7 @@ async fn a_storm_of_100_rotations_50_ms_apart_fails_no_request_of_a_keep_alive_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_every_request_already_started_and_refuses_new_connections() {
+    let _heavy = HEAVY.lock().await;
     const IN_FLIGHT: usize = 32;
     let (mut sidecar, port, app, _dir) = http_sidecar("").await;
     let client = tls_client(&["http/1.1"], None);
@@ -1597,4 +1519,562 @@ async fn sigterm_under_load_finishes_every_request_already_started_and_refuses_n
         line.contains(&format!("finished={IN_FLIGHT}")) && line.contains("closed=0"),
         "{line}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Availability: floods, stalled readers and a saturated app (issue #11)
+
+/// What [`BusyApp`] does once it has read a request head (tcp mode: at once).
+#[derive(Clone, Copy)]
+enum Answer {
+    /// tcp mode: zeros, as fast as the sidecar takes them, forever.
+    Firehose,
+    /// An HTTP response announcing `n` bytes, sent as fast as the sidecar takes them.
+    Big(u64),
+    /// An HTTP response of `n` bytes, one every `every`.
+    Trickle(u64, Duration),
+    /// Nothing, ever (a hung app).
+    Nothing,
+}
+
+/// An app that answers every connection with `answer` and counts the connections the sidecar
+/// holds open to it.
+struct BusyApp {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    most_open: Arc<AtomicUsize>,
+}
+
+impl BusyApp {
+    async fn start(answer: Answer) -> BusyApp {
+        let listener = TcpListener::bind(loopback(0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most_open = Arc::new(AtomicUsize::new(0));
+        let (count, most) = (open.clone(), most_open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let now = count.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                let count = count.clone();
+                tokio::spawn(async move {
+                    busy_connection(&mut stream, answer).await;
+                    count.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        BusyApp {
+            addr,
+            open,
+            most_open,
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(SeqCst)
+    }
+}
+
+/// Serves one connection of a [`BusyApp`] until the sidecar closes it.
+async fn busy_connection(stream: &mut TcpStream, answer: Answer) {
+    let zeros = vec![0u8; 64 * 1024];
+    if !matches!(answer, Answer::Firehose) {
+        // The request head (a GET: no body).
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+    }
+    match answer {
+        Answer::Firehose => while stream.write_all(&zeros).await.is_ok() {},
+        Answer::Big(n) => {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut left = n;
+            while left > 0 {
+                let chunk = left.min(zeros.len() as u64) as usize;
+                if stream.write_all(&zeros[..chunk]).await.is_err() {
+                    return;
+                }
+                left -= chunk as u64;
+            }
+        }
+        Answer::Trickle(n, every) => {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for _ in 0..n {
+                sleep(every).await;
+                if stream.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        }
+        Answer::Nothing => {}
+    }
+    // Hold the connection until the sidecar closes it.
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// A sidecar with the given listener entries (`extra` per listener) in front of `app`.
+async fn sidecar_for(app: SocketAddr, extras: &[&str], rest: &str) -> (Sidecar, Vec<u16>, TempDir) {
+    let pki = Pki::shared();
+    let dir = open_dir();
+    let creds = Creds::in_dir(dir.path().to_owned());
+    creds.rotate_the_diego_way(&server(pki));
+    let ports: Vec<u16> = extras.iter().map(|_| free_port()).collect();
+    let entries: Vec<String> = ports
+        .iter()
+        .zip(extras)
+        .map(|(port, extra)| listener(*port, app, extra))
+        .collect();
+    let sidecar = Sidecar::spawn(Options::new(&creds, &entries, rest));
+    sidecar.ready().await;
+    (sidecar, ports, dir)
+}
+
+/// Keeps `held` TCP connections to `port` open that never send a byte, replacing each the
+/// sidecar closes (or the oldest, once `held` are open) as fast as it can, until `stop`.
+/// Returns how many it opened.
+async fn idle_flood(port: u16, held: usize, mut stop: watch::Receiver<bool>) -> u64 {
+    let mut open = std::collections::VecDeque::with_capacity(held);
+    let mut opened = 0u64;
+    while !*stop.borrow() {
+        let connect = TcpStream::connect(loopback(port));
+        let tcp = tokio::select! {
+            tcp = connect => tcp,
+            _ = stop.changed() => break,
+        };
+        match tcp {
+            Ok(tcp) => {
+                opened += 1;
+                open.push_back(tcp);
+                if open.len() > held {
+                    open.pop_front();
+                }
+            }
+            // Out of ports or file descriptors for a moment: let some go.
+            Err(_) => {
+                open.pop_front();
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    opened
+}
+
+/// Fresh callers, one after the other for `period`: each connects, completes a TLS handshake
+/// and gets its echo; returns the slowest and the count.
+async fn fresh_callers(port: u16, period: Duration) -> (Duration, usize) {
+    let until = Instant::now() + period;
+    let (mut slowest, mut served) = (Duration::ZERO, 0);
+    while Instant::now() < until {
+        let started = Instant::now();
+        let result = timeout(
+            Duration::from_secs(5),
+            echo_once(port, tls_client(&[], None)),
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Ok(Ok(()))),
+            "a fresh caller was not served during the flood ({took:?}): {result:?}"
+        );
+        slowest = slowest.max(took);
+        served += 1;
+        sleep(Duration::from_millis(50)).await;
+    }
+    (slowest, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_idle_connection_flood_of_five_times_the_slots_every_fresh_caller_is_served_within_a_second()
+ {
+    let _heavy = HEAVY.lock().await;
+    let app = echo_app().await;
+    let (sidecar, ports, _dir) = sidecar_for(app, &[""], "limits:\n  max_connections: 100\n").await;
+    let port = ports[0];
+    // Established before the flood: must never be shed for it.
+    let mut established = tls_connect(port, tls_client(&[], None)).await.unwrap();
+    echo_on(&mut established, b"before").await.unwrap();
+
+    let (stop, stopped) = watch::channel(false);
+    let floods: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(idle_flood(port, 250, stopped.clone())))
+        .collect();
+    // The flood is at the cap once the sidecar starts shedding.
+    eventually("the sidecar to shed under the flood", || async {
+        sidecar
+            .metric(&series("connections_shed_total", port))
+            .await
+            > 0
+    })
+    .await;
+    let (slowest, served) = fresh_callers(port, Duration::from_secs(4)).await;
+    stop.send_replace(true);
+    let mut opened = 0;
+    for flood in floods {
+        opened += flood.await.unwrap();
+    }
+
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest fresh caller {slowest:?} ({served} served, {opened} flood connections)"
+    );
+    assert!(opened >= 500, "the flood opened only {opened} connections");
+    echo_on(&mut established, b"after").await.unwrap();
+    let shed = sidecar
+        .metric(&series("connections_shed_total", port))
+        .await;
+    assert!(shed > 0, "nothing counted as shed");
+    eprintln!(
+        "flood: {opened} connections opened, {shed} shed; {served} fresh callers, slowest {slowest:?}"
+    );
+    // Summarised, not one line per shed connection.
+    // No line per shed connection either.
+    assert!(
+        sidecar
+            .lines_with(&["shed before the TLS handshake finished"])
+            .is_empty()
+    );
+    let lines = sidecar.lines_with(&["connection(s) that had not finished their TLS handshake"]);
+    assert!(
+        !lines.is_empty() && (lines.len() as u64) < shed,
+        "{} summary lines for {shed} shed connections",
+        lines.len()
+    );
+    sidecar.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn established_connections_are_never_shed_a_listener_full_of_them_refuses_newcomers_instead()
+{
+    let app = echo_app().await;
+    let (sidecar, ports, _dir) = sidecar_for(app, &[""], "limits:\n  max_connections: 4\n").await;
+    let port = ports[0];
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
+        echo_on(&mut tls, b"mine").await.unwrap();
+        held.push(tls);
+    }
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(loopback(port)).await.unwrap();
+        assert!(closed_by_peer(&mut tcp).await, "a newcomer got a slot");
+    }
+    for tls in &mut held {
+        echo_on(tls, b"still here").await.unwrap();
+    }
+    assert_eq!(
+        sidecar
+            .metric(&series("connections_shed_total", port))
+            .await,
+        0
+    );
+    assert!(
+        sidecar
+            .metric(&series("connections_refused_total", port))
+            .await
+            >= 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_filled_with_established_connections_leaves_the_other_listener_serving() {
+    let _heavy = HEAVY.lock().await;
+    let app = echo_app().await;
+    let (sidecar, ports, _dir) =
+        sidecar_for(app, &["", ""], "limits:\n  max_connections: 20\n").await;
+    let (full, other) = (ports[0], ports[1]);
+    // Each listener has half of max_connections: fill the first one's half.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut tls = tls_connect(full, tls_client(&[], None)).await.unwrap();
+        echo_on(&mut tls, b"mine").await.unwrap();
+        held.push(tls);
+    }
+    let mut tcp = TcpStream::connect(loopback(full)).await.unwrap();
+    assert!(
+        closed_by_peer(&mut tcp).await,
+        "the full listener took an 11th"
+    );
+    for _ in 0..10 {
+        let started = Instant::now();
+        echo_once(other, tls_client(&[], None)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // And an idle flood on the first cannot take the second's slots either.
+    let (stop, stopped) = watch::channel(false);
+    let flood = tokio::spawn(idle_flood(full, 100, stopped));
+    let (slowest, _) = fresh_callers(other, Duration::from_secs(2)).await;
+    stop.send_replace(true);
+    flood.await.unwrap();
+    assert!(slowest < Duration::from_secs(1), "slowest {slowest:?}");
+    assert_eq!(
+        sidecar
+            .metric(&series("connections_refused_total", other))
+            .await,
+        0
+    );
+}
+
+/// Reads from `tls` until the response head is complete, then stops reading for good.
+async fn read_head_then_stop(tls: &mut TlsStream<TcpStream>) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = timeout(DEADLINE, tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_stops_reading_a_100_mb_response_is_cut_at_the_idle_timeout_and_the_app_connection_released()
+ {
+    let _heavy = HEAVY.lock().await;
+    let app = BusyApp::start(Answer::Big(100 << 20)).await;
+    let (sidecar, ports, _dir) = sidecar_for(
+        app.addr,
+        &["    mode: http\n"],
+        "limits:\n  idle_timeout: 1s\n",
+    )
+    .await;
+    let port = ports[0];
+    let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head_then_stop(&mut tls).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let stopped_reading = Instant::now();
+    eventually("the sidecar to release the app connection", || async {
+        app.open() == 0
+    })
+    .await;
+    let released = stopped_reading.elapsed();
+    // The buffers between fill within moments; then 1 s without progress, checked every 250 ms.
+    assert!(
+        released < Duration::from_millis(2500),
+        "app connection released after {released:?} (idle_timeout 1s)"
+    );
+    sidecar
+        .until_metric(&series("connections_stalled_total", port), 1)
+        .await;
+    sidecar
+        .line(&[
+            "connection closed",
+            "took none of the response data owed to it",
+        ])
+        .await;
+    drop(tls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_app_trickling_its_body_to_a_reading_client_is_not_cut() {
+    let app = BusyApp::start(Answer::Trickle(10, Duration::from_millis(300))).await;
+    let (sidecar, ports, _dir) = sidecar_for(
+        app.addr,
+        &["    mode: http\n"],
+        "limits:\n  idle_timeout: 1s\n",
+    )
+    .await;
+    let port = ports[0];
+    let answer = http_exchange(
+        port,
+        tls_client(&[], None),
+        b"GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("xxxxxxxxxx"),
+        "{answer}"
+    );
+    assert_eq!(
+        sidecar
+            .metric(&series("connections_stalled_total", port))
+            .await,
+        0
+    );
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The client preface with `SETTINGS_INITIAL_WINDOW_SIZE = 0`, and `streams` GETs of `path`
+/// (HPACK literals without Huffman coding: nothing to get wrong).
+fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
+    block.push(0x04); // :path, literal value without indexing
+    block.push(path.len() as u8);
+    block.extend_from_slice(path.as_bytes());
+    block.push(0x01); // :authority
+    block.push(1);
+    block.push(b'a');
+    for i in 0..streams {
+        // END_STREAM | END_HEADERS
+        out.extend(h2_frame(0x1, 0x5, 1 + 2 * i, &block));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_held_at_a_zero_window_are_bounded_per_connection_and_released_at_the_idle_timeout()
+ {
+    let app = BusyApp::start(Answer::Big(1 << 20)).await;
+    let (sidecar, ports, _dir) = sidecar_for(
+        app.addr,
+        &["    mode: http\n"],
+        "limits:\n  idle_timeout: 1s\n  streams_per_connection: 8\n",
+    )
+    .await;
+    let port = ports[0];
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let mut tls = tls_connect(port, tls_client(&["h2"], None)).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(&h2_zero_window_requests("/big", 50))
+            .await
+            .unwrap();
+        attackers.push(tls);
+    }
+    eventually("the zero-window streams to reach the app", || async {
+        app.most_open.load(SeqCst) > 0
+    })
+    .await;
+    let started = Instant::now();
+    eventually("the sidecar to release every app connection", || async {
+        app.open() == 0 && app.most_open.load(SeqCst) > 0
+    })
+    .await;
+    let released = started.elapsed();
+    let most = app.most_open.load(SeqCst);
+    assert!(
+        most <= 4 * 8,
+        "{most} app connections for 4 clients at 8 streams each"
+    );
+    assert!(
+        released < Duration::from_millis(2500),
+        "released after {released:?}"
+    );
+    sidecar
+        .until_metric(&series("connections_stalled_total", port), 4)
+        .await;
+    // The sidecar still serves.
+    let answer = http_exchange(
+        port,
+        tls_client(&[], None),
+        b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"));
+    drop(attackers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_cap_toward_the_app_wait_briefly_then_get_503_with_a_reason() {
+    let app = BusyApp::start(Answer::Nothing).await;
+    let (sidecar, ports, _dir) = sidecar_for(
+        app.addr,
+        &["    mode: http\n"],
+        "limits:\n  idle_timeout: 10s\n  app_connections: 2\n",
+    )
+    .await;
+    let port = ports[0];
+    let mut hung = Vec::new();
+    for _ in 0..2 {
+        let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
+        tls.write_all(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        hung.push(tls);
+    }
+    eventually("two requests in flight at the app", || async {
+        app.open() == 2
+    })
+    .await;
+    let started = Instant::now();
+    let answer = http_exchange(
+        port,
+        tls_client(&[], None),
+        b"GET /third HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("limits.app_connections"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    assert_eq!(app.most_open.load(SeqCst), 2);
+    assert_eq!(
+        sidecar.metric(&series("app_saturated_total", port)).await,
+        1
+    );
+    drop(hung);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_tcp_mode_a_client_that_keeps_sending_but_never_reads_is_cut_at_the_idle_timeout() {
+    let app = BusyApp::start(Answer::Firehose).await;
+    let (sidecar, ports, _dir) =
+        sidecar_for(app.addr, &[""], "limits:\n  idle_timeout: 1s\n").await;
+    let port = ports[0];
+    let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
+    eventually("the app to be connected", || async { app.open() == 1 }).await;
+    // Keeps the connection busy one way (the old idle timer counted this as activity) while
+    // taking none of what the app sends.
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        if tls.write_all(b"ping").await.is_err() || app.open() == 0 {
+            cut = true;
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cut, "still connected after {:?}", started.elapsed());
+    eventually("the app connection to be closed", || async {
+        app.open() == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    sidecar
+        .until_metric(&series("connections_stalled_total", port), 1)
+        .await;
+    sidecar
+        .line(&[
+            "connection closed",
+            "the client took none of the data owed to it",
+        ])
+        .await;
 }

@@ -7,98 +7,65 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-sidecar");
 
-/// A port that was free a moment ago (the binary's config cannot say "port 0"). Should another
-/// process grab it first, the sidecar retries binding and the test times out rather than lies.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The binary with only the variables given: nothing leaks in from the test's environment.
 fn sidecar(config: &Path, creds: &Creds, app_port: u16) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(config)
-        .env_clear()
-        .env("PORT", app_port.to_string())
-        .env("CF_INSTANCE_CERT", creds.cert())
-        .env("CF_INSTANCE_KEY", creds.key())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+    sidecar_command(Path::new(BIN), config, creds, app_port)
 }
 
-/// A running binary whose stdout lines arrive on a channel and are kept for later asserts.
-struct Process {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    all: Arc<Mutex<Vec<String>>>,
+/// A running binary (the kit's [`Process`]) and how far the test has read its log.
+struct Running {
+    process: Process,
+    read: usize,
 }
 
-impl Process {
-    fn spawn(mut cmd: Command) -> Process {
-        let mut child = cmd.spawn().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let kept = all.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                kept.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        Process { child, lines, all }
+impl Running {
+    fn spawn(cmd: Command) -> Running {
+        Running {
+            process: Process::spawn(cmd),
+            read: 0,
+        }
     }
 
+    /// Waits for a line with `needle` after the last one waited for.
     async fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) if line.contains(needle) => return line,
-                Ok(Some(_)) => {}
-                _ => panic!(
-                    "no log line with {needle:?}; got:\n{}",
-                    self.all.lock().unwrap().join("\n")
-                ),
+            let log = self.process.log();
+            if let Some(i) = log[self.read..].iter().position(|l| l.contains(needle)) {
+                self.read += i + 1;
+                return log[self.read - 1].clone();
             }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; got:\n{}",
+                log.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
+        self.process.signal(name);
     }
 
     async fn exit_status(&mut self) -> ExitStatus {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.try_wait() {
                 return status;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                self.process.kill();
                 panic!(
                     "the sidecar did not exit; log:\n{}",
-                    self.all.lock().unwrap().join("\n")
+                    self.process.log().join("\n")
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -106,14 +73,7 @@ impl Process {
     }
 
     fn log(&self) -> Vec<String> {
-        self.all.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }
 
@@ -131,7 +91,7 @@ async fn the_binary_serves_with_a_config_file_and_exits_0_on_sigterm() {
     )
     .unwrap();
 
-    let mut sidecar = Process::spawn(sidecar(&config, &creds, app.port()));
+    let mut sidecar = Running::spawn(sidecar(&config, &creds, app.port()));
     sidecar
         .wait_for_line(&format!("listening on 0.0.0.0:{tls_port}"))
         .await;
@@ -193,7 +153,7 @@ async fn the_binary_logs_json_when_configured() {
     )
     .unwrap();
 
-    let mut sidecar = Process::spawn(sidecar(&config, &creds, 8080));
+    let mut sidecar = Running::spawn(sidecar(&config, &creds, 8080));
     let line = sidecar.wait_for_line("listening on 0.0.0.0").await;
     let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(parsed["level"], "info");
@@ -210,17 +170,14 @@ async fn the_binary_logs_json_when_configured() {
 
 /// Runs the binary to completion (it must exit on its own) and returns its code and stdout.
 async fn run_to_exit(cmd: Command) -> (Option<i32>, String) {
-    let mut process = Process::spawn(cmd);
+    let mut process = Running::spawn(cmd);
     let status = process.exit_status().await;
-    // The reader thread may still be draining the pipe.
-    let mut out = process.log();
-    while let Ok(Some(line)) =
-        tokio::time::timeout(Duration::from_secs(5), process.lines.recv()).await
-    {
-        if !out.contains(&line) {
-            out.push(line);
-        }
+    // The reader threads may still be draining the pipes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !process.process.drained() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let out = process.log();
     (status.code(), out.join("\n"))
 }
 
@@ -266,7 +223,7 @@ async fn a_minted_source_without_its_ca_service_keeps_running_and_logs_what_it_w
         ),
     )
     .unwrap();
-    let mut sidecar = Process::spawn(sidecar(&config, &creds, 8080));
+    let mut sidecar = Running::spawn(sidecar(&config, &creds, 8080));
     let line = sidecar.wait_for_line("no certificate loaded yet").await;
     assert!(line.contains("VCAP_SERVICES is not set"), "{line}");
     sidecar.signal("TERM");
@@ -311,7 +268,7 @@ async fn the_binary_logs_a_refused_callers_identity_and_the_alpn_in_logfmt() {
         "VCAP_APPLICATION",
         format!(r#"{{"organization_id":"{}"}}"#, new_guid()),
     );
-    let mut sidecar = Process::spawn(cmd);
+    let mut sidecar = Running::spawn(cmd);
     until_ready(loopback(admin_port)).await;
 
     let mut tls = connect_with(loopback(tls_port), mtls_client(&outsider, &["http/1.1"]))
@@ -344,4 +301,61 @@ async fn the_binary_logs_a_refused_callers_identity_and_the_alpn_in_logfmt() {
     sidecar.signal("TERM");
     assert_eq!(sidecar.exit_status().await.code(), Some(0));
     println!("{denied}\n{closed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_logs_the_fix_check_prints() {
+    let leaf = Pki::shared().leaf(2048);
+    let creds = Creds::with(&leaf);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - port: {}\nadmin:\n  listen: 127.0.0.1:{}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let vcap = r#"{"application_name":"shop"}"#;
+    let mut cmd = sidecar(&config, &creds, 8080);
+    cmd.env("VCAP_APPLICATION", vcap);
+    let mut sidecar = Running::spawn(cmd);
+    sidecar.wait_for_line("certificate loaded").await;
+
+    std::fs::remove_file(creds.cert()).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("PORT", "8080")
+        .env("CF_INSTANCE_CERT", creds.cert())
+        .env("CF_INSTANCE_KEY", creds.key())
+        .env("VCAP_APPLICATION", vcap)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = report.lines();
+    lines
+        .find(|l| l.contains("instance.crt does not exist"))
+        .unwrap_or_else(|| panic!("no missing-certificate problem in:\n{report}"));
+    let fix = lines
+        .next()
+        .and_then(|l| l.trim().strip_prefix("Fix: "))
+        .unwrap_or_else(|| panic!("no fix after the problem in:\n{report}"));
+    assert!(fix.contains("cf ssh shop"), "{fix}");
+
+    sidecar.signal("HUP");
+    let line = sidecar
+        .wait_for_line("certificate reload failed; still serving the previous certificate")
+        .await;
+    assert!(line.contains("does not exist"), "{line}");
+    assert!(
+        line.contains(&format!("fix=\"{fix}\"")),
+        "{line}\ncheck: {fix}"
+    );
+    sidecar.signal("TERM");
+    assert!(sidecar.exit_status().await.success(), "{:?}", sidecar.log());
 }

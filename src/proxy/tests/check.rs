@@ -64,7 +64,9 @@ fn check_on_a_good_setup_exits_0_and_reports_identity_sans_expiry_listeners_and_
                 trust.dir.path().display().to_string(),
             ),
             ("VCAP_APPLICATION", vcap_application(me)),
-            ("PORT", "8080".to_owned()),
+            // The http listener sets XFCC, so the app's profile script moved it off $PORT.
+            ("PORT", "8081".to_owned()),
+            ("TLS_SIDECAR_ROUTE_PORT", "8080".to_owned()),
         ],
     );
     println!("{out}");
@@ -78,9 +80,10 @@ fn check_on_a_good_setup_exits_0_and_reports_identity_sans_expiry_listeners_and_
         ),
         format!("SANs       DNS:{}, IP:127.0.0.1", leaf.guid),
         " left)".to_owned(),
-        "listeners[0] 0.0.0.0:9443  mode=tcp  upstream=127.0.0.1:8080  client_auth=required  proxy_protocol=v2".to_owned(),
+        "listeners[0] 0.0.0.0:9443  mode=tcp  upstream=127.0.0.1:8081  client_auth=required  proxy_protocol=v2".to_owned(),
         format!("allow: cf:same-space (= cf:space:{})", me.space),
-        "listeners[1] 0.0.0.0:9444  mode=http  upstream=127.0.0.1:8080  client_auth=optional  xfcc=envoy".to_owned(),
+        "listeners[1] 0.0.0.0:9444  mode=http  upstream=127.0.0.1:8081  client_auth=optional  xfcc=envoy".to_owned(),
+        "Route port\n  0.0.0.0:8080  http -> 127.0.0.1:8081  identity headers stripped".to_owned(),
         format!(
             "{}: appRootCA (1 certificate)",
             trust.dir.path().join("trusted-ca-1.crt").display()
@@ -269,6 +272,18 @@ fn check_mints_a_leaf_in_memory_and_lists_every_egress_entry_with_its_variable()
         "CF_SYSTEM_CERT_PATH",
         trust.dir.path().display().to_string(),
     ));
+    // Off Diego the cf: rules in expect could match no server: check says so.
+    let (code, out) = check(Path::new(BIN), Some(&config), &env);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("egress[0].expect: cf:app:")
+            && out.contains("no instance identity certificate"),
+        "{out}"
+    );
+    // On Diego (the instance identity is there) the minted instance is fine.
+    let creds = Creds::with(&pki.client(&me));
+    env.push(("CF_INSTANCE_CERT", creds.cert().display().to_string()));
+    env.push(("CF_INSTANCE_KEY", creds.key().display().to_string()));
     let (code, out) = check(Path::new(BIN), Some(&config), &env);
     println!("{out}");
     assert_eq!(code, 0, "{out}");
@@ -297,6 +312,42 @@ fn check_mints_a_leaf_in_memory_and_lists_every_egress_entry_with_its_variable()
     assert!(out.contains("VCAP_SERVICES is not set"), "{out}");
     assert!(
         out.contains("\"ca_certificate\" and \"ca_private_key\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_reports_an_xfcc_listener_beside_an_unfronted_route_port_as_a_problem() {
+    let pki = Pki::shared();
+    let leaf = pki.ec_leaf();
+    let creds = Creds::with(&leaf);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - port: 9444\n    mode: http\nroute:\n  fronting: off\n",
+    )
+    .unwrap();
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&config),
+        &[
+            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+            ("VCAP_APPLICATION", vcap_application(&leaf.identity)),
+            ("PORT", "8080".to_owned()),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Route port\n  not fronted: the app serves $PORT itself"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "1 problem:\n  1. {}",
+            tls_sidecar_config::UNFRONTED_XFCC_WARNING
+        )),
         "{out}"
     );
 }

@@ -11,11 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use sha2::Digest as _;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use tls_sidecar::http::{Caller, ConnOutcome, Drain, HttpService, HttpSettings};
 use tls_sidecar::identity::{CfIdentity, Denial};
 use tls_sidecar::metrics::ListenerMetrics;
 use tls_sidecar_config::{HostPort, Xfcc};
+use tls_sidecar_testkit::{Identity, KeyKind, Pki, Validity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
@@ -163,16 +163,24 @@ async fn app_answer(
             .body(Full::from("hop"))
             .unwrap()),
         _ => {
-            let headers: Vec<Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| json!([k.as_str(), v.to_str().unwrap_or("<binary>")]))
-                .collect();
+            let pairs = |map: &http::HeaderMap| -> Vec<Value> {
+                map.iter()
+                    .map(|(k, v)| json!([k.as_str(), v.to_str().unwrap_or("<binary>")]))
+                    .collect()
+            };
+            let (parts, body) = req.into_parts();
+            // Read to the end: trailers come after the body.
+            let body = body.collect().await.map(|c| c.trailers().cloned());
+            let trailers = match body {
+                Ok(Some(trailers)) => pairs(&trailers),
+                Ok(None) | Err(_) => vec![],
+            };
             let echo = json!({
-                "method": req.method().as_str(),
-                "target": req.uri().to_string(),
-                "version": format!("{:?}", req.version()),
-                "headers": headers,
+                "method": parts.method.as_str(),
+                "target": parts.uri.to_string(),
+                "version": format!("{:?}", parts.version),
+                "headers": pairs(&parts.headers),
+                "trailers": trailers,
             });
             Ok(Response::builder()
                 .header("content-type", "application/json")
@@ -180,6 +188,24 @@ async fn app_answer(
                 .unwrap())
         }
     }
+}
+
+/// Every `(name, value)` the app saw, as a header or (`in_trailers`) a trailer, whose name an
+/// app server reading `HTTP_*` variables would take for `reserved` (case and `_`/`-` ignored).
+fn seen_as(echo: &Value, reserved: &str, in_trailers: bool) -> Vec<(String, String)> {
+    let norm = |n: &str| n.to_ascii_lowercase().replace('_', "-");
+    echo[if in_trailers { "trailers" } else { "headers" }]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pair| norm(pair[0].as_str().unwrap()) == reserved)
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Every value of header `name` the app saw, in order.
@@ -210,6 +236,7 @@ fn settings(port: u16, xfcc: Xfcc) -> HttpSettings {
         xfcc,
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        forwarding: tls_sidecar::http::Forwarding::Tls,
     }
 }
 
@@ -346,8 +373,8 @@ async fn raw_exchange(conn: &mut Conn, bytes: Vec<u8>) -> String {
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-/// A Diego-shaped client certificate made with the openssl CLI, with what OpenSSL itself says
-/// about it.
+/// A Diego-shaped client certificate, with what OpenSSL would say about it (the XFCC
+/// `Subject` rendering is cross-checked against `openssl x509 -nameopt RFC2253` in xfcc.rs).
 struct ClientCert {
     der: Vec<u8>,
     pem_body: String,
@@ -355,72 +382,33 @@ struct ClientCert {
     subject_rfc2253: String,
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn client_cert() -> ClientCert {
-    let dir = tempfile::tempdir().unwrap();
-    let subject = format!("/OU=organization:{ORG}+OU=space:{SPACE}+OU=app:{APP}/CN={INSTANCE}");
-    let san = format!("subjectAltName=DNS:{INSTANCE},IP:10.255.1.2");
-    openssl(
-        dir.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "k.pem",
-            "-out",
-            "c.pem",
-            "-days",
-            "1",
-            "-subj",
-            &subject,
-            "-addext",
-            &san,
-        ],
+    let identity = Identity {
+        org: ORG.to_owned(),
+        space: SPACE.to_owned(),
+        app: APP.to_owned(),
+    };
+    let leaf = Pki::shared().issue_at(
+        &identity,
+        INSTANCE,
+        "10.255.1.2".parse().unwrap(),
+        KeyKind::Ec,
+        Validity::OneDay,
     );
-    openssl(
-        dir.path(),
-        &["x509", "-in", "c.pem", "-outform", "DER", "-out", "c.der"],
-    );
-    let fingerprint = openssl(
-        dir.path(),
-        &["x509", "-in", "c.pem", "-noout", "-fingerprint", "-sha256"],
-    );
-    let subject = openssl(
-        dir.path(),
-        &[
-            "x509", "-in", "c.pem", "-noout", "-subject", "-nameopt", "RFC2253",
-        ],
-    );
-    let pem = std::fs::read_to_string(dir.path().join("c.pem")).unwrap();
     ClientCert {
-        der: std::fs::read(dir.path().join("c.der")).unwrap(),
-        pem_body: pem.lines().filter(|l| !l.starts_with("-----")).collect(),
-        sha256_hex: fingerprint
-            .trim()
-            .rsplit('=')
-            .next()
-            .unwrap()
-            .replace(':', "")
-            .to_ascii_lowercase(),
-        subject_rfc2253: subject.trim().strip_prefix("subject=").unwrap().to_owned(),
+        der: leaf.leaf_der.to_vec(),
+        pem_body: leaf
+            .leaf_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect(),
+        // `openssl x509 -fingerprint -sha256`, lower case without colons.
+        sha256_hex: hex::encode(sha2::Sha256::digest(&leaf.leaf_der)),
+        // Go's encoding sorts the OUs by length (app, space, organization); RFC 2253 prints
+        // them in reverse.
+        subject_rfc2253: format!(
+            "CN={INSTANCE},OU=organization:{ORG}+OU=space:{SPACE}+OU=app:{APP}"
+        ),
     }
 }
 
@@ -492,10 +480,8 @@ async fn a_get_over_http1_reaches_the_app_with_forwarded_headers_set() {
     assert_eq!(echo["version"], "HTTP/1.1");
     assert_eq!(seen(&echo, "host"), ["myapp.example.com"]);
     assert_eq!(seen(&echo, "x-forwarded-proto"), ["https"]);
-    assert_eq!(
-        seen(&echo, "x-forwarded-for"),
-        ["198.51.100.1, 203.0.113.7"]
-    );
+    // The TCP peer replaces the caller's claim.
+    assert_eq!(seen(&echo, "x-forwarded-for"), ["203.0.113.7"]);
 
     // Without an incoming X-Forwarded-For the peer is the whole list.
     let echo = app_saw(send1(&mut client, get("/").body(Full::default()).unwrap()).await).await;
@@ -761,7 +747,7 @@ async fn raw_xfcc_is_the_certificates_pem_body() {
 // Refusals and failures
 
 #[tokio::test]
-async fn a_denied_caller_gets_403_with_the_reason_and_nothing_reaches_the_app() {
+async fn a_denied_caller_gets_403_saying_only_not_allowed_and_the_reason_stays_in_the_log() {
     let (logs, _guard) = Logs::capture();
     let app = App::start().await;
     let sidecar = Sidecar::to(&app);
@@ -787,7 +773,8 @@ async fn a_denied_caller_gets_403_with_the_reason_and_nothing_reaches_the_app() 
     }
     for response in answers {
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        assert_eq!(text(response).await, format!("tls-sidecar: {reason}\n"));
+        // The reason names who would have been let in: it is for the log, not the caller.
+        assert_eq!(text(response).await, "not allowed\n");
     }
     assert_eq!(app.accepts.load(Relaxed), 0, "nothing may reach the app");
     assert_eq!(sidecar.metrics.denials.load(Relaxed), 4);
@@ -1158,4 +1145,276 @@ async fn a_connection_that_never_sends_a_request_closes_after_the_idle_timeout()
     let _held = conn.io();
     let outcome = conn.outcome().await;
     assert_eq!((outcome.requests, outcome.error), (0, None));
+}
+
+// ---------------------------------------------------------------------------------------------
+// One identity header, set only by the sidecar
+
+/// The names an app server may read as the sidecar's headers (lower case, `-`).
+const RESERVED: [&str; 5] = [
+    "x-forwarded-client-cert",
+    "x-forwarded-proto",
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// What the app must see for `reserved`, and nothing else under any spelling.
+fn only_the_sidecars(echo: &Value, want_xfcc: &str) {
+    for reserved in RESERVED {
+        let want: Vec<(String, String)> = match reserved {
+            "x-forwarded-client-cert" => vec![(reserved.into(), want_xfcc.into())],
+            "x-forwarded-proto" => vec![(reserved.into(), "https".into())],
+            "x-forwarded-for" => vec![(reserved.into(), "203.0.113.7".into())],
+            _ => vec![],
+        };
+        assert_eq!(seen_as(echo, reserved, false), want, "headers: {echo}");
+        assert_eq!(seen_as(echo, reserved, true), [], "trailers: {echo}");
+    }
+}
+
+/// The JSON body of a raw HTTP/1.1 answer.
+fn raw_body(answer: &str) -> Value {
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
+}
+
+#[tokio::test]
+async fn no_spelling_of_the_sidecars_headers_reaches_the_app_over_http1() {
+    let app = App::start().await;
+    let cert = client_cert();
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller_with(&cert, false));
+    // Raw bytes: a client library would normalise the names we need to send as they are.
+    let head = "GET / HTTP/1.1\r\nHost: myapp.example.com\r\n\
+        X-Forwarded-Client_Cert: Hash=00;Subject=\"CN=admin\"\r\n\
+        x_forwarded_client_cert: Hash=01\r\n\
+        X-FORWARDED-CLIENT-CERT: Hash=02\r\n\
+        X_Forwarded_Proto: http\r\n\
+        x-forwarded_for: 10.0.0.1\r\n\
+        X-Forwarded-For: 10.0.0.2\r\n\
+        Forwarded: for=10.0.0.3;proto=http\r\n\
+        X-Real-IP: 10.0.0.4\r\n\
+        x_real_ip: 10.0.0.5\r\n\
+        X-Forwarded-Client-Certs: unrelated\r\n\
+        Connection: close\r\n\r\n";
+    let echo = raw_body(&raw_exchange(&mut conn, head.as_bytes().to_vec()).await);
+    only_the_sidecars(&echo, &envoy_value(&cert));
+    // A name that only looks alike is not the sidecar's business.
+    assert_eq!(seen(&echo, "x-forwarded-client-certs"), ["unrelated"]);
+    conn.outcome().await;
+}
+
+#[tokio::test]
+async fn no_spelling_of_the_sidecars_headers_reaches_the_app_over_http2() {
+    let app = App::start().await;
+    let cert = client_cert();
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller_with(&cert, true));
+    let (mut client, _task) = conn.h2().await;
+    let req = Request::get("https://myapp.example.com/")
+        .header("x-forwarded-client_cert", SPOOFED)
+        .header("x_forwarded_client_cert", SPOOFED)
+        .header("x_forwarded_proto", "http")
+        .header("x-forwarded-for", "10.0.0.2")
+        .header("forwarded", "for=10.0.0.3")
+        .header("x-real_ip", "10.0.0.4")
+        .body(Full::default())
+        .unwrap();
+    let echo = app_saw(send2(&mut client, req).await).await;
+    only_the_sidecars(&echo, &envoy_value(&cert));
+}
+
+#[tokio::test]
+async fn a_forged_trailer_never_reaches_the_app_on_a_chunked_http1_request() {
+    let app = App::start().await;
+    let cert = client_cert();
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller_with(&cert, false));
+    let request = "POST /upload HTTP/1.1\r\nHost: myapp.example.com\r\n\
+        Transfer-Encoding: chunked\r\n\
+        Trailer: X-Forwarded-Client-Cert, X_Forwarded_For, X-Checksum\r\n\
+        Trailer: x-real-ip, forwarded\r\n\
+        Connection: close\r\n\r\n\
+        5\r\nhello\r\n0\r\n\
+        X-Forwarded-Client-Cert: Hash=00;Subject=\"CN=admin\"\r\n\
+        X_Forwarded_For: 10.0.0.1\r\n\
+        X-Real-IP: 10.0.0.4\r\n\
+        Forwarded: for=10.0.0.3\r\n\
+        X-Checksum: 5d41402a\r\n\r\n";
+    let echo = raw_body(&raw_exchange(&mut conn, request.as_bytes().to_vec()).await);
+    only_the_sidecars(&echo, &envoy_value(&cert));
+    // Trailers as such still flow: the announced, harmless one arrives.
+    assert_eq!(seen(&echo, "trailer"), ["X-Checksum"]);
+    assert_eq!(
+        echo["trailers"],
+        json!([["x-checksum", "5d41402a"]]),
+        "{echo}"
+    );
+    conn.outcome().await;
+}
+
+#[tokio::test]
+async fn a_proxy_header_never_reaches_the_app_so_a_cgi_app_cannot_be_pointed_at_a_callers_proxy() {
+    // httpoxy (CVE-2016-5385): CGI-style servers turn `Proxy` into HTTP_PROXY, the variable
+    // HTTP clients take their outbound proxy from, so a caller could route the app's own
+    // requests, with their credentials, through a proxy of its choosing.
+    let app = App::start().await;
+    let cert = client_cert();
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller_with(&cert, false));
+    let request = "POST /upload HTTP/1.1\r\nHost: myapp.example.com\r\n\
+        Proxy: http://198.51.100.1:3128\r\n\
+        PROXY: http://198.51.100.2:3128\r\n\
+        Proxy-Authorization: Basic dTpw\r\n\
+        Transfer-Encoding: chunked\r\n\
+        Trailer: proxy, X-Checksum\r\n\
+        Connection: close\r\n\r\n\
+        5\r\nhello\r\n0\r\n\
+        Proxy: http://198.51.100.3:3128\r\n\
+        X-Checksum: 5d41402a\r\n\r\n";
+    let echo = raw_body(&raw_exchange(&mut conn, request.as_bytes().to_vec()).await);
+    assert_eq!(seen_as(&echo, "proxy", false), [], "{echo}");
+    assert_eq!(seen_as(&echo, "proxy", true), [], "{echo}");
+    assert_eq!(seen(&echo, "trailer"), ["X-Checksum"]);
+    conn.outcome().await;
+
+    let mut conn = sidecar.connect(caller_with(&cert, true));
+    let (mut client, _task) = conn.h2().await;
+    let req = Request::get("https://myapp.example.com/")
+        .header("proxy", "http://198.51.100.4:3128")
+        .body(Full::default())
+        .unwrap();
+    let echo = app_saw(send2(&mut client, req).await).await;
+    assert_eq!(seen_as(&echo, "proxy", false), [], "{echo}");
+}
+
+/// A request body of these frames (last first) and no length known ahead, so that the
+/// sidecar forwards it chunked, the one HTTP/1.1 framing that carries trailers.
+struct Frames(Vec<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.get_mut().0.pop().map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn a_forged_trailer_never_reaches_the_app_on_an_http2_request() {
+    let app = App::start().await;
+    let cert = client_cert();
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller_with(&cert, true));
+    let (mut client, task) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(conn.io()))
+            .await
+            .unwrap();
+    let _task = tokio::spawn(task);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-forwarded-client-cert", SPOOFED.parse().unwrap());
+    trailers.insert("x_forwarded_proto", "http".parse().unwrap());
+    trailers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+    trailers.insert("x-checksum", "5d41402a".parse().unwrap());
+    let body = Frames(vec![
+        hyper::body::Frame::trailers(trailers),
+        hyper::body::Frame::data(Bytes::from_static(b"hello")),
+    ]);
+    let req = Request::post("https://myapp.example.com/upload")
+        .header("te", "trailers")
+        .header("trailer", "x-forwarded-client-cert, x_forwarded_proto")
+        .header("trailer", "x-forwarded-for, x-checksum")
+        .body(body)
+        .unwrap();
+    let response = within("an HTTP/2 response", client.send_request(req))
+        .await
+        .unwrap();
+    let echo = app_saw(response).await;
+    only_the_sidecars(&echo, &envoy_value(&cert));
+    assert_eq!(seen(&echo, "trailer"), ["x-checksum"]);
+    assert_eq!(
+        echo["trailers"],
+        json!([["x-checksum", "5d41402a"]]),
+        "{echo}"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_host_headers_get_400_and_nothing_reaches_the_app() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    let head = "GET /admin HTTP/1.1\r\nHost: myapp.example.com\r\nHost: admin.internal\r\n\
+        Connection: close\r\n\r\n";
+    let answer = raw_exchange(&mut conn, head.as_bytes().to_vec()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("more than one Host"), "{answer}");
+    conn.outcome().await;
+    assert_eq!(app.accepts.load(Relaxed), 0, "nothing may reach the app");
+}
+
+#[tokio::test]
+async fn an_http2_host_other_than_the_authority_gets_400_and_nothing_reaches_the_app() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(true));
+    let (mut client, _task) = conn.h2().await;
+    let req = Request::get("https://myapp.example.com/admin")
+        .header("host", "admin.internal")
+        .body(Full::default())
+        .unwrap();
+    let response = send2(&mut client, req).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(text(response).await.contains(":authority"));
+    assert_eq!(app.accepts.load(Relaxed), 0, "nothing may reach the app");
+    // The same name in another case is the same authority.
+    let req = Request::get("https://myapp.example.com/")
+        .header("host", "MyApp.Example.com")
+        .body(Full::default())
+        .unwrap();
+    let echo = app_saw(send2(&mut client, req).await).await;
+    assert_eq!(seen(&echo, "host"), ["myapp.example.com"]);
+}
+
+#[tokio::test]
+async fn a_san_that_spells_more_xfcc_arrives_quoted_as_one_value_of_one_element() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, format!("app:{APP}"));
+    let forged = "spiffe://cf/x;DNS=admin.internal,Hash=00;Subject=\"CN=admin\"";
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI(forged.try_into().unwrap()),
+        rcgen::SanType::DnsName("a.apps.internal".try_into().unwrap()),
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let der = params.self_signed(&key).unwrap().der().to_vec();
+    let who = Caller {
+        leaf: Some(der.clone().into()),
+        identity: Some(CfIdentity::from_der(&der).unwrap()),
+        ..caller(false)
+    };
+    let mut conn = sidecar.connect(who);
+    let (mut client, _task) = conn.h1().await;
+    let echo = app_saw(send1(&mut client, get("/").body(Full::default()).unwrap()).await).await;
+    let value = seen(&echo, "x-forwarded-client-cert");
+    assert_eq!(value.len(), 1);
+    let elements = tls_sidecar::xfcc::parse(&value[0]).unwrap();
+    assert_eq!(elements.len(), 1, "{value:?}");
+    let element = tls_sidecar::xfcc::Element::from_pairs(&elements[0]).unwrap();
+    assert_eq!(element.uris, [forged]);
+    assert_eq!(element.dns, ["a.apps.internal"]);
+    assert_eq!(element.subject, format!("OU=app:{APP}"));
 }

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tls_sidecar::CertificateConfig;
+use tls_sidecar_testkit::pem;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -41,17 +42,10 @@ async fn served_chain(addr: SocketAddr, ca: &TestCa) -> Vec<CertificateDer<'stat
     tls.get_ref().1.peer_certificates().unwrap().to_vec()
 }
 
-/// `openssl <args>` on the leaf (written to `dir` as PEM), stdout; asserts success.
+/// `openssl <args>` on the leaf (written to `dir` as `leaf.pem`), stdout; asserts success.
+/// OpenSSL reads what the sidecar minted: an inspection independent of the sidecar's parser.
 fn openssl_on(dir: &Path, leaf: &CertificateDer<'_>, args: &[&str]) -> String {
-    std::fs::write(dir.join("leaf.der"), leaf.as_ref()).unwrap();
-    let pem = Command::new("openssl")
-        .args([
-            "x509", "-inform", "DER", "-in", "leaf.der", "-out", "leaf.pem",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(pem.status.success(), "{pem:?}");
+    std::fs::write(dir.join("leaf.pem"), pem("CERTIFICATE", leaf.as_ref())).unwrap();
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

@@ -440,7 +440,7 @@ async fn a_client_of_a_ca_added_to_the_trust_directory_is_accepted_without_a_res
         sidecar_config(&creds, app),
         &trust,
         ClientAuth::Required,
-        &["cf:any"],
+        &[],
         &Identity::random(),
     );
     let running = tls_sidecar::start(config).await.unwrap();

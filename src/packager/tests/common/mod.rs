@@ -126,6 +126,12 @@ pub fn fake_repo() -> TempDir {
         let shim = root.join("bin").join(phase);
         fs::write(&shim, format!("#!/usr/bin/env bash\n# {phase} shim\n")).expect("shim");
         fs::set_permissions(&shim, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let bat = root.join("bin").join(format!("{phase}.bat"));
+        fs::copy(
+            workspace_root().join("bin").join(format!("{phase}.bat")),
+            &bat,
+        )
+        .expect("copy bat");
     }
     repo
 }

@@ -1,7 +1,7 @@
 //! Response bodies, and the per-request log line written when one ends.
 
 use super::conn::Conn;
-use super::millis;
+use crate::logging::millis;
 use bytes::Bytes;
 use http::{Method, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -34,25 +35,111 @@ impl Payload {
 pub(crate) struct ResponseBody {
     payload: Payload,
     log: Option<RequestLog>,
+    /// An app body counted in `Conn::bodies_owed` until it ends.
+    owed: Option<Arc<Conn>>,
+    /// The request's slot of the listener's requests in flight to the app, held until the
+    /// response has been handed on in full (or cut off), because the app connection is busy
+    /// until then.
+    _app_slot: Option<OwnedSemaphorePermit>,
+    /// HTTP/2: the request's slot among its connection's `limits.streams_per_connection`.
+    _stream_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl ResponseBody {
     pub(crate) fn new(payload: Payload, log: RequestLog) -> Self {
+        let owed = match &payload {
+            Payload::App(body) if !body.is_end_stream() => {
+                log.conn.bodies_owed.fetch_add(1, Relaxed);
+                Some(log.conn.clone())
+            }
+            _ => None,
+        };
         ResponseBody {
             payload,
             log: Some(log),
+            owed,
+            _app_slot: None,
+            _stream_slot: None,
         }
+    }
+
+    /// Holds `slot` (and the HTTP/2 connection's `stream` slot) until the body ends.
+    pub(crate) fn holding(
+        mut self,
+        slot: OwnedSemaphorePermit,
+        stream: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        self._app_slot = Some(slot);
+        self._stream_slot = stream;
+        self
+    }
+
+    fn settle(&mut self) {
+        if let Some(conn) = self.owed.take() {
+            conn.bodies_owed.fetch_sub(1, Relaxed);
+        }
+        self._app_slot = None;
+        self._stream_slot = None;
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        self.settle();
         if !self.is_end_stream()
             && let Some(log) = &mut self.log
         {
             log.note("the response was cut off (client gone or connection closed)");
         }
     }
+}
+
+/// The `503` for a request that found the listener's requests in flight to the app at their
+/// cap for [`super::APP_SLOT_WAIT`].
+/// Which bound toward the app a request found full.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Saturated {
+    /// The listener's `limits.app_connections`.
+    App,
+    /// The HTTP/2 connection's `limits.streams_per_connection`.
+    Streams,
+}
+
+pub(crate) fn saturated(
+    conn: &Arc<Conn>,
+    method: &Method,
+    uri: &Uri,
+    why: Saturated,
+) -> http::Response<ResponseBody> {
+    // Keep the request index in step with hyper's (it ties ambiguous heads to requests).
+    conn.requests.fetch_add(1, Relaxed);
+    conn.shared.metrics.app_saturated.fetch_add(1, Relaxed);
+    let reason = match why {
+        Saturated::App => format!(
+            "{} requests already in flight to the app (limits.app_connections)",
+            conn.shared.limits.app_connections
+        ),
+        Saturated::Streams => format!(
+            "{} requests already in flight to the app on this connection (limits.streams_per_connection)",
+            conn.shared.limits.streams_per_connection
+        ),
+    };
+    let mut log = RequestLog::start(conn.clone(), method, uri);
+    log.fail(reason.clone());
+    log.status = 503;
+    let text = format!("tls-sidecar: the app is busy: {reason}\n");
+    let mut response = http::Response::new(ResponseBody::new(Payload::text(text), log));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // Tell the client it may come back soon.
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 impl Body for ResponseBody {
@@ -72,14 +159,19 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(log), Some(data)) = (&mut this.log, frame.data_ref()) {
                     log.bytes += data.len() as u64;
+                    log.conn.body_progress.fetch_add(data.len() as u64, Relaxed);
                 }
             }
             Poll::Ready(Some(Err(e))) => {
+                this.settle();
                 if let Some(mut log) = this.log.take() {
                     log.fail(format!("the app's response broke off: {e}"));
                 }
             }
-            Poll::Ready(None) => drop(this.log.take()),
+            Poll::Ready(None) => {
+                this.settle();
+                drop(this.log.take());
+            }
             Poll::Pending => {}
         }
         polled
@@ -105,7 +197,7 @@ impl Body for ResponseBody {
 /// One request, from arrival to the end of its response; dropping it records the metrics and
 /// writes the `msg="request"` line.
 pub(crate) struct RequestLog {
-    conn: Arc<Conn>,
+    pub(crate) conn: Arc<Conn>,
     method: Method,
     /// Only the path is logged: the query string may carry secrets.
     uri: Uri,

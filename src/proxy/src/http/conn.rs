@@ -4,6 +4,7 @@
 use super::framing::Framing;
 use super::splice::Tunnel;
 use super::{Caller, Shared, later};
+use crate::logging::millis;
 use crate::xfcc;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -20,6 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::warn;
+
+/// The whole body of a `403`, whatever the reason.
+pub(crate) const DENIED_BODY: &[u8] = b"not allowed\n";
 
 /// No ambiguous request head seen (see [`Conn::ambiguous`]).
 const NONE_AMBIGUOUS: u64 = u64::MAX;
@@ -45,6 +49,11 @@ pub(crate) struct Conn {
     pub(crate) ambiguous: AtomicU64,
     /// Requests between arrival and the end of their response.
     in_flight: AtomicU32,
+    /// App response bodies begun and not finished: data owed to the client.
+    pub(crate) bodies_owed: AtomicU32,
+    /// Response body bytes handed to the client side so far: stops when the client stops
+    /// reading (HTTP/1: the socket; HTTP/2: the stream or connection window).
+    pub(crate) body_progress: AtomicU64,
     opened: Instant,
     /// When a request last started or ended, in ms since `opened`.
     last_activity_ms: AtomicU64,
@@ -72,9 +81,11 @@ impl Conn {
             .and_then(|leaf| xfcc_value(shared.settings.xfcc, leaf, caller.addr));
         let peer_ip = HeaderValue::from_str(&caller.addr.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        // The reason names the selectors that would have been let in: a map of who may call
+        // is for the log line, not for the caller.
         let denial = caller.denial.as_ref().map(|d| Denied {
             reason: d.to_string().into(),
-            body: Bytes::from(format!("tls-sidecar: {}\n", one_line(&d.0))),
+            body: Bytes::from_static(DENIED_BODY),
         });
         Conn {
             shared,
@@ -90,6 +101,8 @@ impl Conn {
             bytes_out: AtomicU64::new(0),
             ambiguous: AtomicU64::new(NONE_AMBIGUOUS),
             in_flight: AtomicU32::new(0),
+            bodies_owed: AtomicU32::new(0),
+            body_progress: AtomicU64::new(0),
             opened: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             tunnel: Mutex::new(None),
@@ -113,7 +126,7 @@ impl Conn {
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = millis(self.opened.elapsed());
         self.last_activity_ms.fetch_max(ms, Relaxed);
     }
 
@@ -126,6 +139,11 @@ impl Conn {
             last
         };
         later(from, limit)
+    }
+
+    /// A request is between arrival and the end of its response.
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.in_flight.load(Relaxed) > 0
     }
 
     /// No request in flight, and none started or ended for `limit`.
@@ -175,11 +193,6 @@ fn xfcc_value(mode: Xfcc, leaf: &[u8], peer: SocketAddr) -> Option<HeaderValue> 
             None
         }
     }
-}
-
-/// `text` with line breaks turned into spaces, for one-line bodies.
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
 }
 
 /// The client stream, counting plaintext bytes both ways and (HTTP/1) watching request heads

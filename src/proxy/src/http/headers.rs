@@ -10,10 +10,97 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The identity header, as [`RESERVED`] spells names.
+const IDENTITY: &str = "x-forwarded-client-cert";
+/// `Proxy`, as [`RESERVED`] spells names.
+const PROXY: &str = "proxy";
+
+/// Request fields no caller may send the app, as lower case with `-`: the three the sidecar
+/// sets itself; `Forwarded` and `X-Real-IP`, a caller's claims about the client address
+/// that an app reading them after the sidecar would take as the sidecar's word; and `Proxy`,
+/// which CGI-style servers turn into `HTTP_PROXY`, where HTTP clients look for their
+/// outbound proxy (httpoxy, CVE-2016-5385): no HTTP request carries it legitimately.
+const RESERVED: [&str; 6] = [
+    IDENTITY,
+    "x-forwarded-proto",
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    PROXY,
+];
+
+/// `name` is, or reads as, one of [`RESERVED`] in an app server that maps header names to
+/// variables: CGI, WSGI, Rack, PHP and many Go and Java adapters upper-case the name and turn
+/// `-` into `_`, so `X-Forwarded-Client_Cert` and `x_forwarded_for` land in the same
+/// `HTTP_X_FORWARDED_*` variable as the real name, and which one wins depends on the server.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    RESERVED.iter().any(|reserved| reads_as(reserved, name))
+}
+
+/// Of [`RESERVED`], what the route port removes: there Gorouter wrote X-Forwarded-For/-Proto
+/// (the client's address through its chain), so only the identity header and `Proxy` are the
+/// sidecar's to police.
+fn is_reserved_on_route(name: &str) -> bool {
+    is_identity_header(name) || reads_as(PROXY, name)
+}
+
+/// `name` reads as `reserved` (lower case, `-`) in a CGI-style server.
+fn reads_as(reserved: &str, name: &str) -> bool {
+    reserved.len() == name.len()
+        && reserved
+            .bytes()
+            .zip(name.bytes())
+            .all(|(want, got)| want == got.to_ascii_lowercase() || (want == b'-' && got == b'_'))
+}
+
+/// Removes every field [`is_reserved`] names from `headers` (request headers or trailers).
+pub(crate) fn strip_reserved(headers: &mut HeaderMap) {
+    strip_matching(headers, is_reserved);
+}
+
+/// Removes every field whose name `matches`.
+fn strip_matching(headers: &mut HeaderMap, matches: fn(&str) -> bool) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| matches(name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Why a request's `Host` cannot be trusted, if it cannot: several `Host` fields (which one
+/// the app and a router pick differs), or an HTTP/2 `Host` naming another authority than
+/// `:authority` (RFC 9113 §8.3.1 lets a server treat that as malformed).
+pub(crate) fn host_conflict(
+    headers: &HeaderMap,
+    authority: Option<&http::uri::Authority>,
+    h2: bool,
+) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("the request has more than one Host header");
+    }
+    match (h2, first, authority) {
+        (true, Some(host), Some(authority))
+            if !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+        {
+            Some("the request's Host header differs from its :authority")
+        }
+        _ => None,
+    }
+}
+
 /// Rewrites a client request's headers for the app: hop-by-hop headers out (`Upgrade` and
-/// `Connection: upgrade` stay when `upgrade`), `Host` from the request target, then the
-/// sanitize-set of `X-Forwarded-Client-Cert` and the `X-Forwarded-*` headers. `authority` is
-/// the request's `:authority` (HTTP/2) or absolute-form target, if any.
+/// `Connection: upgrade` stay when `upgrade`), `Host` from the request target, then every
+/// reserved field out under any spelling (and out of `Trailer`, so no trailer can bring one
+/// back) and the sidecar's own `X-Forwarded-Client-Cert`, `X-Forwarded-Proto` and
+/// `X-Forwarded-For` in. `authority` is the request's `:authority` (HTTP/2) or absolute-form
+/// target, if any.
 pub(crate) fn to_app(
     headers: &mut HeaderMap,
     authority: Option<&http::uri::Authority>,
@@ -34,12 +121,65 @@ pub(crate) fn to_app(
     }
 
     // Sanitize, then set: whatever the client sent never reaches the app.
-    headers.remove(X_FORWARDED_CLIENT_CERT);
+    strip_reserved_trailer_names(headers);
+    let forwarding = conn.shared.settings.forwarding;
+    if forwarding != super::Forwarding::Tls {
+        // The route port: see [`is_reserved_on_route`].
+        let kept: Vec<HeaderValue> = match forwarding {
+            super::Forwarding::RouteKeepingXfccFrom(envoy)
+                if conn.peer.ip().to_canonical() == envoy =>
+            {
+                headers
+                    .get_all(X_FORWARDED_CLIENT_CERT)
+                    .iter()
+                    .cloned()
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        strip_matching(headers, is_reserved_on_route);
+        for value in kept {
+            headers.append(X_FORWARDED_CLIENT_CERT, value);
+        }
+        return;
+    }
+    strip_reserved(headers);
     if let Some(xfcc) = &conn.xfcc {
         headers.insert(X_FORWARDED_CLIENT_CERT, xfcc.clone());
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    append_forwarded_for(headers, &conn.peer_ip);
+    // The TCP peer only: a caller's own X-Forwarded-For is a claim nobody checked.
+    headers.insert(X_FORWARDED_FOR, conn.peer_ip.clone());
+}
+
+/// Drops reserved names from the `Trailer` fields, and the fields if nothing is left. hyper's
+/// client sends only the trailers `Trailer` announces, so this alone keeps a forged trailer
+/// from the app; the body wrapper ([`super::trailers`]) drops them from the trailers too.
+fn strip_reserved_trailer_names(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::TRAILER) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !is_reserved(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::TRAILER);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+    {
+        headers.insert(header::TRAILER, value);
+    }
+}
+
+/// Whether a header name is `X-Forwarded-Client-Cert` as some app server will read it (see
+/// [`is_reserved`]).
+pub(crate) fn is_identity_header(name: &str) -> bool {
+    reads_as(IDENTITY, name)
 }
 
 /// Rewrites the app's response headers for the client. `upgrade`: a `101` being relayed.
@@ -98,38 +238,24 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// An HTTP/1.1 request that asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+/// An HTTP/1.1 request that asks to switch protocols (`Connection: upgrade` + `Upgrade`), to
+/// anything but `h2c`: after an h2c upgrade the tunnel would carry HTTP/2 requests the sidecar
+/// never parses, each with whatever X-Forwarded-Client-Cert the client likes ("h2c
+/// smuggling"). Such a request is forwarded as a plain request, its Upgrade removed.
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("h2c"));
+    !h2c && headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Appends the peer to `X-Forwarded-For`, folding several incoming fields into one.
-fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
-    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if existing.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR, peer_ip.clone());
-        return;
-    }
-    let mut joined = Vec::with_capacity(64);
-    for value in existing {
-        let value = value.as_bytes().trim_ascii();
-        if !value.is_empty() {
-            joined.extend_from_slice(value);
-            joined.extend_from_slice(b", ");
-        }
-    }
-    joined.extend_from_slice(peer_ip.as_bytes());
-    match HeaderValue::from_bytes(&joined) {
-        Ok(value) => headers.insert(X_FORWARDED_FOR, value),
-        // Unreachable: built from valid values and separators.
-        Err(_) => headers.insert(X_FORWARDED_FOR, peer_ip.clone()),
-    };
 }
 
 /// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one, joined by `"; "`
@@ -203,6 +329,37 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_of_xfcc_is_an_identity_header() {
+        for name in [
+            "x-forwarded-client-cert",
+            "X-Forwarded-Client-Cert",
+            "x_forwarded_client_cert",
+            "X-Forwarded-Client_Cert",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-client-certs",
+            "x-forwarded-for",
+            "xforwarded-client-cert",
+        ] {
+            assert!(!is_identity_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_not_an_upgrade() {
+        assert!(!wants_upgrade(&map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!wants_upgrade(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket, H2C")
+        ])));
+    }
+
+    #[test]
     fn te_survives_only_as_trailers() {
         let mut h = map(&[("te", "gzip, trailers;q=1"), ("connection", "TE")]);
         strip_hop_by_hop(&mut h, false);
@@ -213,20 +370,64 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_folds_existing_fields_and_appends_the_peer() {
-        let peer = HeaderValue::from_static("203.0.113.7");
+    fn every_spelling_of_a_reserved_name_is_reserved_and_nothing_else_is() {
+        for name in [
+            "x-forwarded-client-cert",
+            "X-Forwarded-Client_Cert",
+            "x_forwarded_client_cert",
+            "X-FORWARDED-PROTO",
+            "x_forwarded-proto",
+            "x-forwarded_for",
+            "Forwarded",
+            "x_real_ip",
+            "Proxy",
+        ] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-client-certs",
+            "x-forwarded-host",
+            "x-forwarded",
+            "xforwardedfor",
+            "x-real-ipv6",
+            "forwarde",
+            "proxy-authorization",
+            "proxy-connection",
+        ] {
+            assert!(!is_reserved(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_trailer_field_loses_reserved_names_and_keeps_the_rest() {
         let mut h = map(&[
-            ("x-forwarded-for", "198.51.100.1"),
-            ("x-forwarded-for", " 198.51.100.2 "),
+            ("trailer", "X-Forwarded-Client-Cert, x-checksum"),
+            ("trailer", "x_forwarded_for"),
         ]);
-        append_forwarded_for(&mut h, &peer);
+        strip_reserved_trailer_names(&mut h);
         assert_eq!(
-            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
-            ["198.51.100.1, 198.51.100.2, 203.0.113.7"]
+            h.get_all("trailer").iter().collect::<Vec<_>>(),
+            ["x-checksum"]
         );
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &peer);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+        let mut h = map(&[("trailer", "X-Forwarded-Proto")]);
+        strip_reserved_trailer_names(&mut h);
+        assert!(!h.contains_key("trailer"));
+    }
+
+    #[test]
+    fn several_hosts_or_an_h2_host_other_than_the_authority_conflict() {
+        let authority: http::uri::Authority = "app.apps.internal:8443".parse().unwrap();
+        let two = map(&[("host", "a"), ("host", "b")]);
+        assert!(host_conflict(&two, None, false).is_some());
+        let one = map(&[("host", "APP.apps.internal:8443")]);
+        assert_eq!(host_conflict(&one, Some(&authority), true), None);
+        let other = map(&[("host", "admin.internal")]);
+        assert!(host_conflict(&other, Some(&authority), true).is_some());
+        assert_eq!(host_conflict(&other, None, true), None);
+        assert_eq!(
+            host_conflict(&HeaderMap::new(), Some(&authority), true),
+            None
+        );
     }
 
     #[test]

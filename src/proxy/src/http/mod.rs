@@ -1,11 +1,20 @@
 //! http mode: HTTP/1.1 and HTTP/2 on a connection the TLS side has accepted, handshaken and
 //! identified, forwarded to the app as HTTP/1.1 over pooled connections.
 //!
-//! On the way to the app every request loses any incoming `X-Forwarded-Client-Cert` (whatever
-//! the `xfcc` mode, with or without a client certificate) and then gets this caller's value, so
-//! the app can trust the header; `X-Forwarded-Proto: https` and `X-Forwarded-For` are set and
-//! hop-by-hop headers are removed both ways. Upgrades (websockets) are spliced through. A denied
-//! caller gets `403` on every request and nothing reaches the app.
+//! One identity header, set only by the sidecar. On the way to the app every request loses
+//! `X-Forwarded-Client-Cert`, `X-Forwarded-Proto`, `X-Forwarded-For`, `Forwarded` and
+//! `X-Real-IP` under every spelling an app server could read as them (any case, `_` for `-`),
+//! as headers, in `Trailer` and as HTTP/1.1 or HTTP/2 trailers; then it gets this caller's
+//! `X-Forwarded-Client-Cert` (whatever the `xfcc` mode, none without a client certificate),
+//! `X-Forwarded-Proto: https` and `X-Forwarded-For: <TCP peer address>`. X-Forwarded-For is
+//! replaced, never appended to: on c2c the peer is the calling app instance and nothing before
+//! it is vouched for, so a caller's claim (in XFF, `Forwarded` or `X-Real-IP`) never reaches the
+//! app. Several `Host` fields, or an HTTP/2 `Host` other than `:authority`, get `400`.
+//! Hop-by-hop headers are removed both ways. Upgrades (websockets) are spliced through. A
+//! denied caller gets `403` with the body `not allowed` on every request (the reason is in the
+//! log line only: it names who would have been let in) and nothing reaches the app. On the
+//! route port ([`Forwarding::Route`]) every spelling of `X-Forwarded-Client-Cert` is removed
+//! and none is set; the `X-Forwarded-*` headers Gorouter wrote are left as they are.
 //!
 //! The interface is fixed in `docs/DESIGN.md` ("Ingress internals"): [`HttpService::new`] once
 //! per listener, [`HttpService::serve`] once per connection. The module is public (hidden) only
@@ -19,8 +28,10 @@ mod framing;
 mod headers;
 mod request;
 mod splice;
+mod trailers;
 
 use crate::identity::{CfIdentity, Denial};
+use crate::logging::millis;
 use crate::metrics::ListenerMetrics;
 use conn::{Conn, Counted};
 use hyper::body::Incoming;
@@ -39,15 +50,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tls_sidecar_config::{HostPort, Xfcc};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, sleep_until};
 
 /// Largest request head (request line and headers; HTTP/2: the decoded header list) we accept;
 /// a bigger one gets `431`. Also hyper's HTTP/1 buffer limit, so it bounds what one connection
 /// can make us hold.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
-/// HTTP/2 streams one client may have open at once.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How long a request waits for one of the listener's slots toward the app before it gets
+/// `503`: long enough to ride out a burst, short enough that a client is told quickly.
+pub(crate) const APP_SLOT_WAIT: Duration = Duration::from_secs(1);
+/// How often a connection that owes response data checks that it is moving, at most (a
+/// quarter of the idle limit when that is shorter): a stalled response is cut at most this
+/// long after its deadline.
+const PROGRESS_CHECK: Duration = Duration::from_millis(500);
 /// How long an idle pooled connection to the app is kept. Apps close idle keep-alive
 /// connections on their own timers (Node 5 s, Puma 20 s, Tomcat 60 s); hyper notices that
 /// close on loopback at once and drops the connection from the pool.
@@ -70,6 +86,43 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Keep-alive idle limit per client connection.
     pub idle_timeout: Duration,
+    /// What the app learns about the caller in headers.
+    pub forwarding: Forwarding,
+}
+
+/// Which headers about the caller the app gets. Identity headers the client sent
+/// (`X-Forwarded-Client-Cert` in every spelling) are removed either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// A TLS listener: this caller's `X-Forwarded-Client-Cert` (per `xfcc`),
+    /// `X-Forwarded-Proto: https`, the peer appended to `X-Forwarded-For`.
+    Tls,
+    /// The route port (plaintext, behind Gorouter): no identity header is set, and the
+    /// `X-Forwarded-*` headers Gorouter wrote are left as they are (the peer here is Envoy).
+    Route,
+    /// [`Forwarding::Route`], but the canonical `X-Forwarded-Client-Cert` (any case) is kept
+    /// when the peer is this address (Diego's per-container Envoy, which carries Gorouter's
+    /// traffic): what Gorouter sets on an identity-aware domain (`route.trust_gorouter_xfcc`).
+    RouteKeepingXfccFrom(std::net::IpAddr),
+}
+
+/// How much one listener and one client connection may ask of the app at once.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Requests in flight to the app (each holds an app connection) across the listener.
+    pub app_connections: usize,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub streams_per_connection: u32,
+}
+
+impl Default for HttpLimits {
+    /// What the default 32 MB `sidecar.memory` stages to.
+    fn default() -> Self {
+        HttpLimits {
+            app_connections: 192,
+            streams_per_connection: 48,
+        }
+    }
 }
 
 /// Who is on the other end of one connection.
@@ -119,8 +172,11 @@ pub struct HttpService {
 /// Everything built once per listener.
 pub(crate) struct Shared {
     pub(crate) settings: HttpSettings,
+    pub(crate) limits: HttpLimits,
+    /// One permit per request in flight to the app.
+    app_slots: Arc<Semaphore>,
     pub(crate) metrics: Arc<ListenerMetrics>,
-    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) client: Client<HttpConnector, trailers::RequestBody>,
     /// `127.0.0.1:8080` as a URI authority and as a `Host` value.
     pub(crate) authority: http::uri::Authority,
     pub(crate) authority_header: http::HeaderValue,
@@ -130,6 +186,15 @@ pub(crate) struct Shared {
 
 impl HttpService {
     pub fn new(settings: HttpSettings, metrics: Arc<ListenerMetrics>) -> Self {
+        Self::with_limits(settings, HttpLimits::default(), metrics)
+    }
+
+    /// [`HttpService::new`] with `limits` instead of the defaults.
+    pub fn with_limits(
+        settings: HttpSettings,
+        limits: HttpLimits,
+        metrics: Arc<ListenerMetrics>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         // Request and response heads are small writes: Nagle would only add latency.
@@ -151,7 +216,7 @@ impl HttpService {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD).unwrap_or(u32::MAX))
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+            .max_concurrent_streams(limits.streams_per_connection);
 
         let authority = upstream_authority(&settings.upstream);
         let authority_header = http::HeaderValue::from_str(authority.as_str())
@@ -159,6 +224,10 @@ impl HttpService {
         HttpService {
             shared: Arc::new(Shared {
                 settings,
+                limits,
+                app_slots: Arc::new(Semaphore::new(
+                    limits.app_connections.clamp(1, Semaphore::MAX_PERMITS),
+                )),
                 metrics,
                 client,
                 authority,
@@ -183,43 +252,73 @@ impl HttpService {
         let conn = Arc::new(Conn::new(self.shared.clone(), &caller, close_all.clone()));
         let io = TokioIo::new(Counted::new(io, conn.clone(), !caller.h2));
         let for_service = conn.clone();
-        let service = service_fn(move |req| {
+        // HTTP/2: this connection's own bound on requests toward the app. SETTINGS_MAX_CONCURRENT_STREAMS
+        // alone does not hold it: h2 applies our setting only once the client acknowledges it,
+        // and a client that never does may open more streams meanwhile.
+        let streams = caller.h2.then(|| {
+            let n = self.shared.limits.streams_per_connection;
+            Arc::new(Semaphore::new(
+                usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, Semaphore::MAX_PERMITS),
+            ))
+        });
+        let service = service_fn(move |req: http::Request<Incoming>| {
             let conn = for_service.clone();
-            async move { Ok::<_, Infallible>(request::handle(conn, req).await) }
+            let streams = streams.clone();
+            async move {
+                let stream = match &streams {
+                    Some(streams) => match app_slot(streams).await {
+                        Some(stream) => Some(stream),
+                        None => {
+                            return Ok(body::saturated(
+                                &conn,
+                                req.method(),
+                                req.uri(),
+                                body::Saturated::Streams,
+                            ));
+                        }
+                    },
+                    None => None,
+                };
+                let Some(slot) = app_slot(&conn.shared.app_slots).await else {
+                    let why = body::Saturated::App;
+                    return Ok(body::saturated(&conn, req.method(), req.uri(), why));
+                };
+                let response = request::handle(conn, req).await;
+                Ok::<_, Infallible>(response.map(|body| body.holding(slot, stream)))
+            }
         });
 
         let idle = self.shared.settings.idle_timeout;
+        let watched = Watch {
+            conn: &conn,
+            idle,
+            graceful: &mut graceful,
+            close_all: &mut close_all,
+        };
         let ended = if caller.h2 {
             let connection = self.shared.h2.serve_connection(io, service);
             let graceful_shutdown = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-            drive(
-                connection,
-                graceful_shutdown,
-                &conn,
-                idle,
-                &mut graceful,
-                &mut close_all,
-            )
-            .await
+            drive(connection, graceful_shutdown, watched).await
         } else {
             let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
             let graceful_shutdown =
                 |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            drive(
-                connection,
-                graceful_shutdown,
-                &conn,
-                idle,
-                &mut graceful,
-                &mut close_all,
-            )
-            .await
+            drive(connection, graceful_shutdown, watched).await
         };
         // Always taken out: a tunnel left in `conn` could hold the client stream, which holds
         // `conn`, and neither would ever be dropped.
         let tunnel = conn.take_tunnel();
         let error = match (ended, tunnel) {
             (Ended::Drained, _) => Some(DRAINED.to_owned()),
+            (Ended::Stalled, _) => {
+                self.shared.metrics.stalled.fetch_add(1, Relaxed);
+                Some(format!(
+                    "the client took none of the response data owed to it for {} ms (limits.idle_timeout)",
+                    millis(idle)
+                ))
+            }
             (Ended::Finished(Err(e)), _) => Some(error_chain(&e)),
             // The connection was upgraded: it lives on as a tunnel.
             (Ended::Finished(Ok(())), Some(tunnel)) => tokio::select! {
@@ -259,23 +358,54 @@ const DRAINED: &str = "closed at the end of the drain";
 enum Ended {
     Finished(hyper::Result<()>),
     Drained,
+    /// Response data was owed and none of it moved for the idle limit.
+    Stalled,
+}
+
+/// A slot toward the app: at once, or within [`APP_SLOT_WAIT`]; `None` if the cap held.
+async fn app_slot(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    match tokio::time::timeout(APP_SLOT_WAIT, slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => Some(slot),
+        _ => None,
+    }
+}
+
+/// What [`drive`] watches besides the connection: its state, its idle limit, and the
+/// sidecar's two shutdown switches.
+struct Watch<'a> {
+    conn: &'a Conn,
+    idle: Duration,
+    graceful: &'a mut watch::Receiver<bool>,
+    close_all: &'a mut watch::Receiver<bool>,
 }
 
 /// Polls a hyper connection to its end, starting its graceful shutdown once when the drain
 /// starts or when it has had no request in flight for `idle` (HTTP/1: keep-alive closes, a
 /// request head still arriving is cut off; HTTP/2: GOAWAY), and dropping it when `close_all`
 /// turns true, or [`IDLE_CLOSE_GRACE`] after an idle shutdown the client does not complete.
+///
+/// While an app response body is owed, the connection is also dropped once none of it has
+/// moved toward the client for `idle` (a client that stopped reading, an HTTP/2 window held
+/// at zero, or an app that stopped sending mid-body): dropping it closes the app connections
+/// of its responses. The same per-connection timer samples the progress counter; nothing
+/// is added per read or write.
 async fn drive<C>(
     connection: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
-    conn: &Conn,
-    idle: Duration,
-    graceful: &mut watch::Receiver<bool>,
-    close_all: &mut watch::Receiver<bool>,
+    watched: Watch<'_>,
 ) -> Ended
 where
     C: Future<Output = hyper::Result<()>>,
 {
+    let Watch {
+        conn,
+        idle,
+        graceful,
+        close_all,
+    } = watched;
     #[derive(PartialEq)]
     enum Phase {
         Serving,
@@ -289,6 +419,9 @@ where
     let mut phase = Phase::Serving;
     let timer = sleep_until(conn.idle_deadline(idle));
     tokio::pin!(timer);
+    let check_every = (idle / 4).clamp(Duration::from_millis(10), PROGRESS_CHECK);
+    // The progress counter as last sampled, and since when it has had that value.
+    let mut progress = (conn.body_progress.load(Relaxed), Instant::now());
     loop {
         tokio::select! {
             biased;
@@ -307,6 +440,14 @@ where
                 } else {
                     phase = Phase::AwaitingFirst;
                     timer.as_mut().reset(later(Instant::now(), FIRST_REQUEST_GRACE));
+                }
+            }
+            () = conn.request_arrived.notified(), if phase == Phase::Serving => {
+                // Watch the request's progress from now on, not from the idle deadline the
+                // timer was armed with.
+                let soon = later(Instant::now(), check_every);
+                if timer.deadline() > soon {
+                    timer.as_mut().reset(soon);
                 }
             }
             () = conn.request_arrived.notified(), if phase == Phase::AwaitingFirst => {
@@ -328,8 +469,26 @@ where
                     phase = Phase::IdleClosing;
                     graceful_shutdown(connection.as_mut());
                     timer.as_mut().reset(later(Instant::now(), IDLE_CLOSE_GRACE));
+                } else if conn.bodies_owed.load(Relaxed) > 0 {
+                    let now = Instant::now();
+                    let moved = conn.body_progress.load(Relaxed);
+                    if moved != progress.0 {
+                        progress = (moved, now);
+                    } else if now.duration_since(progress.1) >= idle {
+                        return Ended::Stalled;
+                    }
+                    let deadline = later(progress.1, idle);
+                    timer.as_mut().reset(deadline.min(later(now, check_every)));
                 } else {
-                    timer.as_mut().reset(conn.idle_deadline(idle));
+                    // Nothing owed: the progress clock starts when something is.
+                    let now = Instant::now();
+                    progress = (conn.body_progress.load(Relaxed), now);
+                    let next = if conn.has_in_flight() {
+                        later(now, check_every)
+                    } else {
+                        conn.idle_deadline(idle)
+                    };
+                    timer.as_mut().reset(next);
                 }
             }
         }
@@ -375,11 +534,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
-}
-
-/// Milliseconds for log fields.
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `Instant` arithmetic that cannot overflow with `Duration::MAX`.

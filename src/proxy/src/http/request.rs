@@ -2,7 +2,9 @@
 
 use super::body::{Payload, RequestLog, ResponseBody};
 use super::conn::Conn;
-use super::{error_chain, headers, millis, splice, turned_true};
+use super::trailers::RequestBody;
+use super::{error_chain, headers, splice, turned_true};
+use crate::logging::millis;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::uri::{Parts, PathAndQuery, Scheme};
@@ -68,6 +70,13 @@ async fn respond(
         !conn.h2 && req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    if let Some(conflict) = headers::host_conflict(&parts.headers, parts.uri.authority(), conn.h2) {
+        log.fail(conflict);
+        return local(
+            StatusCode::BAD_REQUEST,
+            format!("tls-sidecar: {conflict}\n"),
+        );
+    }
     let Some(uri) = app_uri(conn, &parts.uri) else {
         log.fail("the request target cannot be forwarded");
         return local(
@@ -79,7 +88,7 @@ async fn respond(
     parts.uri = uri;
     // A proxy sends its own HTTP version (RFC 9110 §6.2); the app speaks HTTP/1.1 to us.
     parts.version = Version::HTTP_11;
-    let request = Request::from_parts(parts, body);
+    let request = Request::from_parts(parts, RequestBody::new(body));
 
     // A hung app must not hold the client, a max_connections slot and an app connection
     // forever: the response head has to start within limits.idle_timeout.

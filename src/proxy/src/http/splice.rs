@@ -1,7 +1,8 @@
 //! Upgraded connections (websockets and friends): once the app has answered `101`, the client
 //! and the app talk directly, byte for byte, through the sidecar.
 
-use super::{later, millis};
+use super::later;
+use crate::logging::millis;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;

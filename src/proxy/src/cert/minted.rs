@@ -14,9 +14,10 @@
 //! byte from the CA certificate so that chain building matches it exactly) are put into the
 //! TBSCertificate afterwards and the TBSCertificate is signed again with the CA key.
 
-use crate::config::MintConfig;
-use crate::source::{self, CA_CERT_KEYS, CA_KEY_KEYS, PairNames};
-use crate::tls::{self, LeafInfo, LoadError};
+use super::der::{der, elements, split};
+use super::error::LoadError;
+use super::pem::{LeafInfo, PairNames, check_validity, leaf_info, parse_chain};
+use super::service::{self, CA_CERT_KEYS, CA_KEY_KEYS};
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
     KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
@@ -28,6 +29,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -37,6 +39,51 @@ const MAX_BACKDATE_SECS: i64 = 300;
 /// OIDs 2.5.4.3 (commonName) and 2.5.4.11 (organizationalUnitName), content octets.
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 const OID_OU: &[u8] = &[0x55, 0x04, 0x0B];
+
+/// `certificate.source: minted`: what the minted leaf says, all resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintConfig {
+    /// The bound CA service's name (`certificate.service`).
+    pub service: String,
+    /// `VCAP_SERVICES` as found at start (`None` when unset).
+    pub vcap_services: Option<String>,
+    /// Subject CN: the instance GUID (`CF_INSTANCE_GUID`).
+    pub common_name: String,
+    /// Subject OUs, as Diego writes them: `app:<g>`, `space:<g>`, `organization:<g>`.
+    pub organizational_units: Vec<String>,
+    /// DNS SANs: the internal routes, their `<index>.<route>` forms, the instance GUID, then
+    /// `certificate.names`.
+    pub dns_names: Vec<String>,
+    /// IP SANs: `CF_INSTANCE_INTERNAL_IP`.
+    pub ips: Vec<IpAddr>,
+    /// Lifetime of each leaf (`certificate.validity`).
+    pub validity: Duration,
+}
+
+/// The CA this source adds to the trust bundle (`ca_certificate`), named for messages: apps
+/// bound to the same CA service verify each other's minted certificates.
+pub(super) fn trust_extra(config: &MintConfig) -> Option<(String, String)> {
+    let raw = config.vcap_services.as_deref()?;
+    let creds = service::ca_credentials(raw, &config.service).ok()?;
+    Some((
+        format!("service \"{}\" credentials.ca_certificate", config.service),
+        creds.certificate,
+    ))
+}
+
+/// How to fix a CA that cannot mint: bind it, or put a usable CA into its credentials.
+pub(super) fn fix(config: &MintConfig, e: &LoadError, app: &str) -> String {
+    match e {
+        LoadError::Service(_) => format!(
+            "bind a service instance called \"{name}\" whose credentials hold \"ca_certificate\" and \"ca_private_key\" (PEM; e.g. cf create-user-provided-service {name} -p ca.json, then cf bind-service {app} {name}), then cf restage {app}",
+            name = config.service
+        ),
+        _ => format!(
+            "put a valid CA certificate (CA:TRUE, not expired) and its own key into the service's credentials (cf update-user-provided-service {} -p ca.json), then cf restart {app}",
+            config.service
+        ),
+    }
+}
 
 /// A freshly minted pair.
 pub(crate) struct Minted {
@@ -67,10 +114,8 @@ pub(crate) fn mint(
     provider: &CryptoProvider,
     now: i64,
 ) -> Result<Minted, LoadError> {
-    let raw = config.vcap_services.as_deref().ok_or_else(|| {
-        LoadError::Service("VCAP_SERVICES is not set, so no service is bound to this app".into())
-    })?;
-    let creds = source::ca_credentials(raw, &config.service).map_err(LoadError::Service)?;
+    let raw = service::unbound(config.vcap_services.as_deref())?;
+    let creds = service::ca_credentials(raw, &config.service).map_err(LoadError::Service)?;
     let names = names(&config.service);
     let ca = Ca::parse(&names, &creds.certificate, &creds.private_key, now)?;
 
@@ -153,7 +198,7 @@ pub(crate) fn mint(
         .map_err(|e| LoadError::Service(format!("the minted key cannot be used: {e}")))?;
     let mut chain = vec![leaf_der.clone()];
     chain.extend(ca.chain);
-    let leaf = tls::leaf_info(&leaf_der).map_err(|problem| LoadError::BadCertificate {
+    let leaf = leaf_info(&leaf_der).map_err(|problem| LoadError::BadCertificate {
         what: "the minted certificate".to_owned(),
         problem,
     })?;
@@ -278,7 +323,7 @@ impl Ca {
         key_pem: &str,
         now: i64,
     ) -> Result<Self, LoadError> {
-        let (chain, info) = tls::parse_chain(names, cert_pem.as_bytes())?;
+        let (chain, info) = parse_chain(names, cert_pem.as_bytes())?;
         let (_, cert) = X509Certificate::from_der(info.der.as_ref()).map_err(|e| {
             LoadError::BadCertificate {
                 what: names.cert.clone(),
@@ -293,7 +338,7 @@ impl Ca {
                     .to_owned(),
             });
         }
-        tls::check_validity(names, &info, now)?;
+        check_validity(names, &info, now)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|_| LoadError::NoKey(names.key.clone()))?;
         let key = KeyPair::try_from(&key).map_err(|e| LoadError::UnsupportedKey {
@@ -412,60 +457,6 @@ fn resign(
     ))
 }
 
-/// The content of the TLV at the start of `input` if its tag is `tag`, and what follows.
-fn split(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (t, header, len) = head(input)?;
-    (t == tag).then(|| input[header..].split_at(len))
-}
-
-/// Tag, header length and content length of the TLV at the start of `input`.
-fn head(input: &[u8]) -> Option<(u8, usize, usize)> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7F);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, 2 + n)
-    };
-    (input.len() >= header + len).then_some((tag, header, len))
-}
-
-/// The whole encodings of the TLVs that make up `content`.
-fn elements(mut content: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    while !content.is_empty() {
-        let (_, header, len) = head(content)?;
-        let (element, rest) = content.split_at(header + len);
-        out.push(element);
-        content = rest;
-    }
-    Some(out)
-}
-
-/// One DER TLV.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = Vec::with_capacity(len + 6);
-    out.push(tag);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,16 +479,6 @@ mod tests {
             name.iter_common_name().next().unwrap().as_str().unwrap(),
             "4e0a8b9c-1d2e-4f3a-5b6c-7d8e9f0a1b2c"
         );
-    }
-
-    #[test]
-    fn long_contents_get_a_long_form_length() {
-        let content = vec![7u8; 300];
-        let encoded = der(0x04, &content);
-        assert_eq!(&encoded[..4], &[0x04, 0x82, 0x01, 0x2C]);
-        assert_eq!(split(&encoded, 0x04), Some((&content[..], &[][..])));
-        assert_eq!(split(&encoded, 0x30), None);
-        assert_eq!(head(&encoded[..100]), None, "truncated");
     }
 
     #[test]

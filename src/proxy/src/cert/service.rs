@@ -1,5 +1,5 @@
-//! Reading the serving certificate's PEM material from its source: files (`instance`, `files`)
-//! or a bound service's credentials in `VCAP_SERVICES` (`service`).
+//! `certificate.source: service`: the pair in a bound service's credentials in `VCAP_SERVICES`,
+//! and the CA credentials `certificate.source: minted` signs with.
 //!
 //! # `certificate.source: service`
 //!
@@ -20,7 +20,7 @@
 //! # `certificate.source: minted`
 //!
 //! The service named by `certificate.service` holds a CA the sidecar signs its own leaves with
-//! (see [`crate::mint`]):
+//! (see [`super::minted`]):
 //!
 //! | Key | Alias | Content |
 //! |---|---|---|
@@ -31,11 +31,9 @@
 //! other. Use an intermediate name-constrained to the internal domains (`permitted;DNS:
 //! .apps.internal`) rather than a root: whoever can read the app's environment holds this key.
 
-use crate::config::CertificateConfig;
-use crate::tls::LoadError;
+use super::error::{LoadError, Remedy};
+use super::pem::{Material, PairNames};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use tls_sidecar_config::CertificateSource;
 
 /// What a bound service's credentials provide (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,85 +145,45 @@ impl<'a> Credentials<'a> {
     }
 }
 
-/// One read of a key/cert pair, with names for messages.
-#[derive(Debug)]
-pub(crate) struct Material {
-    pub(crate) cert_pem: Vec<u8>,
-    pub(crate) key_pem: Vec<u8>,
-    pub(crate) names: PairNames,
+/// The pair in the credentials of the service `name` (`vcap_services`: `None` when unset).
+pub(super) fn read(name: &str, vcap_services: Option<&str>) -> Result<Material, LoadError> {
+    let creds = service_credentials(unbound(vcap_services)?, name).map_err(LoadError::Service)?;
+    Ok(Material {
+        cert_pem: creds.certificate.into_bytes(),
+        key_pem: creds.private_key.into_bytes(),
+        names: PairNames {
+            cert: format!("service \"{name}\" credentials.certificate"),
+            key: format!("service \"{name}\" credentials.private_key"),
+            rotated_by_diego: false,
+        },
+    })
 }
 
-/// How messages name the two halves of a pair ("/path/instance.crt", "service \"x\"
-/// credentials.certificate").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PairNames {
-    pub(crate) cert: String,
-    pub(crate) key: String,
-    /// The instance identity: a key/cert mismatch is Diego's rotation window, not a mistake.
-    pub(crate) rotated_by_diego: bool,
+/// `VCAP_SERVICES`, or why no service can be bound without it.
+pub(super) fn unbound(vcap_services: Option<&str>) -> Result<&str, LoadError> {
+    vcap_services.ok_or_else(|| {
+        LoadError::Service(
+            "VCAP_SERVICES is not set, so no service is bound to this app".to_owned(),
+        )
+    })
 }
 
-impl CertificateConfig {
-    /// Reads the current PEM material (blocking: small files, or an env value).
-    pub(crate) fn read(&self) -> Result<Material, LoadError> {
-        match self {
-            CertificateConfig::Files { source, paths } => {
-                // The certificate first: Diego renames the key before the certificate, so a
-                // new certificate read here guarantees that the key read next is new too.
-                let cert_pem =
-                    std::fs::read(&paths.cert).map_err(|e| LoadError::read(&paths.cert, e))?;
-                let key_pem =
-                    std::fs::read(&paths.key).map_err(|e| LoadError::read(&paths.key, e))?;
-                Ok(Material {
-                    cert_pem,
-                    key_pem,
-                    names: PairNames {
-                        cert: paths.cert.display().to_string(),
-                        key: paths.key.display().to_string(),
-                        rotated_by_diego: *source == CertificateSource::Instance,
-                    },
-                })
-            }
-            CertificateConfig::Service {
-                name,
-                vcap_services,
-            } => {
-                let raw = vcap_services.as_deref().ok_or_else(|| {
-                    LoadError::Service(
-                        "VCAP_SERVICES is not set, so no service is bound to this app".to_owned(),
-                    )
-                })?;
-                let creds = service_credentials(raw, name).map_err(LoadError::Service)?;
-                Ok(Material {
-                    cert_pem: creds.certificate.into_bytes(),
-                    key_pem: creds.private_key.into_bytes(),
-                    names: PairNames {
-                        cert: format!("service \"{name}\" credentials.certificate"),
-                        key: format!("service \"{name}\" credentials.private_key"),
-                        rotated_by_diego: false,
-                    },
-                })
-            }
-            CertificateConfig::Minted(_) => Err(LoadError::Service(
-                "a minted certificate is made in memory, not read".to_owned(),
-            )),
-        }
-    }
+/// The CA the service's credentials add to the trust bundle (`ca`), named for messages.
+pub(super) fn trust_extra(name: &str, vcap_services: Option<&str>) -> Option<(String, String)> {
+    let ca = service_credentials(vcap_services?, name).ok()?.ca?;
+    Some((format!("service \"{name}\" credentials.ca"), ca))
+}
 
-    /// Directories whose changes can change the pair (none for a service: `VCAP_SERVICES`
-    /// is fixed for the life of the process).
-    pub(crate) fn directories(&self) -> Vec<PathBuf> {
-        match self {
-            CertificateConfig::Files { paths, .. } => {
-                let mut dirs: Vec<PathBuf> = [&paths.cert, &paths.key]
-                    .iter()
-                    .filter_map(|p| p.parent().map(Path::to_owned))
-                    .collect();
-                dirs.dedup();
-                dirs
-            }
-            CertificateConfig::Service { .. } | CertificateConfig::Minted(_) => Vec::new(),
-        }
+/// How to fix a pair from the service `name` that does not load.
+pub(super) fn remedy(name: &str) -> Remedy {
+    Remedy {
+        replace: format!(
+            "update the credentials of the service (cf update-user-provided-service {name} -p '{{\"certificate\":\"...\",\"private_key\":\"...\"}}'), then cf restart APP"
+        ),
+        missing: "add the file to the app (paths are relative to the app directory, $HOME), make it readable, then cf push APP",
+        unbound: Some(format!(
+            "bind a service instance called \"{name}\" whose credentials hold \"certificate\" and \"private_key\" (cf bind-service APP {name}), then cf restage APP; or change certificate.service in tls-sidecar.yml"
+        )),
     }
 }
 

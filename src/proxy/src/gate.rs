@@ -1,0 +1,209 @@
+//! Connection slots: each listener's share of `max_connections`, and which connection gives
+//! up its slot when a listener is full (the oldest one still in its TLS handshake).
+
+use crate::config::Limits;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
+
+/// One gate per listener (the route port counts as one), so that a flood on one cannot take
+/// the slots of another.
+pub(crate) fn shares(limits: &Limits, listeners: usize) -> Vec<Arc<Gate>> {
+    (0..listeners)
+        .map(|_| Arc::new(Gate::new(listener_share(limits, listeners))))
+        .collect()
+}
+
+/// How many connections one of `listeners` TLS listeners may hold: `limits.listener_connections`,
+/// or an equal share of `max_connections`.
+fn listener_share(limits: &Limits, listeners: usize) -> u32 {
+    let share = match limits.listener_connections {
+        Some(n) => n,
+        None => limits.max_connections / listeners.max(1),
+    };
+    u32::try_from(share.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX)
+}
+
+/// Whether the client has sent anything yet (its ClientHello, normally), without waiting or
+/// consuming it. A real client's ClientHello is usually there by the time its connection
+/// leaves the accept queue; asking the socket now, rather than waiting for the runtime to
+/// deliver readiness, keeps it out of the silent connections a flood sheds first.
+pub(crate) fn has_sent(tcp: &tokio::net::TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    // MSG_PEEK on a non-blocking socket: WouldBlock when nothing has arrived, never waits.
+    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(n) if n > 0)
+}
+
+/// One TLS listener's share of `max_connections`, and the connections of it that have not
+/// finished their TLS handshake yet, oldest first.
+///
+/// At the cap, a new connection takes the slot of the oldest one still in its handshake
+/// (preferring one that has not sent a byte) instead of being refused: a caller that has not
+/// authenticated has no claim on a slot against one that may, and a pre-handshake flood can
+/// then no longer lock out every new caller for `handshake_timeout`. Established connections
+/// are never shed; with every slot held by one, new connections are refused.
+pub(crate) struct Gate {
+    permits: Arc<Semaphore>,
+    capacity: u32,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    /// Accepted, nothing received yet: shed first.
+    silent: BTreeMap<u64, Held>,
+    /// Sent something (a ClientHello, normally): shed only when no silent one is left.
+    talking: BTreeMap<u64, Held>,
+}
+
+/// A pending connection's slot, and the switch that tells it it was shed (dropping the
+/// sender wakes the receiver).
+struct Held {
+    permit: OwnedSemaphorePermit,
+    _shed: oneshot::Sender<()>,
+}
+
+/// What [`Gate::admit`] did with a new connection.
+pub(crate) enum Admitted {
+    /// A free slot.
+    Free(Admission),
+    /// The slot of the oldest connection still in its handshake, which is now closing.
+    Shed(Admission),
+    /// Every slot is held by an established connection.
+    Full,
+}
+
+impl Gate {
+    fn new(capacity: u32) -> Self {
+        Gate {
+            permits: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+            pending: Mutex::new(Pending::default()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Nothing in the critical sections can panic halfway; a poisoned lock still holds
+        // consistent maps.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for a connection just accepted: a free one, or the oldest pending one's.
+    /// `talking`: the client has sent bytes already.
+    pub(crate) fn admit(self: &Arc<Self>, talking: bool) -> Admitted {
+        let free = self.permits.clone().try_acquire_owned().ok();
+        let mut pending = self.pending();
+        let (permit, shed) = match free {
+            Some(permit) => (permit, false),
+            None => {
+                let oldest = match pending.silent.pop_first() {
+                    Some(entry) => Some(entry),
+                    None => pending.talking.pop_first(),
+                };
+                match oldest {
+                    // Dropping its sender tells the old connection to close.
+                    Some((_, held)) => (held.permit, true),
+                    None => return Admitted::Full,
+                }
+            }
+        };
+        let id = pending.next;
+        pending.next += 1;
+        let (tx, rx) = oneshot::channel();
+        let held = Held { permit, _shed: tx };
+        if talking {
+            pending.talking.insert(id, held);
+        } else {
+            pending.silent.insert(id, held);
+        }
+        drop(pending);
+        let admission = Admission {
+            gate: self.clone(),
+            id,
+            shed: Some(rx),
+            permit: None,
+        };
+        if shed {
+            Admitted::Shed(admission)
+        } else {
+            Admitted::Free(admission)
+        }
+    }
+
+    /// How many slots this listener has.
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Connections holding a slot now (pending or established).
+    pub(crate) fn open(&self) -> usize {
+        (self.capacity as usize).saturating_sub(self.permits.available_permits())
+    }
+
+    /// Waits until every slot is free again (the drain), or `deadline`.
+    pub(crate) async fn drained_by(&self, deadline: Instant) -> bool {
+        let all = self.permits.acquire_many(self.capacity);
+        matches!(tokio::time::timeout_at(deadline, all).await, Ok(Ok(_)))
+    }
+}
+
+/// A connection's claim on a [`Gate`] slot: pending until [`Admission::established`], after
+/// which it holds the slot until dropped.
+pub(crate) struct Admission {
+    gate: Arc<Gate>,
+    id: u64,
+    shed: Option<oneshot::Receiver<()>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// The client sent its first bytes: it is shed after every silent connection.
+    pub(crate) fn talking(&self) {
+        let mut pending = self.gate.pending();
+        if let Some(held) = pending.silent.remove(&self.id) {
+            pending.talking.insert(self.id, held);
+        }
+    }
+
+    /// Resolves when a newer connection takes this one's slot before [`Self::established`].
+    /// Call once: the future owns the signal, so the admission stays usable beside it.
+    pub(crate) fn shed(&mut self) -> impl Future<Output = ()> + use<> {
+        let signal = self.shed.take();
+        async move {
+            match signal {
+                Some(signal) => {
+                    let _ = signal.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// The handshake finished: the slot is this connection's until it closes. `false` when it
+    /// was shed in the meantime.
+    pub(crate) fn established(&mut self) -> bool {
+        let mut pending = self.gate.pending();
+        let held = match pending.silent.remove(&self.id) {
+            Some(held) => Some(held),
+            None => pending.talking.remove(&self.id),
+        };
+        drop(pending);
+        self.permit = held.map(|h| h.permit);
+        self.permit.is_some()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.permit.is_none() {
+            let mut pending = self.gate.pending();
+            if pending.silent.remove(&self.id).is_none() {
+                pending.talking.remove(&self.id);
+            }
+        }
+    }
+}
