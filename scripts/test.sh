@@ -10,6 +10,9 @@ step() { printf -- '-----> %s\n' "$*"; }
 # A fresh machine has only a Rust toolchain: install the rest (and say what) before anything.
 ./scripts/setup.sh
 
+# One build of everything, once: incremental caches would only add gigabytes to target/.
+export CARGO_INCREMENTAL=0
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
