@@ -21,11 +21,13 @@ const BULK_BUFFER: usize = 256 * 1024;
 /// No single operation may take longer than this: a stuck peer ends the run, not the machine.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A closed-loop load: `conns` at once for `duration` seconds.
 #[derive(Debug, Args)]
-pub struct KeepaliveArgs {
+pub struct LoadArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Concurrent keep-alive connections.
+    /// Connections at once: keep-alive ones, or slots that each open a new connection per
+    /// request (handshake, resume).
     #[arg(long, default_value_t = 64)]
     conns: usize,
     /// Length of the measured window, seconds.
@@ -34,28 +36,13 @@ pub struct KeepaliveArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ConnArgs {
-    #[command(flatten)]
-    client: ClientArgs,
-    /// Connections in flight at once.
-    #[arg(long, default_value_t = 64)]
-    conns: usize,
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-}
-
-#[derive(Debug, Args)]
 pub struct RateArgs {
     #[command(flatten)]
-    client: ClientArgs,
-    #[arg(long, default_value_t = 64)]
-    conns: usize,
+    load: LoadArgs,
     /// Requests per second, scheduled open-loop (latency counts from the scheduled time when
     /// the generator is behind schedule).
     #[arg(long)]
     rate: f64,
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +61,37 @@ pub struct IdleArgs {
     /// Seconds to wait after each step (and after closing) before sampling RSS.
     #[arg(long, default_value_t = 3.0)]
     settle: f64,
+}
+
+/// Failures of a run: how many, and the first one's text.
+#[derive(Debug, Default)]
+struct Errors {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Errors {
+    fn note(&mut self, e: String) {
+        self.count += 1;
+        self.first.get_or_insert(e);
+    }
+
+    fn add(&mut self, other: Errors) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// A task that stops at its first failure.
+impl From<Option<String>> for Errors {
+    fn from(first: Option<String>) -> Self {
+        Errors {
+            count: u64::from(first.is_some()),
+            first,
+        }
+    }
 }
 
 fn secs(s: f64) -> crate::Result<Duration> {
@@ -183,7 +201,7 @@ pub fn probe(args: &ClientArgs) -> crate::Result<()> {
 }
 
 /// Keep-alive request loop (`bulk` only changes the buffer size and the metric name).
-pub fn keepalive(args: &KeepaliveArgs, bulk: bool) -> crate::Result<()> {
+pub fn keepalive(args: &LoadArgs, bulk: bool) -> crate::Result<()> {
     let duration = secs(args.duration)?;
     let conns = args.conns.clamp(1, 10_000);
     crate::runtime()?.block_on(async {
@@ -224,16 +242,12 @@ pub fn keepalive(args: &KeepaliveArgs, bulk: bool) -> crate::Result<()> {
                 })
             })
             .collect();
-        let (mut requests, mut bytes, mut errors, mut first_error) = (0, 0, 0, None);
-        let mut keep = Vec::new();
+        let (mut requests, mut bytes, mut errors, mut keep) = (0, 0, Errors::default(), Vec::new());
         for task in tasks {
             let (n, b, e, conn) = task.await?;
             requests += n;
             bytes += b;
-            if let Some(e) = e {
-                errors += 1;
-                first_error.get_or_insert(e);
-            }
+            errors.add(e.into());
             keep.push(conn);
         }
         // Sampled before the connections close, so closing is not in the window.
@@ -244,8 +258,8 @@ pub fn keepalive(args: &KeepaliveArgs, bulk: bool) -> crate::Result<()> {
             &args.client,
             if bulk { "bulk" } else { "keepalive" },
             measured,
-            json!({"conns": conns, "requests": requests, "bytes": bytes, "errors": errors,
-                   "first_error": first_error,
+            json!({"conns": conns, "requests": requests, "bytes": bytes, "errors": errors.count,
+                   "first_error": errors.first,
                    "per_s": requests as f64 / elapsed,
                    "mb_per_s": bytes as f64 / 1e6 / elapsed}),
         );
@@ -254,7 +268,7 @@ pub fn keepalive(args: &KeepaliveArgs, bulk: bool) -> crate::Result<()> {
 }
 
 /// New connection per request: full handshakes (`resume` false) or resumed ones.
-pub fn connections(args: &ConnArgs, resume: bool) -> crate::Result<()> {
+pub fn connections(args: &LoadArgs, resume: bool) -> crate::Result<()> {
     let duration = secs(args.duration)?;
     let conns = args.conns.clamp(1, 1_000);
     crate::runtime()?.block_on(async {
@@ -282,32 +296,27 @@ pub fn connections(args: &ConnArgs, resume: bool) -> crate::Result<()> {
             .map(|config| {
                 let (target, req) = (target.clone(), req.clone());
                 tokio::spawn(async move {
-                    let (mut full, mut resumed, mut errors, mut first_error) =
-                        (0u64, 0u64, 0u64, None);
+                    let (mut full, mut resumed, mut errors) = (0u64, 0u64, Errors::default());
                     while Instant::now() < deadline {
                         match one_connection(&target, &config, &req).await {
                             Ok(true) => resumed += 1,
                             Ok(false) => full += 1,
                             Err(e) => {
-                                errors += 1;
-                                first_error.get_or_insert(e);
+                                errors.note(e);
                                 sleep(Duration::from_millis(1)).await;
                             }
                         }
                     }
-                    (full, resumed, errors, first_error)
+                    (full, resumed, errors)
                 })
             })
             .collect();
-        let (mut full, mut resumed, mut errors, mut first_error) = (0, 0, 0, None);
+        let (mut full, mut resumed, mut errors) = (0, 0, Errors::default());
         for task in tasks {
-            let (f, r, e, fe) = task.await?;
+            let (f, r, e) = task.await?;
             full += f;
             resumed += r;
-            errors += e;
-            if first_error.is_none() {
-                first_error = fe;
-            }
+            errors.add(e);
         }
         let measured = window.stop();
         let elapsed = measured["elapsed_s"].as_f64().unwrap_or(f64::NAN);
@@ -318,7 +327,7 @@ pub fn connections(args: &ConnArgs, resume: bool) -> crate::Result<()> {
             measured,
             json!({"conns": conns, "requests": total, "full": full, "resumed": resumed,
                    "resumed_fraction": if total > 0 { resumed as f64 / total as f64 } else { 0.0 },
-                   "errors": errors, "first_error": first_error,
+                   "errors": errors.count, "first_error": errors.first,
                    "per_s": total as f64 / elapsed}),
         );
         Ok(())
@@ -340,12 +349,14 @@ async fn one_connection(
 }
 
 pub fn rate(args: &RateArgs) -> crate::Result<()> {
+    let rate = args.rate;
+    let args = &args.load;
     let duration = secs(args.duration)?;
     let conns = args.conns.clamp(1, 10_000);
-    if !(1.0..=1e7).contains(&args.rate) {
+    if !(1.0..=1e7).contains(&rate) {
         return Err("--rate must be within 1..10^7 requests/s".into());
     }
-    let interval = Duration::from_secs_f64(conns as f64 / args.rate);
+    let interval = Duration::from_secs_f64(conns as f64 / rate);
     crate::runtime()?.block_on(async {
         let target = Target::new(&args.client)?;
         let config = target.config(false)?;
@@ -366,7 +377,7 @@ pub fn rate(args: &RateArgs) -> crate::Result<()> {
             .map(|(k, mut conn)| {
                 let req = req.clone();
                 // Connection k sends requests k, k+C, k+2C, … at t0 + i/rate.
-                let first = t0 + Duration::from_secs_f64(k as f64 / args.rate);
+                let first = t0 + Duration::from_secs_f64(k as f64 / rate);
                 tokio::spawn(async move {
                     let mut latencies: Vec<u32> = Vec::new();
                     let (mut late, mut error) = (0u64, None);
@@ -394,16 +405,13 @@ pub fn rate(args: &RateArgs) -> crate::Result<()> {
                 })
             })
             .collect();
-        let (mut all, mut late, mut errors, mut first_error, mut keep) =
-            (Vec::new(), 0, 0, None, Vec::new());
+        let (mut all, mut late, mut errors, mut keep) =
+            (Vec::new(), 0, Errors::default(), Vec::new());
         for task in tasks {
             let (l, lt, e, conn) = task.await?;
             all.extend(l);
             late += lt;
-            if let Some(e) = e {
-                errors += 1;
-                first_error.get_or_insert(e);
-            }
+            errors.add(e.into());
             keep.push(conn);
         }
         let measured = window.stop();
@@ -419,9 +427,9 @@ pub fn rate(args: &RateArgs) -> crate::Result<()> {
             &args.client,
             "rate",
             measured,
-            json!({"conns": conns, "target_rate": args.rate, "requests": n,
-                   "per_s": n as f64 / elapsed, "late": late, "errors": errors,
-                   "first_error": first_error,
+            json!({"conns": conns, "target_rate": rate, "requests": n,
+                   "per_s": n as f64 / elapsed, "late": late, "errors": errors.count,
+                   "first_error": errors.first,
                    "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99),
                    "p999_us": pct(0.999), "max_us": all.last()}),
         );
@@ -455,7 +463,7 @@ pub fn idle(args: &IdleArgs) -> crate::Result<()> {
         let (idle_kb, idle_anon_kb) = (rss()?, anon()?);
         let started = Instant::now();
         let mut open = Vec::new();
-        let (mut failed, mut first_error) = (0usize, None);
+        let mut failed = Errors::default();
         let mut samples = Vec::new();
         for &step in &steps {
             let want = step.saturating_sub(open.len());
@@ -469,7 +477,7 @@ pub fn idle(args: &IdleArgs) -> crate::Result<()> {
                         sources.clone(),
                     );
                     tokio::spawn(async move {
-                        let (mut got, mut failed, mut first_error) = (Vec::new(), 0, None);
+                        let (mut got, mut failed) = (Vec::new(), Errors::default());
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if i >= want {
@@ -478,23 +486,17 @@ pub fn idle(args: &IdleArgs) -> crate::Result<()> {
                             let source = sources[i % sources.len()];
                             match with_timeout(target.connect(&config, source)).await {
                                 Ok(tls) => got.push(tls),
-                                Err(e) => {
-                                    failed += 1;
-                                    first_error.get_or_insert(e);
-                                }
+                                Err(e) => failed.note(e),
                             }
                         }
-                        (got, failed, first_error)
+                        (got, failed)
                     })
                 })
                 .collect();
             for task in tasks {
-                let (got, f, e) = task.await?;
+                let (got, f) = task.await?;
                 open.extend(got);
-                failed += f;
-                if first_error.is_none() {
-                    first_error = e;
-                }
+                failed.add(f);
             }
             sleep(settle).await;
             let kb = rss()?;
@@ -512,8 +514,8 @@ pub fn idle(args: &IdleArgs) -> crate::Result<()> {
             json!({"type": "idle", "peer": args.client.label, "rep": args.client.rep,
                    "idle_kb": idle_kb, "idle_anon_kb": idle_anon_kb, "steps": samples,
                    "after_close_1s_kb": after_1s_kb, "after_close_kb": after_kb,
-                   "after_close_anon_kb": after_anon_kb, "opened": opened, "failed": failed,
-                   "first_error": first_error, "open_s": open_s})
+                   "after_close_anon_kb": after_anon_kb, "opened": opened, "failed": failed.count,
+                   "first_error": failed.first, "open_s": open_s})
         );
         Ok(())
     })

@@ -33,13 +33,13 @@ enum Command {
     /// One request; prints the negotiated TLS version, cipher suite and key exchange.
     Probe(ClientArgs),
     /// N keep-alive connections, each looping `GET /1k` (closed loop).
-    Keepalive(load::KeepaliveArgs),
+    Keepalive(load::LoadArgs),
     /// Full handshakes: a new connection per request, no session resumption offered.
-    Handshake(load::ConnArgs),
+    Handshake(load::LoadArgs),
     /// Resumed handshakes: a new connection per request offering the last ticket received.
-    Resume(load::ConnArgs),
+    Resume(load::LoadArgs),
     /// Bulk download: `GET /bulk` repeated over keep-alive connections.
-    Bulk(load::KeepaliveArgs),
+    Bulk(load::LoadArgs),
     /// Open loop at a fixed request rate over keep-alive connections: latency percentiles.
     Rate(load::RateArgs),
     /// Holds many idle TLS connections and samples the terminator's RSS.

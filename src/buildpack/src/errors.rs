@@ -10,7 +10,7 @@ use crate::output::Output;
 use crate::phase::Phase;
 use std::fmt;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tls_sidecar_config::{CONFIG_FILE_NAME, ConfigError, Env, Origin, VcapApplication};
 
 /// Exit codes, one per kind of failure, so a staging log and a CI run can tell them apart
@@ -82,14 +82,47 @@ pub enum Error {
         version: String,
         source: InstallError,
     },
-    Read {
-        path: PathBuf,
-        source: io::Error,
-    },
-    Write {
-        path: PathBuf,
-        source: io::Error,
-    },
+    File(FileError),
+}
+
+/// A file in the staging directories that could not be read or written.
+#[derive(Debug)]
+pub struct FileError {
+    pub path: PathBuf,
+    pub writing: bool,
+    pub source: io::Error,
+}
+
+impl FileError {
+    /// For `map_err`: reading `path` failed.
+    pub fn reading(path: &Path) -> impl Fn(io::Error) -> FileError + Copy {
+        move |source| FileError {
+            path: path.to_owned(),
+            writing: false,
+            source,
+        }
+    }
+
+    /// For `map_err`: writing `path` (or creating it, or its directory) failed.
+    pub fn writing(path: &Path) -> impl Fn(io::Error) -> FileError + Copy {
+        move |source| FileError {
+            path: path.to_owned(),
+            writing: true,
+            source,
+        }
+    }
+}
+
+impl From<FileError> for Error {
+    fn from(e: FileError) -> Self {
+        Error::File(e)
+    }
+}
+
+impl From<FileError> for InstallError {
+    fn from(e: FileError) -> Self {
+        InstallError::File(e)
+    }
 }
 
 /// The buildpack's packaged `manifest.yml` is unusable.
@@ -136,14 +169,7 @@ pub enum InstallError {
     NoBinary {
         path: String,
     },
-    Read {
-        path: PathBuf,
-        source: io::Error,
-    },
-    Write {
-        path: PathBuf,
-        source: io::Error,
-    },
+    File(FileError),
     /// The file's sha256 differs from the manifest's. `from` says where it came from.
     Sha256Mismatch {
         expected: String,
@@ -301,7 +327,7 @@ pub fn exit_code(err: &Error) -> u8 {
         Error::UnsupportedStack { .. } => exit_code::UNSUPPORTED_STACK,
         Error::Config(_) | Error::SidecarMemory { .. } => exit_code::APP_CONFIG,
         Error::Install { .. } => exit_code::DEPENDENCY_INSTALL,
-        Error::Read { .. } | Error::Write { .. } => exit_code::FILE_IO,
+        Error::File(_) => exit_code::FILE_IO,
     }
 }
 
@@ -389,12 +415,10 @@ pub fn report(err: &Error, app: &str) -> Report {
             )),
         ),
         Error::Install { name, version, source } => install_report(name, version, source, app),
-        Error::Read { path, source } => r(format!("Cannot read {}: {source}", path.display()), vec![], None),
-        Error::Write { path, source } => r(
-            format!("Cannot write {}: {source}", path.display()),
-            vec!["If the disk is full, give staging more room: cf push -k 2G".into()],
-            None,
-        ),
+        Error::File(e) => {
+            let (what, cause) = file_text(e);
+            r(format!("Cannot {what}"), cause.into_iter().collect(), None)
+        }
     }
 }
 
@@ -506,12 +530,10 @@ fn install_report(name: &str, version: &str, e: &InstallError, app: &str) -> Rep
             vec!["The dependency tarball is not one the buildpack's packager builds (see docs/DESIGN.md).".into()],
             Some(REPACKAGE.into()),
         ),
-        InstallError::Read { path, source } => (format!("cannot read {}: {source}", path.display()), vec![nothing], None),
-        InstallError::Write { path, source } => (
-            format!("cannot write {}: {source}", path.display()),
-            vec![nothing, "If the disk is full, give staging more room: cf push -k 2G".into()],
-            None,
-        ),
+        InstallError::File(e) => {
+            let (what, cause) = file_text(e);
+            (format!("cannot {what}"), [nothing].into_iter().chain(cause).collect(), None)
+        }
         InstallError::Sha256Mismatch { expected, actual, from } => (
             format!("dependency sha256 mismatch: expected {expected}, actual {actual}"),
             vec![nothing, match from {
@@ -551,6 +573,16 @@ fn install_report(name: &str, version: &str, e: &InstallError, app: &str) -> Rep
         cause,
         fix,
     }
+}
+
+/// "read|write <path>: <why>" (after "cannot"), and what to do if a write found the disk full.
+fn file_text(e: &FileError) -> (String, Option<String>) {
+    let verb = if e.writing { "write" } else { "read" };
+    let what = format!("{verb} {}: {}", e.path.display(), e.source);
+    let full = e
+        .writing
+        .then(|| "If the disk is full, give staging more room: cf push -k 2G".to_owned());
+    (what, full)
 }
 
 fn extract_text(e: &ExtractError) -> String {

@@ -9,7 +9,7 @@
 //! The sha256 is computed while the bytes stream past (no second read of a download), and is
 //! always checked before anything is extracted.
 
-use crate::errors::{Fetched, InstallError};
+use crate::errors::{Fetched, FileError, InstallError};
 use crate::manifest::{Dependency, url_basename};
 use crate::output::Output;
 use sha2::{Digest, Sha256};
@@ -132,7 +132,7 @@ pub fn fetch<W: Write>(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(InstallError::CachedFileMissing { path });
             }
-            Err(source) => return Err(InstallError::Read { path, source }),
+            Err(source) => return Err(FileError::reading(&path)(source).into()),
         };
         check(&expected, actual, Fetched::BuildpackZip)?;
         return Ok((Verified { path, _temp: None }, None));
@@ -163,10 +163,7 @@ pub fn fetch<W: Write>(
     }
 
     out.info(format_args!("Download [{}]", redact(&dep.uri)));
-    let write_err = |source| InstallError::Write {
-        path: places.work_dir.to_owned(),
-        source,
-    };
+    let write_err = FileError::writing(places.work_dir);
     let mut tmp = tempfile::Builder::new()
         .prefix(crate::fsutil::TEMP_PREFIX)
         .suffix(".tgz")
@@ -313,12 +310,7 @@ fn attempt_once(
     tmp: &mut tempfile::NamedTempFile,
 ) -> Result<String, Failure> {
     let path = tmp.path().to_owned();
-    let local = |source| {
-        Failure::Fatal(InstallError::Write {
-            path: path.clone(),
-            source,
-        })
-    };
+    let local = |source| Failure::Fatal(FileError::writing(&path)(source).into());
     let file = tmp.as_file_mut();
     // Each attempt starts from an empty file: a partial body from a failed one must not stay.
     file.set_len(0).map_err(local)?;

@@ -8,7 +8,7 @@
 
 use crate::cli::Options;
 use crate::context::FinalizeArgs;
-use crate::errors::{self, Error, Warning};
+use crate::errors::{self, Error, FileError, Warning};
 use crate::formats::{MULTI_SUPPLY_SCRIPT, multi_supply_script};
 use crate::fsutil::{copy_atomic, write_atomic};
 use crate::output::Output;
@@ -88,10 +88,7 @@ pub fn run<W: Write>(
 
 /// The directories in `DEPS_DIR`, in index order (numeric, so `10` follows `9` even unpadded).
 fn deps_dirs(deps_dir: &Path) -> Result<Vec<String>, Error> {
-    let read_err = |source| Error::Read {
-        path: deps_dir.to_owned(),
-        source,
-    };
+    let read_err = FileError::reading(deps_dir);
     let mut names = Vec::new();
     for entry in fs::read_dir(deps_dir).map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
@@ -107,14 +104,11 @@ fn deps_dirs(deps_dir: &Path) -> Result<Vec<String>, Error> {
 
 /// Names of the regular files in `dir`, sorted; none if `dir` does not exist.
 fn regular_files(dir: &Path) -> Result<Vec<String>, Error> {
-    let read_err = |source| Error::Read {
-        path: dir.to_owned(),
-        source,
-    };
+    let read_err = FileError::reading(dir);
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(read_err(source)),
+        Err(source) => return Err(read_err(source).into()),
     };
     let mut names = Vec::new();
     for entry in entries {

@@ -4,7 +4,7 @@
 //! a half-written launch.yml would make the builder fail with a YAML error instead of ours.
 //! Rename within a directory is atomic, so readers see the old file or the new one.
 
-use crate::errors::Error;
+use crate::errors::{Error, FileError};
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -15,10 +15,7 @@ pub const TEMP_PREFIX: &str = ".tls-sidecar-tmp-";
 
 /// Writes `contents` to `path` with `mode`, creating the parent directory if needed.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let write_err = |source| Error::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let write_err = FileError::writing(path);
     let dir = parent(path);
     fs::create_dir_all(dir).map_err(write_err)?;
     let mut tmp = tempfile::Builder::new()
@@ -36,14 +33,8 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error
 /// Copies the regular file `from` to `to` atomically, keeping its permission bits (as
 /// libbuildpack's `CopyFile` does for profile.d scripts).
 pub fn copy_atomic(from: &Path, to: &Path) -> Result<(), Error> {
-    let read_err = |source| Error::Read {
-        path: from.to_owned(),
-        source,
-    };
-    let write_err = |source| Error::Write {
-        path: to.to_owned(),
-        source,
-    };
+    let read_err = FileError::reading(from);
+    let write_err = FileError::writing(to);
     let mut src = File::open(from).map_err(read_err)?;
     let mode = src.metadata().map_err(read_err)?.permissions().mode() & 0o777;
     let dir = parent(to);

@@ -7,7 +7,7 @@
 
 use crate::cli::Options;
 use crate::context::SupplyArgs;
-use crate::errors::{self, Error, InstallError, Warning};
+use crate::errors::{self, Error, FileError, InstallError, Warning};
 use crate::fetch::{self, Places, Policy};
 use crate::formats::{
     self, ConfigYml, LaunchYml, PROFILE_SCRIPT, ROUTE_PROFILE_SCRIPT, SIDECAR_BINARY, SIDECAR_NAME,
@@ -77,22 +77,12 @@ pub fn run<W: Write>(
 
     // 2. Install the dependency.
     let dep_dir = args.dep_dir();
-    fs::create_dir_all(&dep_dir).map_err(|source| Error::Write {
-        path: dep_dir.clone(),
-        source,
-    })?;
+    fs::create_dir_all(&dep_dir).map_err(FileError::writing(&dep_dir))?;
     out.step(format_args!("Installing {} {}", dep.name, dep.version));
     install(&dep, buildpack_dir, args, options, env, out, &app)?;
 
     // 3. Describe the sidecar to the platform and to the sidecar itself.
     let staged = &settings.staged;
-    let yaml_err = |path: &Path| {
-        let path = path.to_owned();
-        move |e: serde_yaml_ng::Error| Error::Write {
-            path,
-            source: io::Error::other(e),
-        }
-    };
     let config_path = dep_dir.join(CONFIG_FILE_NAME);
     write_atomic(
         &config_path,
@@ -103,17 +93,14 @@ pub fn run<W: Write>(
     if staged.sidecar.declared_by_buildpack() {
         let launch = LaunchYml::sidecar(&args.deps_idx, staged)
             .to_yaml()
-            .map_err(yaml_err(&launch_path))?;
+            .map_err(|e| FileError::writing(&launch_path)(io::Error::other(e)))?;
         write_atomic(&launch_path, launch.as_bytes(), 0o644)?;
     } else {
         // `process_types: []`: the app manifest declares the sidecar; a launch.yml left by an
         // earlier run on these dirs would start a second one on the same port.
         match fs::remove_file(&launch_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(Error::Write {
-                    path: launch_path,
-                    source: e,
-                });
+                return Err(FileError::writing(&launch_path)(e).into());
             }
             _ => {}
         }
@@ -121,7 +108,7 @@ pub fn run<W: Write>(
     let config_yml_path = dep_dir.join("config.yml");
     let config_yml = ConfigYml::new(&crate::buildpack_version(Some(buildpack_dir)))
         .to_yaml()
-        .map_err(yaml_err(&config_yml_path))?;
+        .map_err(|e| FileError::writing(&config_yml_path)(io::Error::other(e)))?;
     write_atomic(&config_yml_path, config_yml.as_bytes(), 0o644)?;
     let profile = dep_dir.join("profile.d").join(PROFILE_SCRIPT);
     write_atomic(&profile, formats::profile_script(staged).as_bytes(), 0o755)?;
@@ -139,10 +126,7 @@ fn route_script(build_dir: &Path, staged: &StagedConfig) -> Result<(), Error> {
     let dir = build_dir.join(".profile.d");
     let path = dir.join(ROUTE_PROFILE_SCRIPT);
     if staged.route.fronted {
-        fs::create_dir_all(&dir).map_err(|source| Error::Write {
-            path: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir).map_err(FileError::writing(&dir))?;
         return write_atomic(
             &path,
             formats::route_profile_script(staged).as_bytes(),
@@ -150,7 +134,7 @@ fn route_script(build_dir: &Path, staged: &StagedConfig) -> Result<(), Error> {
         );
     }
     match fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Write { path, source: e }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(FileError::writing(&path)(e).into()),
         _ => Ok(()),
     }
 }
@@ -246,10 +230,7 @@ fn install<W: Write>(
     }
     // The sidecar must be executable whatever mode the tarball recorded.
     fs::set_permissions(&binary, Permissions::from_mode(0o755)).map_err(|source| {
-        failed(InstallError::Write {
-            path: binary.clone(),
-            source,
-        })
+        failed(FileError::writing(&binary)(source).into())
     })?;
     // Installed: what the cache holds for other versions is of no more use.
     fetch::prune_cache(&args.cache_dir, tarball.path(), out);

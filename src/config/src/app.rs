@@ -7,144 +7,127 @@ use crate::value::{
     Xfcc,
 };
 use serde::{Deserialize, Serialize};
-// Every field of these specs is optional: unset ones are left out when a spec is written back.
 use serde_with::skip_serializing_none;
 use std::path::Path;
 
-/// The whole file. Also the schema of the staged file, where every field is present.
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AppConfig {
-    pub listeners: Option<Vec<ListenerSpec>>,
-    pub egress: Option<Vec<EgressSpec>>,
-    pub certificate: Option<CertificateSpec>,
-    pub trust: Option<TrustSpec>,
-    pub admin: Option<AdminSpec>,
-    pub limits: Option<LimitsSpec>,
-    pub sidecar: Option<SidecarSpec>,
-    pub log: Option<LogSpec>,
-    pub route: Option<RouteSpec>,
+/// Declares the spec sections: every field optional, unknown keys rejected, and unset fields
+/// left out when a spec is written back.
+macro_rules! specs {
+    ($($(#[$meta:meta])* pub struct $name:ident { $($field:tt)* })*) => {$(
+        #[skip_serializing_none]
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+        #[serde(default, deny_unknown_fields)]
+        $(#[$meta])*
+        pub struct $name { $($field)* }
+    )*};
 }
 
-/// The route port (`$PORT`): whether the sidecar fronts it, and where the app moves.
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RouteSpec {
-    /// `auto` (default): on whenever a listener sets `X-Forwarded-Client-Cert`.
-    pub fronting: Option<Fronting>,
-    /// Where the app listens (its `$PORT`) while the sidecar fronts the route port.
-    pub app_port: Option<u16>,
-    /// Keep the `X-Forwarded-Client-Cert` Gorouter sends (identity-aware routing, RFC-0055);
-    /// other spellings are still stripped. Default false.
-    pub trust_gorouter_xfcc: Option<bool>,
-}
+specs! {
+    /// The whole file. Also the schema of the staged file, where every field is present.
+    pub struct AppConfig {
+        pub listeners: Option<Vec<ListenerSpec>>,
+        pub egress: Option<Vec<EgressSpec>>,
+        pub certificate: Option<CertificateSpec>,
+        pub trust: Option<TrustSpec>,
+        pub admin: Option<AdminSpec>,
+        pub limits: Option<LimitsSpec>,
+        pub sidecar: Option<SidecarSpec>,
+        pub log: Option<LogSpec>,
+        pub route: Option<RouteSpec>,
+    }
 
-/// One TLS listener (ingress).
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenerSpec {
-    /// TLS port, bound on 0.0.0.0. Default 8443.
-    pub port: Option<u16>,
-    /// Where plaintext goes. Default `127.0.0.1:$PORT`.
-    pub upstream: Option<HostPort>,
-    pub mode: Option<Mode>,
-    pub client_auth: Option<ClientAuth>,
-    pub allow: Option<Vec<Selector>>,
-    pub xfcc: Option<Xfcc>,
-    pub proxy_protocol: Option<bool>,
-}
+    /// The route port (`$PORT`): whether the sidecar fronts it, and where the app moves.
+    pub struct RouteSpec {
+        /// `auto` (default): on whenever a listener sets `X-Forwarded-Client-Cert`.
+        pub fronting: Option<Fronting>,
+        /// Where the app listens (its `$PORT`) while the sidecar fronts the route port.
+        pub app_port: Option<u16>,
+        /// Keep the `X-Forwarded-Client-Cert` Gorouter sends (identity-aware routing, RFC-0055);
+        /// other spellings are still stripped. Default false.
+        pub trust_gorouter_xfcc: Option<bool>,
+    }
 
-/// One egress listener: plaintext on loopback, mTLS to `target`.
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EgressSpec {
-    pub name: Option<String>,
-    pub listen: Option<HostPort>,
-    pub target: Option<HostPort>,
-    pub expect: Option<Vec<Selector>>,
-    pub unsafe_listen: Option<bool>,
-}
+    /// One TLS listener (ingress).
+    pub struct ListenerSpec {
+        /// TLS port, bound on 0.0.0.0. Default 8443.
+        pub port: Option<u16>,
+        /// Where plaintext goes. Default `127.0.0.1:$PORT`.
+        pub upstream: Option<HostPort>,
+        pub mode: Option<Mode>,
+        pub client_auth: Option<ClientAuth>,
+        pub allow: Option<Vec<Selector>>,
+        pub xfcc: Option<Xfcc>,
+        pub proxy_protocol: Option<bool>,
+    }
 
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CertificateSpec {
-    pub source: Option<CertificateSource>,
-    /// `files`: PEM certificate chain, relative to the app dir.
-    pub cert_file: Option<String>,
-    /// `files`: PEM private key, relative to the app dir.
-    pub key_file: Option<String>,
-    /// `service` and `minted`: the bound service instance's name in `VCAP_SERVICES`.
-    pub service: Option<String>,
-    /// `minted`: extra DNS names for the minted leaf.
-    pub names: Option<Vec<String>>,
-    /// `minted`: route domains whose app routes become SANs. Default `[apps.internal]`.
-    pub internal_domains: Option<Vec<String>>,
-    /// `minted`: leaf lifetime. Default 24h.
-    pub validity: Option<Millis>,
-}
+    /// One egress listener: plaintext on loopback, mTLS to `target`.
+    pub struct EgressSpec {
+        pub name: Option<String>,
+        pub listen: Option<HostPort>,
+        pub target: Option<HostPort>,
+        pub expect: Option<Vec<Selector>>,
+        pub unsafe_listen: Option<bool>,
+    }
 
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrustSpec {
-    /// Extra CA files (PEM), relative to the app dir or absolute.
-    pub ca_files: Option<Vec<String>>,
-    /// Also trust every certificate in `$CF_SYSTEM_CERT_PATH`. Default true; false makes
-    /// `ca_files` replace the platform's trust anchors.
-    pub system_certs: Option<bool>,
-}
+    pub struct CertificateSpec {
+        pub source: Option<CertificateSource>,
+        /// `files`: PEM certificate chain, relative to the app dir.
+        pub cert_file: Option<String>,
+        /// `files`: PEM private key, relative to the app dir.
+        pub key_file: Option<String>,
+        /// `service` and `minted`: the bound service instance's name in `VCAP_SERVICES`.
+        pub service: Option<String>,
+        /// `minted`: extra DNS names for the minted leaf.
+        pub names: Option<Vec<String>>,
+        /// `minted`: route domains whose app routes become SANs. Default `[apps.internal]`.
+        pub internal_domains: Option<Vec<String>>,
+        /// `minted`: leaf lifetime. Default 24h.
+        pub validity: Option<Millis>,
+    }
 
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminSpec {
-    /// Loopback address of `/live`, `/ready`, `/metrics`. Default 127.0.0.1:8444.
-    pub listen: Option<HostPort>,
-    pub enabled: Option<bool>,
-}
+    pub struct TrustSpec {
+        /// Extra CA files (PEM), relative to the app dir or absolute.
+        pub ca_files: Option<Vec<String>>,
+        /// Also trust every certificate in `$CF_SYSTEM_CERT_PATH`. Default true; false makes
+        /// `ca_files` replace the platform's trust anchors.
+        pub system_certs: Option<bool>,
+    }
 
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsSpec {
-    pub max_connections: Option<u32>,
-    pub handshake_timeout: Option<Millis>,
-    pub idle_timeout: Option<Millis>,
-    pub drain_timeout: Option<Millis>,
-    pub connect_timeout: Option<Millis>,
-    /// Connection slots of each TLS listener. Default: an equal share of `max_connections`.
-    pub listener_connections: Option<u32>,
-    /// Requests in flight to the app per http-mode listener. Default: a quarter of
-    /// `max_connections`, at least 16.
-    pub app_connections: Option<u32>,
-    /// HTTP/2 streams one client connection may have open at once. Default: a quarter of
-    /// `app_connections`, between 8 and 100.
-    pub streams_per_connection: Option<u32>,
-}
+    pub struct AdminSpec {
+        /// Loopback address of `/live`, `/ready`, `/metrics`. Default 127.0.0.1:8444.
+        pub listen: Option<HostPort>,
+        pub enabled: Option<bool>,
+    }
 
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SidecarSpec {
-    /// `limits.memory` of the sidecar process in launch.yml (MB). Default 32.
-    pub memory: Option<MemoryMb>,
-    /// The process types the sidecar runs beside. Default `[web]`. `[]`: the buildpack only
-    /// installs the binary and the app manifest declares the sidecar.
-    pub process_types: Option<Vec<String>>,
-}
+    pub struct LimitsSpec {
+        pub max_connections: Option<u32>,
+        pub handshake_timeout: Option<Millis>,
+        pub idle_timeout: Option<Millis>,
+        pub drain_timeout: Option<Millis>,
+        pub connect_timeout: Option<Millis>,
+        /// Connection slots of each TLS listener. Default: an equal share of `max_connections`.
+        pub listener_connections: Option<u32>,
+        /// Requests in flight to the app per http-mode listener. Default: a quarter of
+        /// `max_connections`, at least 16.
+        pub app_connections: Option<u32>,
+        /// HTTP/2 streams one client connection may have open at once. Default: a quarter of
+        /// `app_connections`, between 8 and 100.
+        pub streams_per_connection: Option<u32>,
+    }
 
-#[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSpec {
-    pub format: Option<LogFormat>,
-    /// `error`, `warn`, `info` or `debug`. Default `info`.
-    pub level: Option<String>,
+    pub struct SidecarSpec {
+        /// `limits.memory` of the sidecar process in launch.yml (MB). Default 32.
+        pub memory: Option<MemoryMb>,
+        /// The process types the sidecar runs beside. Default `[web]`. `[]`: the buildpack only
+        /// installs the binary and the app manifest declares the sidecar.
+        pub process_types: Option<Vec<String>>,
+    }
+
+    pub struct LogSpec {
+        pub format: Option<LogFormat>,
+        /// `error`, `warn`, `info` or `debug`. Default `info`.
+        pub level: Option<String>,
+    }
 }
 
 /// The largest config text [`AppConfig::parse`] accepts. A complete configuration is a few KB;
@@ -364,6 +347,20 @@ fn strip_location(msg: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Line, column and message of a syntax error.
+    fn syntax(e: &ConfigError) -> (Option<usize>, Option<usize>, &str) {
+        let ConfigError::Syntax {
+            line,
+            column,
+            message,
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        (*line, *column, message)
+    }
+
     #[test]
     fn a_type_error_names_the_field_line_and_column() {
         let e = AppConfig::parse(
@@ -371,16 +368,8 @@ mod tests {
             "tls-sidecar.yml",
         )
         .unwrap_err();
-        let ConfigError::Syntax {
-            line,
-            column,
-            message,
-            ..
-        } = &e
-        else {
-            panic!("{e:?}")
-        };
-        assert_eq!((*line, *column), (Some(3), Some(11)));
+        let (line, column, message) = syntax(&e);
+        assert_eq!((line, column), (Some(3), Some(11)));
         assert!(
             message.contains("listeners[0].mode")
                 && message.contains("tcpp")
@@ -401,16 +390,8 @@ mod tests {
             "f",
         )
         .unwrap_err();
-        let ConfigError::Syntax {
-            line,
-            column,
-            message,
-            ..
-        } = &e
-        else {
-            panic!("{e:?}")
-        };
-        assert_eq!((*line, *column), (Some(3), Some(28)), "{message}");
+        let (line, column, message) = syntax(&e);
+        assert_eq!((line, column), (Some(3), Some(28)), "{message}");
         assert!(message.starts_with("listeners[0].allow: "), "{message}");
     }
 

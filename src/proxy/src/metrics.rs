@@ -288,187 +288,56 @@ impl Metrics {
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn FnMut(&mut String)| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            rows(&mut out);
-        };
-        let per_listener =
-            |out: &mut String, name: &str, f: &dyn Fn(&ListenerMetrics) -> String| {
-                for l in &self.listeners {
-                    let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", l.label(), f(l));
-                }
-            };
-        family(
-            "tls_sidecar_connections_active",
-            "gauge",
-            "TLS connections open now.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_connections_active", &|l| {
-                    l.active.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_connections_total",
-            "counter",
-            "TCP connections accepted.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_connections_total", &|l| {
-                    l.accepted.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_connections_refused_total",
-            "counter",
-            "Connections refused because max_connections was reached.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_connections_refused_total", &|l| {
-                    l.refused.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_connections_shed_total",
-            "counter",
-            "Connections closed before their TLS handshake finished to admit a new one at max_connections.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_connections_shed_total", &|l| {
-                    l.shed.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_connections_stalled_total",
-            "counter",
-            "Connections cut because data owed to the client made no progress for idle_timeout.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_connections_stalled_total", &|l| {
-                    l.stalled.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_app_saturated_total",
-            "counter",
-            "Requests answered 503 because the cap on requests in flight to the app was reached.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_app_saturated_total", &|l| {
-                    l.app_saturated.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_handshake_failures_total",
+        for family in LISTENER_FAMILIES {
+            family.header(&mut out);
+            for l in &self.listeners {
+                let _ = writeln!(
+                    out,
+                    "{}{{listener=\"{}\"}} {}",
+                    family.name,
+                    l.label(),
+                    (family.value)(l)
+                );
+            }
+        }
+        let name = "tls_sidecar_handshake_failures_total";
+        header(
+            &mut out,
+            name,
             "counter",
             "TLS handshakes that did not complete, by reason.",
-            &mut |o| {
-                for l in self.listeners.iter().filter(|l| !l.route) {
-                    for why in HandshakeFailure::ALL {
-                        let _ = writeln!(
-                            o,
-                            "tls_sidecar_handshake_failures_total{{listener=\"{}\",reason=\"{}\"}} {}",
-                            l.label(),
-                            why.as_str(),
-                            l.handshake_failures(why)
-                        );
-                    }
-                }
-            },
         );
-        family(
-            "tls_sidecar_authorization_denials_total",
-            "counter",
-            "Verified callers refused by the allow rules.",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_authorization_denials_total", &|l| {
-                    l.denials.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_received_bytes_total",
-            "counter",
-            "Bytes received from clients (decrypted).",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_received_bytes_total", &|l| {
-                    l.bytes_in.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_sent_bytes_total",
-            "counter",
-            "Bytes sent to clients (before encryption).",
-            &mut |o| {
-                per_listener(o, "tls_sidecar_sent_bytes_total", &|l| {
-                    l.bytes_out.load(Relaxed).to_string()
-                })
-            },
-        );
-        family(
-            "tls_sidecar_request_duration_seconds",
-            "histogram",
-            "HTTP request latency through the sidecar (http mode).",
-            &mut |o| {
-                for l in &self.listeners {
-                    let mut cumulative = 0;
-                    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                        cumulative += l.latency.buckets[i].load(Relaxed);
-                        let _ = writeln!(
-                            o,
-                            "tls_sidecar_request_duration_seconds_bucket{{listener=\"{}\",le=\"{le}\"}} {cumulative}",
-                            l.label()
-                        );
-                    }
-                    let count = l.latency.count.load(Relaxed);
-                    let _ = writeln!(
-                        o,
-                        "tls_sidecar_request_duration_seconds_bucket{{listener=\"{}\",le=\"+Inf\"}} {count}",
-                        l.label()
-                    );
-                    let sum = l.latency.sum_micros.load(Relaxed) as f64 / 1e6;
-                    let _ = writeln!(
-                        o,
-                        "tls_sidecar_request_duration_seconds_sum{{listener=\"{}\"}} {sum}",
-                        l.label()
-                    );
-                    let _ = writeln!(
-                        o,
-                        "tls_sidecar_request_duration_seconds_count{{listener=\"{}\"}} {count}",
-                        l.label()
-                    );
-                }
-            },
-        );
-        family(
-            "tls_sidecar_certificate_expiry_timestamp_seconds",
+        for l in self.listeners.iter().filter(|l| !l.route) {
+            for why in HandshakeFailure::ALL {
+                let label = l.label();
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{label}\",reason=\"{}\"}} {}",
+                    why.as_str(),
+                    l.handshake_failures(why)
+                );
+            }
+        }
+        self.render_latency(&mut out);
+        let name = "tls_sidecar_certificate_expiry_timestamp_seconds";
+        header(
+            &mut out,
+            name,
             "gauge",
             "notAfter of the serving certificate (Unix time); 0 until one is loaded.",
-            &mut |o| {
-                let _ = writeln!(
-                    o,
-                    "tls_sidecar_certificate_expiry_timestamp_seconds {}",
-                    self.cert_not_after.load(Relaxed)
-                );
-            },
         );
-        family(
-            "tls_sidecar_certificate_reloads_total",
-            "counter",
-            "Certificate reloads by result.",
-            &mut |o| {
-                let _ = writeln!(
-                    o,
-                    "tls_sidecar_certificate_reloads_total{{result=\"success\"}} {}",
-                    self.reloads_succeeded.load(Relaxed)
-                );
-                let _ = writeln!(
-                    o,
-                    "tls_sidecar_certificate_reloads_total{{result=\"failure\"}} {}",
-                    self.reloads_failed.load(Relaxed)
-                );
-            },
+        let _ = writeln!(out, "{name} {}", self.cert_not_after.load(Relaxed));
+        let name = "tls_sidecar_certificate_reloads_total";
+        header(&mut out, name, "counter", "Certificate reloads by result.");
+        let _ = writeln!(
+            out,
+            "{name}{{result=\"success\"}} {}",
+            self.reloads_succeeded.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{result=\"failure\"}} {}",
+            self.reloads_failed.load(Relaxed)
         );
         if !self.egress.is_empty() {
             self.render_egress(&mut out);
@@ -476,51 +345,50 @@ impl Metrics {
         out
     }
 
+    fn render_latency(&self, out: &mut String) {
+        let name = "tls_sidecar_request_duration_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "HTTP request latency through the sidecar (http mode).",
+        );
+        for l in &self.listeners {
+            let label = l.label();
+            let mut cumulative = 0;
+            for (bucket, le) in l.latency.buckets.iter().zip(LATENCY_BUCKETS) {
+                cumulative += bucket.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{listener=\"{label}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let count = l.latency.count.load(Relaxed);
+            let sum = l.latency.sum_micros.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{listener=\"{label}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(out, "{name}_sum{{listener=\"{label}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{listener=\"{label}\"}} {count}");
+        }
+    }
+
     fn render_egress(&self, out: &mut String) {
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        type Value = fn(&EgressMetrics) -> String;
-        let simple: [(&str, &str, &str, Value); 5] = [
-            (
-                "tls_sidecar_egress_connections_active",
-                "gauge",
-                "Egress connections open now.",
-                |e| e.active.load(Relaxed).to_string(),
-            ),
-            (
-                "tls_sidecar_egress_connections_total",
-                "counter",
-                "Connections the app opened to an egress listener.",
-                |e| e.accepted.load(Relaxed).to_string(),
-            ),
-            (
-                "tls_sidecar_egress_connections_refused_total",
-                "counter",
-                "Egress connections refused because max_connections was reached.",
-                |e| e.refused.load(Relaxed).to_string(),
-            ),
-            (
-                "tls_sidecar_egress_sent_bytes_total",
-                "counter",
-                "Bytes from the app to egress targets (before encryption).",
-                |e| e.bytes_sent.load(Relaxed).to_string(),
-            ),
-            (
-                "tls_sidecar_egress_received_bytes_total",
-                "counter",
-                "Bytes from egress targets to the app (decrypted).",
-                |e| e.bytes_received.load(Relaxed).to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in simple {
-            family(out, name, kind, help);
+        for family in EGRESS_FAMILIES {
+            family.header(out);
             for e in &self.egress {
-                let _ = writeln!(out, "{name}{{egress=\"{}\"}} {}", e.name, value(e));
+                let _ = writeln!(
+                    out,
+                    "{}{{egress=\"{}\"}} {}",
+                    family.name,
+                    e.name,
+                    (family.value)(e)
+                );
             }
         }
         let name = "tls_sidecar_egress_failures_total";
-        family(
+        header(
             out,
             name,
             "counter",
@@ -540,10 +408,63 @@ impl Metrics {
     }
 }
 
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A family with one sample per listener (or egress), read from one of its atomics.
+struct Family<T> {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&T) -> u64,
+}
+
+impl<T> Family<T> {
+    fn header(&self, out: &mut String) {
+        header(out, self.name, self.kind, self.help);
+    }
+}
+
+/// A gauge of open connections: never below zero, since a close follows its open.
+fn open(active: &AtomicI64) -> u64 {
+    active.load(Relaxed).max(0).unsigned_abs()
+}
+
+// One row per family, as the exposition lists them.
+#[rustfmt::skip]
+const LISTENER_FAMILIES: [Family<ListenerMetrics>; 9] = [
+    Family { name: "tls_sidecar_connections_active", kind: "gauge", help: "TLS connections open now.", value: |l| open(&l.active) },
+    Family { name: "tls_sidecar_connections_total", kind: "counter", help: "TCP connections accepted.", value: |l| l.accepted.load(Relaxed) },
+    Family { name: "tls_sidecar_connections_refused_total", kind: "counter", help: "Connections refused because max_connections was reached.", value: |l| l.refused.load(Relaxed) },
+    Family { name: "tls_sidecar_connections_shed_total", kind: "counter", help: "Connections closed before their TLS handshake finished to admit a new one at max_connections.", value: |l| l.shed.load(Relaxed) },
+    Family { name: "tls_sidecar_connections_stalled_total", kind: "counter", help: "Connections cut because data owed to the client made no progress for idle_timeout.", value: |l| l.stalled.load(Relaxed) },
+    Family { name: "tls_sidecar_app_saturated_total", kind: "counter", help: "Requests answered 503 because the cap on requests in flight to the app was reached.", value: |l| l.app_saturated.load(Relaxed) },
+    Family { name: "tls_sidecar_authorization_denials_total", kind: "counter", help: "Verified callers refused by the allow rules.", value: |l| l.denials.load(Relaxed) },
+    Family { name: "tls_sidecar_received_bytes_total", kind: "counter", help: "Bytes received from clients (decrypted).", value: |l| l.bytes_in.load(Relaxed) },
+    Family { name: "tls_sidecar_sent_bytes_total", kind: "counter", help: "Bytes sent to clients (before encryption).", value: |l| l.bytes_out.load(Relaxed) },
+];
+
+#[rustfmt::skip]
+const EGRESS_FAMILIES: [Family<EgressMetrics>; 5] = [
+    Family { name: "tls_sidecar_egress_connections_active", kind: "gauge", help: "Egress connections open now.", value: |e| open(&e.active) },
+    Family { name: "tls_sidecar_egress_connections_total", kind: "counter", help: "Connections the app opened to an egress listener.", value: |e| e.accepted.load(Relaxed) },
+    Family { name: "tls_sidecar_egress_connections_refused_total", kind: "counter", help: "Egress connections refused because max_connections was reached.", value: |e| e.refused.load(Relaxed) },
+    Family { name: "tls_sidecar_egress_sent_bytes_total", kind: "counter", help: "Bytes from the app to egress targets (before encryption).", value: |e| e.bytes_sent.load(Relaxed) },
+    Family { name: "tls_sidecar_egress_received_bytes_total", kind: "counter", help: "Bytes from egress targets to the app (decrypted).", value: |e| e.bytes_received.load(Relaxed) },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Each series has the value.
+    fn assert_values(text: &str, expected: &[(&str, &str)]) {
+        for (series, want) in expected {
+            assert_eq!(value(text, series), *want, "{series}");
+        }
+    }
 
     fn value(text: &str, series: &str) -> String {
         text.lines()
@@ -561,28 +482,21 @@ mod tests {
         l.handshake_failed(HandshakeFailure::Denied);
         m.cert_not_after.store(1_900_000_000, Relaxed);
         let text = m.render();
-        assert_eq!(
-            value(&text, "tls_sidecar_connections_total{listener=\"9443\"}"),
-            "3"
-        );
-        assert_eq!(
-            value(&text, "tls_sidecar_connections_total{listener=\"8443\"}"),
-            "0"
-        );
-        assert_eq!(
-            value(&text, "tls_sidecar_connections_active{listener=\"9443\"}"),
-            "2"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_handshake_failures_total{listener=\"9443\",reason=\"denied\"}"
-            ),
-            "1"
-        );
-        assert_eq!(
-            value(&text, "tls_sidecar_certificate_expiry_timestamp_seconds"),
-            "1900000000"
+        assert_values(
+            &text,
+            &[
+                ("tls_sidecar_connections_total{listener=\"9443\"}", "3"),
+                ("tls_sidecar_connections_total{listener=\"8443\"}", "0"),
+                ("tls_sidecar_connections_active{listener=\"9443\"}", "2"),
+                (
+                    "tls_sidecar_handshake_failures_total{listener=\"9443\",reason=\"denied\"}",
+                    "1",
+                ),
+                (
+                    "tls_sidecar_certificate_expiry_timestamp_seconds",
+                    "1900000000",
+                ),
+            ],
         );
         for family in [
             "connections_active",
@@ -605,27 +519,20 @@ mod tests {
         e.failed(EgressFailure::Identity);
         e.bytes_sent.fetch_add(10, Relaxed);
         let text = m.render();
-        assert_eq!(
-            value(&text, "tls_sidecar_egress_connections_total{egress=\"db\"}"),
-            "2"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_egress_failures_total{egress=\"db\",reason=\"identity\"}"
-            ),
-            "1"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_egress_failures_total{egress=\"backend\",reason=\"identity\"}"
-            ),
-            "0"
-        );
-        assert_eq!(
-            value(&text, "tls_sidecar_egress_sent_bytes_total{egress=\"db\"}"),
-            "10"
+        assert_values(
+            &text,
+            &[
+                ("tls_sidecar_egress_connections_total{egress=\"db\"}", "2"),
+                (
+                    "tls_sidecar_egress_failures_total{egress=\"db\",reason=\"identity\"}",
+                    "1",
+                ),
+                (
+                    "tls_sidecar_egress_failures_total{egress=\"backend\",reason=\"identity\"}",
+                    "0",
+                ),
+                ("tls_sidecar_egress_sent_bytes_total{egress=\"db\"}", "10"),
+            ],
         );
         assert!(!Metrics::new([8443]).render().contains("egress"));
     }
@@ -638,40 +545,30 @@ mod tests {
         l.latency.observe(Duration::from_millis(30));
         l.latency.observe(Duration::from_secs(60));
         let text = m.render();
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"0.001\"}"
-            ),
-            "1"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"0.05\"}"
-            ),
-            "2"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"10\"}"
-            ),
-            "2"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"+Inf\"}"
-            ),
-            "3"
-        );
-        assert_eq!(
-            value(
-                &text,
-                "tls_sidecar_request_duration_seconds_count{listener=\"8443\"}"
-            ),
-            "3"
+        assert_values(
+            &text,
+            &[
+                (
+                    "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"0.001\"}",
+                    "1",
+                ),
+                (
+                    "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"0.05\"}",
+                    "2",
+                ),
+                (
+                    "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"10\"}",
+                    "2",
+                ),
+                (
+                    "tls_sidecar_request_duration_seconds_bucket{listener=\"8443\",le=\"+Inf\"}",
+                    "3",
+                ),
+                (
+                    "tls_sidecar_request_duration_seconds_count{listener=\"8443\"}",
+                    "3",
+                ),
+            ],
         );
     }
 }

@@ -236,7 +236,8 @@ impl Pki {
             .signed_by(&intermediate_pair, &issuer)
             .unwrap_or_else(|e| panic!("signing {intermediate_cn}: {e}"));
         let intermediate_der = cert_der(&intermediate);
-        let (intermediate_subject, intermediate_key_id) = subject_and_key_id(&intermediate_der);
+        let (intermediate_subject, intermediate_key_id) =
+            subject_and_key_id(&intermediate_der, &intermediate_pair);
         Pki {
             root_pem: pem("CERTIFICATE", root.der()),
             root_der: cert_der(&root),
@@ -268,7 +269,8 @@ impl Pki {
         let intermediate_key = KeyPair::try_from(&key)
             .unwrap_or_else(|e| panic!("rcgen does not take the saved intermediate key: {e}"));
         let intermediate_der = cert(intermediate_pem);
-        let (intermediate_subject, intermediate_key_id) = subject_and_key_id(&intermediate_der);
+        let (intermediate_subject, intermediate_key_id) =
+            subject_and_key_id(&intermediate_der, &intermediate_key);
         Pki {
             root_der: cert(root_pem),
             root_pem: root_pem.to_owned(),
@@ -400,19 +402,14 @@ impl Pki {
     }
 }
 
-/// The subject (as encoded) and subjectKeyIdentifier of a CA certificate.
-fn subject_and_key_id(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+/// The subject (as encoded) and subjectKeyIdentifier of a CA certificate that `ca_params`
+/// described: rcgen derives the identifier from the key with the default method those params
+/// keep, so the same derivation gives it back for a CA loaded from PEM.
+fn subject_and_key_id(der: &[u8], key: &KeyPair) -> (Vec<u8>, Vec<u8>) {
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der)
         .unwrap_or_else(|e| panic!("rcgen's CA certificate does not parse: {e}"));
-    let key_id = cert
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("rcgen wrote a CA certificate without SKI"));
+    let key_id = CertificateParams::default().key_identifier(key);
     (cert.subject().as_raw().to_vec(), key_id)
 }
 

@@ -101,3 +101,36 @@ fn rotation_renames_the_key_before_the_certificate() {
         new.chain_pem
     );
 }
+
+#[test]
+fn a_leaf_names_its_issuer_by_the_key_identifier_the_issuer_carries() {
+    let key_id = |der: &[u8]| {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let mut ski = None;
+        let mut aki = None;
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0.to_vec()),
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    aki = a.key_identifier.as_ref().map(|id| id.0.to_vec());
+                }
+                _ => {}
+            }
+        }
+        (ski, aki)
+    };
+    let generated = Pki::generate();
+    // Loaded from PEM, as test processes that share one CA do.
+    let loaded = Pki::from_pem(
+        &generated.root_pem,
+        &generated.root_key_pem,
+        &generated.intermediate_pem,
+        &generated.intermediate_key_pem,
+    );
+    let (intermediate_ski, _) = key_id(&generated.intermediate_der);
+    assert!(intermediate_ski.is_some());
+    for pki in [&generated, &loaded] {
+        let (_, leaf_aki) = key_id(&pki.leaf(2048).leaf_der);
+        assert_eq!(leaf_aki, intermediate_ski);
+    }
+}

@@ -2,22 +2,19 @@
 //! wrapper around the client stream.
 
 use super::framing::Framing;
+use super::observed::Observer;
 use super::splice::Tunnel;
 use super::{Caller, Shared, later};
 use crate::logging::millis;
 use crate::xfcc;
 use bytes::Bytes;
 use http::HeaderValue;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tls_sidecar_config::Xfcc;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::warn;
@@ -195,90 +192,40 @@ fn xfcc_value(mode: Xfcc, leaf: &[u8], peer: SocketAddr) -> Option<HeaderValue> 
     }
 }
 
-/// The client stream, counting plaintext bytes both ways and (HTTP/1) watching request heads
-/// for ambiguous framing.
-pub(crate) struct Counted<IO> {
-    io: IO,
+/// The client stream's observer: counts plaintext bytes both ways and (HTTP/1) watches request
+/// heads for ambiguous framing.
+pub(crate) struct Counter {
     conn: Arc<Conn>,
     framing: Option<Framing>,
 }
 
-impl<IO> Counted<IO> {
-    pub(crate) fn new(io: IO, conn: Arc<Conn>, http1: bool) -> Self {
-        Counted {
-            io,
+impl Counter {
+    pub(crate) fn new(conn: Arc<Conn>, http1: bool) -> Self {
+        Counter {
             conn,
             framing: http1.then(Framing::default),
         }
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let read = &buf.filled()[before..];
-                this.conn.bytes_in.fetch_add(read.len() as u64, Relaxed);
-                if let Some(framing) = &mut this.framing {
-                    if let Some(index) = framing.feed(read) {
-                        this.conn.ambiguous.store(index, Relaxed);
-                    }
-                    if framing.is_off() {
-                        this.framing = None;
-                    }
-                }
-                Poll::Ready(Ok(()))
+impl Observer for Counter {
+    // Most clients close the TCP connection without a TLS close_notify. HTTP framing tells a
+    // cut-off message from a finished one, so this is simply the end.
+    const EOF_IS_END: bool = true;
+
+    fn read(&mut self, bytes: &[u8]) {
+        self.conn.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+        if let Some(framing) = &mut self.framing {
+            if let Some(index) = framing.feed(bytes) {
+                self.conn.ambiguous.store(index, Relaxed);
             }
-            // Most clients close the TCP connection without a TLS close_notify. HTTP framing
-            // tells a cut-off message from a finished one, so this is simply the end.
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
-            other => other,
+            if framing.is_off() {
+                self.framing = None;
+            }
         }
     }
-}
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.conn.bytes_out.fetch_add(n as u64, Relaxed);
-        }
-        written
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            this.conn.bytes_out.fetch_add(n as u64, Relaxed);
-        }
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    fn wrote(&mut self, n: usize) {
+        self.conn.bytes_out.fetch_add(n as u64, Relaxed);
     }
 }

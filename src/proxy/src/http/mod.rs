@@ -26,6 +26,7 @@ mod body;
 mod conn;
 mod framing;
 mod headers;
+mod observed;
 mod request;
 mod splice;
 mod trailers;
@@ -33,13 +34,14 @@ mod trailers;
 use crate::identity::{CfIdentity, Denial};
 use crate::logging::millis;
 use crate::metrics::ListenerMetrics;
-use conn::{Conn, Counted};
+use conn::{Conn, Counter};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use observed::Observed;
 use rustls_pki_types::CertificateDer;
 use std::convert::Infallible;
 use std::future::Future;
@@ -250,7 +252,7 @@ impl HttpService {
             mut close_all,
         } = drain;
         let conn = Arc::new(Conn::new(self.shared.clone(), &caller, close_all.clone()));
-        let io = TokioIo::new(Counted::new(io, conn.clone(), !caller.h2));
+        let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), !caller.h2)));
         let for_service = conn.clone();
         // HTTP/2: this connection's own bound on requests toward the app. SETTINGS_MAX_CONCURRENT_STREAMS
         // alone does not hold it: h2 applies our setting only once the client acknowledges it,

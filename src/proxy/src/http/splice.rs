@@ -2,17 +2,16 @@
 //! and the app talk directly, byte for byte, through the sidecar.
 
 use super::later;
+use super::observed::{Observed, Observer};
 use crate::logging::millis;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 
 /// The tunnel of one upgraded request: ends when both sides have closed, either fails, or no
@@ -34,16 +33,12 @@ where
 {
     let opened = Instant::now();
     let last_ms = AtomicU64::new(0);
-    let mut a = Touch {
-        io: a,
+    let touch = || Touch {
         opened,
         last_ms: &last_ms,
     };
-    let mut b = Touch {
-        io: b,
-        opened,
-        last_ms: &last_ms,
-    };
+    let mut a = Observed::new(a, touch());
+    let mut b = Observed::new(b, touch());
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
     tokio::pin!(copy);
     let deadline = || later(opened + Duration::from_millis(last_ms.load(Relaxed)), idle);
@@ -66,43 +61,16 @@ where
 }
 
 /// Records when bytes last arrived from either side.
-struct Touch<'a, T> {
-    io: T,
+struct Touch<'a> {
     opened: Instant,
     last_ms: &'a AtomicU64,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Touch<'_, T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.last_ms
-                .fetch_max(millis(this.opened.elapsed()), Relaxed);
+impl Observer for Touch<'_> {
+    fn read(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.last_ms
+                .fetch_max(millis(self.opened.elapsed()), Relaxed);
         }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Touch<'_, T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
