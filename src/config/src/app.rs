@@ -2,6 +2,7 @@
 
 use crate::Env;
 use crate::error::{ConfigError, Origin, with_suggestion};
+use crate::path::{Method, PathPattern};
 use crate::value::{
     CertificateSource, ClientAuth, Fronting, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
     Xfcc,
@@ -58,6 +59,19 @@ specs! {
         pub allow: Option<Vec<Selector>>,
         pub xfcc: Option<Xfcc>,
         pub proxy_protocol: Option<bool>,
+        /// http mode: request-level rules. The first whose `paths` and `methods` match a request
+        /// decides; a request no rule matches gets 403.
+        pub rules: Option<Vec<RuleSpec>>,
+    }
+
+    /// One request rule (http mode).
+    pub struct RuleSpec {
+        /// Exact paths, or prefixes ending in `/*`, in normal form. Absent: every path.
+        pub paths: Option<Vec<PathPattern>>,
+        /// Absent: every method.
+        pub methods: Option<Vec<Method>>,
+        /// Callers this rule lets in (OR'd); `[]` lets none in. Required.
+        pub allow: Option<Vec<Selector>>,
     }
 
     /// One egress listener: plaintext on loopback, mTLS to `target`.
@@ -286,10 +300,14 @@ impl AppConfig {
 }
 
 impl ListenerSpec {
-    /// `client_auth` as the listener would run with it: written, else implied by `allow`.
+    /// `client_auth` as the listener would run with it: written, else implied by `allow` and
+    /// `rules`.
     fn effective_client_auth(&self) -> ClientAuth {
-        self.client_auth
-            .unwrap_or_else(|| ClientAuth::implied_by(self.allow.as_deref().unwrap_or_default()))
+        self.client_auth.unwrap_or_else(|| {
+            ClientAuth::implied_by(
+                self.allow.as_ref().is_some_and(|a| !a.is_empty()) || self.rules.is_some(),
+            )
+        })
     }
 }
 

@@ -15,18 +15,20 @@
 
 mod app;
 mod error;
+mod path;
 mod staged;
 mod value;
 mod vcap;
 
 pub use app::{
     AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    MAX_CONFIG_BYTES, RouteSpec, SidecarSpec, TrustSpec,
+    MAX_CONFIG_BYTES, RouteSpec, RuleSpec, SidecarSpec, TrustSpec,
 };
 pub use error::{ConfigError, Origin};
+pub use path::{Method, PathError, PathPattern, normalize as normalize_path};
 pub use staged::{
     Admin, Certificate, DEFAULT_APP_PORT, DEFAULT_ROUTE_APP_PORT, Egress, Limits, Listener, Log,
-    RESERVED_PORTS, Route, Sidecar, StagedConfig, Trust, UNFRONTED_XFCC_WARNING,
+    RESERVED_PORTS, RequestRule, Route, Sidecar, StagedConfig, Trust, UNFRONTED_XFCC_WARNING,
 };
 pub use value::{
     CertificateSource, ClientAuth, Fronting, Guid, HostPort, LogFormat, MemoryMb, Millis, Mode,

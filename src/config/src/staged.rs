@@ -2,9 +2,10 @@
 
 use crate::app::{
     AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    RouteSpec, SidecarSpec, TrustSpec,
+    RouteSpec, RuleSpec, SidecarSpec, TrustSpec,
 };
 use crate::error::{ConfigError, Origin};
+use crate::path::{Method, PathPattern};
 use crate::value::{
     CertificateSource, ClientAuth, Fronting, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
     Xfcc, valid_dns_name,
@@ -54,6 +55,62 @@ pub struct Listener {
     pub allow: Vec<Selector>,
     pub xfcc: Xfcc,
     pub proxy_protocol: bool,
+    /// http mode: request rules, first match decides. Empty means none (only `allow`).
+    pub rules: Vec<RequestRule>,
+}
+
+/// One request rule of an http-mode listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRule {
+    /// Empty: every path.
+    pub paths: Vec<PathPattern>,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+    /// Callers the rule lets in (OR'd); empty lets none in.
+    pub allow: Vec<Selector>,
+}
+
+impl RequestRule {
+    /// Whether the rule matches `method` and the normalised `path`.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m.as_str() == method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
+    }
+
+    /// Matches every request: rules after it can never match.
+    fn matches_everything(&self) -> bool {
+        self.methods.is_empty()
+            && (self.paths.is_empty() || self.paths.iter().any(PathPattern::is_everything))
+    }
+
+    /// How `check` and staging print it: `GET,HEAD /api/* -> cf:same-space`.
+    pub fn describe(&self) -> String {
+        let list = |items: Vec<String>, sep: &str, none: &str| {
+            if items.is_empty() {
+                none.to_owned()
+            } else {
+                items.join(sep)
+            }
+        };
+        format!(
+            "{} {} -> {}",
+            list(
+                self.methods.iter().map(Method::to_string).collect(),
+                ",",
+                "any method"
+            ),
+            list(
+                self.paths.iter().map(PathPattern::to_string).collect(),
+                ",",
+                "any path"
+            ),
+            list(
+                self.allow.iter().map(Selector::to_string).collect(),
+                ", ",
+                "nobody"
+            ),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,13 +388,24 @@ impl StagedConfig {
                         mode: Some(l.mode),
                         // Only when it is not what `allow` implies: a pinned `none` would contradict an
                         // `allow` added at run time with TLS_SIDECAR_ALLOW (cf set-env + restart).
-                        client_auth: (l.client_auth != ClientAuth::implied_by(&l.allow))
-                            .then_some(l.client_auth),
+                        client_auth: (l.client_auth
+                            != ClientAuth::implied_by(!l.allow.is_empty() || !l.rules.is_empty()))
+                        .then_some(l.client_auth),
                         allow: Some(l.allow.clone()),
                         // Only the field the mode uses: the other would read back as "set" and warn at
                         // every start that it is ignored.
                         xfcc: (l.mode == Mode::Http).then_some(l.xfcc),
                         proxy_protocol: (l.mode == Mode::Tcp).then_some(l.proxy_protocol),
+                        rules: (!l.rules.is_empty()).then(|| {
+                            l.rules
+                                .iter()
+                                .map(|r| RuleSpec {
+                                    paths: (!r.paths.is_empty()).then(|| r.paths.clone()),
+                                    methods: (!r.methods.is_empty()).then(|| r.methods.clone()),
+                                    allow: Some(r.allow.clone()),
+                                })
+                                .collect()
+                        }),
                     })
                     .collect(),
             ),
@@ -429,19 +497,21 @@ fn listener(
             ),
         ));
     }
-    let client_auth = match (spec.client_auth, allow.is_empty()) {
-        (None, _) => ClientAuth::implied_by(&allow),
+    let rules = request_rules(spec, mode, &field, o, warnings)?;
+    let access_rules = !allow.is_empty() || !rules.is_empty();
+    let client_auth = match (spec.client_auth, access_rules) {
+        (None, _) => ClientAuth::implied_by(access_rules),
         (Some(ClientAuth::Required), _) => ClientAuth::Required,
-        (Some(other), false) => {
+        (Some(other), true) => {
             return Err(ConfigError::invalid(
                 &o.of(&field("client_auth")),
                 field("client_auth"),
                 format!(
-                    "\"{other}\" contradicts `allow`: access rules need a verified caller (use client_auth: required, or leave it out)"
+                    "\"{other}\" contradicts `allow` or `rules`: access rules need a verified caller (use client_auth: required, or leave it out)"
                 ),
             ));
         }
-        (Some(other), true) => other,
+        (Some(other), false) => other,
     };
     if mode == Mode::Tcp && spec.xfcc.is_some() {
         warnings.push(format!(
@@ -463,7 +533,81 @@ fn listener(
         allow,
         xfcc: spec.xfcc.unwrap_or(Xfcc::Envoy),
         proxy_protocol: spec.proxy_protocol.unwrap_or(false),
+        rules,
     })
+}
+
+/// A listener's `rules`: only in http mode, no empty lists, `allow` in every rule; a rule that
+/// an earlier catch-all hides is a warning.
+fn request_rules(
+    spec: &ListenerSpec,
+    mode: Mode,
+    field: &dyn Fn(&str) -> String,
+    o: &Origins,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<RequestRule>, ConfigError> {
+    let Some(specs) = &spec.rules else {
+        return Ok(Vec::new());
+    };
+    let invalid = |f: String, why: String| ConfigError::invalid(&o.file, f, why);
+    if mode != Mode::Http {
+        return Err(invalid(
+            field("rules"),
+            "needs mode: http (a tcp-mode listener sees no requests; use allow for the whole connection)".to_owned(),
+        ));
+    }
+    if specs.is_empty() {
+        return Err(invalid(
+            field("rules"),
+            "is empty, which would refuse every request (leave it out, or add a rule)".to_owned(),
+        ));
+    }
+    let mut rules = Vec::with_capacity(specs.len());
+    let mut catch_all = None;
+    for (j, r) in specs.iter().enumerate() {
+        let f = |name: &str| field(&format!("rules[{j}].{name}"));
+        for (name, empty) in [
+            ("paths", r.paths.as_ref().is_some_and(Vec::is_empty)),
+            ("methods", r.methods.as_ref().is_some_and(Vec::is_empty)),
+        ] {
+            if empty {
+                return Err(invalid(
+                    f(name),
+                    format!(
+                        "is empty, so the rule matches nothing (leave {name} out to match every one)"
+                    ),
+                ));
+            }
+        }
+        let Some(allow) = r.allow.clone() else {
+            return Err(invalid(
+                f("allow"),
+                "is required (e.g. allow: [cf:same-space]; [] lets nobody in)".to_owned(),
+            ));
+        };
+        if let Some(dns) = allow.iter().find(|s| matches!(s, Selector::Dns(_))) {
+            return Err(invalid(
+                f("allow"),
+                format!("\"{dns}\" is an egress selector; callers are identified by cf: selectors"),
+            ));
+        }
+        let rule = RequestRule {
+            paths: r.paths.clone().unwrap_or_default(),
+            methods: r.methods.clone().unwrap_or_default(),
+            allow,
+        };
+        if let Some(earlier) = catch_all {
+            warnings.push(format!(
+                "{} can never match: {} before it matches every request",
+                field(&format!("rules[{j}]")),
+                field(&format!("rules[{earlier}]"))
+            ));
+        } else if rule.matches_everything() {
+            catch_all = Some(j);
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 fn egress_entry(spec: &EgressSpec, i: usize, o: &Origins) -> Result<Egress, ConfigError> {
@@ -959,6 +1103,118 @@ mod tests {
     }
 
     #[test]
+    fn request_rules_stage_in_order_imply_client_auth_and_survive_the_staged_file() {
+        let yaml = "listeners:\n  - mode: http\n    rules:\n      \
+            - {paths: [/admin/*], methods: [POST, PUT, DELETE], allow: [cf:app:6e8e1d8a-0b5a-4c56-9e5b-4f1c2d3e4f50]}\n      \
+            - {paths: [/api/*, /health], allow: [cf:same-space]}\n      \
+            - {allow: []}\n";
+        let (s, warnings) = StagedConfig::from_app(
+            &AppConfig::parse(yaml, "f").unwrap(),
+            "f",
+            &[],
+            DEFAULT_APP_PORT,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let l = &s.listeners[0];
+        assert_eq!(l.client_auth, ClientAuth::Required);
+        let described: Vec<String> = l.rules.iter().map(RequestRule::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "POST,PUT,DELETE /admin/* -> cf:app:6e8e1d8a-0b5a-4c56-9e5b-4f1c2d3e4f50",
+                "any method /api/*,/health -> cf:same-space",
+                "any method any path -> nobody",
+            ]
+        );
+        assert!(
+            l.rules[0].matches("POST", "/admin/users")
+                && !l.rules[0].matches("GET", "/admin/users")
+        );
+        assert!(l.rules[1].matches("GET", "/api") && !l.rules[1].matches("GET", "/apis"));
+        let again = stage(&s.to_yaml()).unwrap();
+        assert_eq!(again.listeners[0].rules, l.rules);
+        assert_eq!(again.listeners[0].client_auth, ClientAuth::Required);
+    }
+
+    #[test]
+    fn bad_request_rules_are_refused_with_the_field_and_the_fix() {
+        for (yaml, field, says) in [
+            (
+                "listeners:\n  - rules: [{allow: [cf:any]}]\n",
+                "listeners[0].rules",
+                "needs mode: http",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: []\n",
+                "listeners[0].rules",
+                "is empty",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{paths: [], allow: [cf:any]}]\n",
+                "listeners[0].rules[0].paths",
+                "leave paths out",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{methods: [], allow: [cf:any]}]\n",
+                "listeners[0].rules[0].methods",
+                "leave methods out",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{paths: [/x]}]\n",
+                "listeners[0].rules[0].allow",
+                "is required",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{allow: [dns:x.example.com]}]\n",
+                "listeners[0].rules[0].allow",
+                "egress selector",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{paths: [api/*], allow: [cf:any]}]\n",
+                "listeners[0].rules[0].paths",
+                "does not start with /",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{paths: [/a/../b], allow: [cf:any]}]\n",
+                "listeners[0].rules[0].paths",
+                "write /b",
+            ),
+            (
+                "listeners:\n  - mode: http\n    rules: [{methods: [FETCH], allow: [cf:any]}]\n",
+                "listeners[0].rules[0].methods",
+                "not an HTTP method",
+            ),
+            (
+                "listeners:\n  - mode: http\n    client_auth: optional\n    rules: [{allow: [cf:any]}]\n",
+                "listeners[0].client_auth",
+                "contradicts",
+            ),
+        ] {
+            let e = stage(yaml).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(says), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_rule_after_a_catch_all_is_a_warning() {
+        let yaml = "listeners:\n  - mode: http\n    rules:\n      - {paths: [/*], allow: [cf:any]}\n      - {paths: [/admin/*], allow: []}\n";
+        let (_, warnings) = StagedConfig::from_app(
+            &AppConfig::parse(yaml, "f").unwrap(),
+            "f",
+            &[],
+            DEFAULT_APP_PORT,
+        )
+        .unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "listeners[0].rules[1] can never match: listeners[0].rules[0] before it matches every request"
+            ]
+        );
+    }
+
+    #[test]
     fn no_file_gives_one_tcp_listener_on_8443_without_client_auth() {
         let s = stage("").unwrap();
         assert_eq!(s.listeners.len(), 1);
@@ -1375,7 +1631,7 @@ mod schema_tests {
     }
 
     fn full_config() -> StagedConfig {
-        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http, client_auth: optional}]\n\
+        let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http, client_auth: optional}, {port: 9445, mode: http, rules: [{paths: [/x/*], methods: [GET], allow: [cf:any]}]}]\n\
             egress: [{name: b, listen: 127.0.0.1:9001, target: b.apps.internal:8443, expect: [cf:any]}]\n\
             certificate: {source: files, cert_file: c, key_file: k, service: s}\n\
             limits: {listener_connections: 100}\n";
@@ -1413,6 +1669,10 @@ mod schema_tests {
         assert_eq!(enum_of(&l["mode"]), Mode::ALLOWED);
         assert_eq!(enum_of(&l["client_auth"]), ClientAuth::ALLOWED);
         assert_eq!(enum_of(&l["xfcc"]), Xfcc::ALLOWED);
+        assert_eq!(
+            enum_of(&l["rules"]["items"]["properties"]["methods"]["items"]),
+            Method::ALLOWED
+        );
         assert_eq!(
             enum_of(&s["properties"]["certificate"]["properties"]["source"]),
             CertificateSource::ALLOWED

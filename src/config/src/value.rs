@@ -11,22 +11,23 @@ use std::time::Duration;
 /// value and what is allowed, and serde_yaml_ng adds the field path, line and column.
 macro_rules! string_serde {
     ($ty:ty) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let raw = ScalarString::deserialize(d)?;
-                raw.0.parse().map_err(de::Error::custom)
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = $crate::value::ScalarString::deserialize(d)?;
+                raw.0.parse().map_err(serde::de::Error::custom)
             }
         }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
             }
         }
     };
 }
+pub(crate) use string_serde;
 
 /// Accepts a YAML string or a bare number/bool and hands its text to `FromStr`.
-struct ScalarString(String);
+pub(crate) struct ScalarString(pub(crate) String);
 
 impl<'de> Deserialize<'de> for ScalarString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -214,12 +215,12 @@ string_enum!(
 );
 impl ClientAuth {
     /// What `client_auth` is when the file leaves it out: access rules need a certificate to
-    /// match against, so any `allow` rule implies `required`.
-    pub(crate) fn implied_by(allow: &[Selector]) -> ClientAuth {
-        if allow.is_empty() {
-            ClientAuth::None
-        } else {
+    /// match against, so any `allow` or request rule implies `required`.
+    pub(crate) fn implied_by(access_rules: bool) -> ClientAuth {
+        if access_rules {
             ClientAuth::Required
+        } else {
+            ClientAuth::None
         }
     }
 }
