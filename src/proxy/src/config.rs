@@ -5,13 +5,13 @@
 
 pub use crate::cert::{CertificateConfig, CertificatePaths, MintConfig};
 use crate::errors::{StartError, app_name};
-use crate::identity::{AccessPolicy, Expectation};
+use crate::identity::{AccessPolicy, Expectation, RequestPolicy};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tls_sidecar_config::{
     CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, ROUTE_PORT_ENV,
-    Selector, StagedConfig, VcapApplication, Xfcc,
+    RequestRule, Selector, StagedConfig, VcapApplication, Xfcc,
 };
 use tracing::{info, warn};
 
@@ -84,6 +84,8 @@ pub struct ListenerConfig {
     pub xfcc: Xfcc,
     /// tcp mode: send a PROXY protocol v2 header to the app first.
     pub proxy_protocol: bool,
+    /// http mode: request rules, the first match decides; empty means none.
+    pub rules: Vec<RequestRule>,
 }
 
 impl ListenerConfig {
@@ -97,6 +99,7 @@ impl ListenerConfig {
             allow: Vec::new(),
             xfcc: Xfcc::Envoy,
             proxy_protocol: false,
+            rules: Vec::new(),
         }
     }
 
@@ -230,6 +233,8 @@ pub struct Plan {
     pub config: SidecarConfig,
     /// Each listener's `allow` rules, in listener order.
     pub(crate) policies: Vec<AccessPolicy>,
+    /// Each listener's request rules, in listener order.
+    pub(crate) requests: Vec<RequestPolicy>,
     /// Each egress entry's `expect` rules, in config order.
     pub(crate) expectations: Vec<Expectation>,
 }
@@ -240,6 +245,7 @@ impl Plan {
     pub fn new(config: SidecarConfig) -> Result<Self, StartError> {
         let Rules {
             policies,
+            requests,
             expectations,
             problems,
         } = config.rules();
@@ -248,6 +254,7 @@ impl Plan {
             None => Ok(Plan {
                 config,
                 policies,
+                requests,
                 expectations,
             }),
         }
@@ -260,6 +267,7 @@ impl Plan {
 #[derive(Debug)]
 pub(crate) struct Rules {
     pub(crate) policies: Vec<AccessPolicy>,
+    pub(crate) requests: Vec<RequestPolicy>,
     pub(crate) expectations: Vec<Expectation>,
     /// [`StartError::IdentityOutsideCf`] and [`StartError::AccessRule`], each naming its field.
     pub(crate) problems: Vec<StartError>,
@@ -482,6 +490,7 @@ impl SidecarConfig {
                 allow: l.allow.clone(),
                 xfcc: l.xfcc,
                 proxy_protocol: l.proxy_protocol && l.mode == Mode::Tcp,
+                rules: l.rules.clone(),
             })
             .collect();
 
@@ -616,6 +625,7 @@ impl SidecarConfig {
     pub(crate) fn rules(&self) -> Rules {
         let mut rules = Rules {
             policies: Vec::with_capacity(self.listeners.len()),
+            requests: Vec::with_capacity(self.listeners.len()),
             expectations: Vec::with_capacity(self.egress.len()),
             problems: Vec::new(),
         };
@@ -626,6 +636,19 @@ impl SidecarConfig {
             {
                 rules.policies.push(policy);
             }
+            let mut resolved = Vec::with_capacity(l.rules.len());
+            for (j, rule) in l.rules.iter().enumerate() {
+                let field = format!("listeners[{i}].rules[{j}].allow");
+                if let Some(policy) = self.resolve_rules(
+                    &rule.allow,
+                    field,
+                    AccessPolicy::resolve,
+                    &mut rules.problems,
+                ) {
+                    resolved.push((rule.clone(), policy));
+                }
+            }
+            rules.requests.push(RequestPolicy::new(resolved));
         }
         for (i, e) in self.egress.iter().enumerate() {
             let field = format!("egress[{i}].expect");
@@ -678,7 +701,10 @@ impl SidecarConfig {
     /// Whether any `allow` or `expect` rule is a `cf:` rule (needs the platform identity CA).
     pub(crate) fn identity_rules_written(&self) -> bool {
         let cf = |rules: &[Selector]| rules.iter().any(|s| !matches!(s, Selector::Dns(_)));
-        self.listeners.iter().any(|l| cf(&l.allow)) || self.egress.iter().any(|e| cf(&e.expect))
+        self.listeners
+            .iter()
+            .any(|l| cf(&l.allow) || l.rules.iter().any(|r| cf(&r.allow)))
+            || self.egress.iter().any(|e| cf(&e.expect))
     }
 
     /// Whether any listener verifies client certificates.

@@ -13,7 +13,7 @@
 //! otherwise clears it ([`CfIdentity::not_platform`]).
 
 use std::fmt;
-use tls_sidecar_config::{Guid, Selector, VcapApplication};
+use tls_sidecar_config::{Guid, RequestRule, Selector, VcapApplication};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The CF identity of a peer certificate. Fields are `None` when the certificate does not carry
@@ -225,6 +225,65 @@ impl AccessPolicy {
                 self.written.join(", ")
             )))
         }
+    }
+}
+
+/// A listener's resolved request rules (http mode): the first rule whose paths and methods
+/// match a request decides, and a request no rule matches is refused. Empty: no request rules.
+#[derive(Debug, Clone, Default)]
+pub struct RequestPolicy {
+    rules: Vec<(RequestRule, AccessPolicy)>,
+}
+
+/// A refused request: the rule that refused it (`None`: no rule matched) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestDenial {
+    pub rule: Option<usize>,
+    pub reason: Denial,
+}
+
+impl RequestPolicy {
+    /// Each rule with its `allow` resolved (see [`AccessPolicy::resolve`]), in order.
+    pub fn new(rules: Vec<(RequestRule, AccessPolicy)>) -> Self {
+        RequestPolicy { rules }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Default deny: the first rule matching `method` and the normalised `path` must admit
+    /// the caller.
+    pub fn check(
+        &self,
+        method: &str,
+        path: &str,
+        caller: Option<&CfIdentity>,
+    ) -> Result<(), RequestDenial> {
+        let Some((index, (rule, policy))) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, (rule, _))| rule.matches(method, path))
+        else {
+            return Err(RequestDenial {
+                rule: None,
+                reason: Denial(format!("no rule matches {method} {path}")),
+            });
+        };
+        let verdict = if rule.allow.is_empty() {
+            Err(Denial("it lets nobody in (allow: [])".to_owned()))
+        } else {
+            policy.check(caller)
+        };
+        verdict.map_err(|why| RequestDenial {
+            rule: Some(index),
+            reason: Denial(format!("rules[{index}] ({}): {why}", rule.describe())),
+        })
     }
 }
 

@@ -101,14 +101,40 @@ pub struct ListenerMetrics {
     /// http mode: finished requests and their latency.
     pub requests: AtomicU64,
     pub latency: Histogram,
+    /// Requests refused by the request rules: one counter per rule, then one for requests no
+    /// rule matched. Empty without request rules.
+    request_denials: Box<[AtomicU64]>,
 }
 
 impl ListenerMetrics {
     pub fn new(port: u16) -> Self {
+        Self::with_request_rules(port, 0)
+    }
+
+    /// A listener with `rules` request rules (http mode).
+    pub fn with_request_rules(port: u16, rules: usize) -> Self {
+        let counters = if rules == 0 { 0 } else { rules + 1 };
         ListenerMetrics {
             port,
+            request_denials: (0..counters).map(|_| AtomicU64::new(0)).collect(),
             ..Default::default()
         }
+    }
+
+    /// A request refused by rule `rule`, or (`None`) matched by no rule.
+    pub fn request_denied(&self, rule: Option<usize>) {
+        let last = self.request_denials.len().saturating_sub(1);
+        if let Some(counter) = self.request_denials.get(rule.unwrap_or(last)) {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Requests refused by `rule` (`None`: by no rule matching).
+    pub fn request_denials(&self, rule: Option<usize>) -> u64 {
+        let last = self.request_denials.len().saturating_sub(1);
+        self.request_denials
+            .get(rule.unwrap_or(last))
+            .map_or(0, |c| c.load(Relaxed))
     }
 
     /// The route listener's series, on `port`.
@@ -241,10 +267,15 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(ports: impl IntoIterator<Item = u16>) -> Self {
+        Self::with_request_rules(ports.into_iter().map(|port| (port, 0)))
+    }
+
+    /// Listeners as (port, number of request rules).
+    pub fn with_request_rules(listeners: impl IntoIterator<Item = (u16, usize)>) -> Self {
         Metrics {
-            listeners: ports
+            listeners: listeners
                 .into_iter()
-                .map(|port| Arc::new(ListenerMetrics::new(port)))
+                .map(|(port, rules)| Arc::new(ListenerMetrics::with_request_rules(port, rules)))
                 .collect(),
             ..Default::default()
         }
@@ -315,6 +346,29 @@ impl Metrics {
                     "{name}{{listener=\"{label}\",reason=\"{}\"}} {}",
                     why.as_str(),
                     l.handshake_failures(why)
+                );
+            }
+        }
+        let name = "tls_sidecar_request_denials_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Requests refused by the request rules (http mode), by rule index; rule=\"none\": no rule matched.",
+        );
+        for l in &self.listeners {
+            let label = l.label();
+            let last = l.request_denials.len().saturating_sub(1);
+            for (i, count) in l.request_denials.iter().enumerate() {
+                let rule = if i == last {
+                    "none".to_owned()
+                } else {
+                    i.to_string()
+                };
+                let count = count.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{label}\",rule=\"{rule}\"}} {count}"
                 );
             }
         }

@@ -13,7 +13,7 @@ use crate::errors::StartError;
 use crate::forward::TlsDoor;
 use crate::gate::{self, Gate};
 use crate::http::{Forwarding, HttpLimits, HttpService, HttpSettings};
-use crate::identity::{AccessPolicy, Expectation};
+use crate::identity::{AccessPolicy, Expectation, RequestPolicy};
 use crate::logging::millis;
 use crate::metrics::Metrics;
 use crate::reload::{self, CertJob, Job, Reloader, TrustJob};
@@ -177,6 +177,7 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
     let Plan {
         config,
         policies,
+        requests,
         expectations,
     } = plan;
     let provider = tls::provider();
@@ -184,9 +185,15 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
     let switches = Switches::new();
     let firsts = FirstBinds::bind(&config).await;
     let metrics = Arc::new(
-        Metrics::new(firsts.ports.iter().copied())
-            .with_egress(config.egress.iter().map(|e| e.name.as_str()))
-            .with_route(config.route.as_ref().map(|r| r.bind.port())),
+        Metrics::with_request_rules(
+            firsts
+                .ports
+                .iter()
+                .copied()
+                .zip(requests.iter().map(RequestPolicy::len)),
+        )
+        .with_egress(config.egress.iter().map(|e| e.name.as_str()))
+        .with_route(config.route.as_ref().map(|r| r.bind.port())),
     );
 
     let store = Arc::new(CertStore::default());
@@ -210,7 +217,7 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
         ports: &firsts.ports,
         gates: &gates,
     };
-    let built = BuiltListeners::new(&config, policies, &parts)?;
+    let built = BuiltListeners::new(&config, policies, requests, &parts)?;
 
     let mut background = Background::new(&switches.stop_background);
     let egress_store = egress_store(&config, &parts, &health, &mut background);
@@ -332,11 +339,13 @@ impl BuiltListeners {
     fn new(
         config: &SidecarConfig,
         policies: Vec<AccessPolicy>,
+        requests: Vec<RequestPolicy>,
         parts: &Parts<'_>,
     ) -> Result<Self, StartError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut verifying = Vec::new();
-        for (index, (l, policy)) in config.listeners.iter().zip(policies).enumerate() {
+        let rules = policies.into_iter().zip(requests);
+        for (index, (l, (policy, requests))) in config.listeners.iter().zip(rules).enumerate() {
             let tls = ListenerTls::new(
                 parts.provider.clone(),
                 parts.store.clone(),
@@ -358,6 +367,7 @@ impl BuiltListeners {
                     connect_timeout: config.limits.connect_timeout,
                     idle_timeout: config.limits.idle_timeout,
                     forwarding: Forwarding::Tls,
+                    rules: requests,
                 };
                 HttpService::with_limits(settings, http_limits(config), listener_metrics.clone())
             });
@@ -537,6 +547,7 @@ fn spawn_route(
         forwarding: route
             .trusted_xfcc_peer
             .map_or(Forwarding::Route, Forwarding::RouteKeepingXfccFrom),
+        rules: RequestPolicy::default(),
     };
     let served = Arc::new(Route {
         http: HttpService::with_limits(settings, http_limits(config), route_metrics.clone()),

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tls_sidecar::http::{Caller, ConnOutcome, Drain, HttpService, HttpSettings};
-use tls_sidecar::identity::{CfIdentity, Denial};
+use tls_sidecar::identity::{AccessPolicy, CfIdentity, Denial, RequestPolicy};
 use tls_sidecar::metrics::ListenerMetrics;
-use tls_sidecar_config::{HostPort, Xfcc};
+use tls_sidecar_config::{HostPort, RequestRule, VcapApplication, Xfcc};
 use tls_sidecar_testkit::{Identity, KeyKind, Pki, Validity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
@@ -237,12 +237,16 @@ fn settings(port: u16, xfcc: Xfcc) -> HttpSettings {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
         forwarding: tls_sidecar::http::Forwarding::Tls,
+        rules: Default::default(),
     }
 }
 
 impl Sidecar {
     fn new(settings: HttpSettings) -> Sidecar {
-        let metrics = Arc::new(ListenerMetrics::new(8443));
+        let metrics = Arc::new(ListenerMetrics::with_request_rules(
+            8443,
+            settings.rules.len(),
+        ));
         Sidecar {
             service: HttpService::new(settings, metrics.clone()),
             metrics,
@@ -1417,4 +1421,227 @@ async fn a_san_that_spells_more_xfcc_arrives_quoted_as_one_value_of_one_element(
     assert_eq!(element.uris, [forged]);
     assert_eq!(element.dns, ["a.apps.internal"]);
     assert_eq!(element.subject, format!("OU=app:{APP}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request rules
+
+const ADMIN_APP: &str = "1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d";
+
+/// A policy from `(methods, paths, allow)` rows, as tls-sidecar.yml writes them.
+fn request_rules(rows: &[(&[&str], &[&str], &[&str])]) -> RequestPolicy {
+    fn parse<T: std::str::FromStr<Err = String>>(items: &[&str]) -> Vec<T> {
+        items.iter().map(|i| i.parse().unwrap()).collect()
+    }
+    RequestPolicy::new(
+        rows.iter()
+            .map(|(methods, paths, allow)| {
+                let rule = RequestRule {
+                    methods: parse(methods),
+                    paths: parse(paths),
+                    allow: parse(allow),
+                };
+                let policy =
+                    AccessPolicy::resolve(&rule.allow, &VcapApplication::default()).unwrap();
+                (rule, policy)
+            })
+            .collect(),
+    )
+}
+
+fn ruled(app: &App, rules: RequestPolicy) -> Sidecar {
+    Sidecar::new(HttpSettings {
+        rules,
+        ..settings(app.port(), Xfcc::Envoy)
+    })
+}
+
+#[tokio::test]
+async fn request_rules_let_a_caller_reach_only_the_paths_and_methods_its_rule_names() {
+    let (logs, _guard) = Logs::capture();
+    let app = App::start().await;
+    let admin = format!("cf:app:{ADMIN_APP}");
+    let me = format!("cf:app:{APP}");
+    let sidecar = ruled(
+        &app,
+        request_rules(&[
+            (&["POST", "PUT", "DELETE"], &["/admin/*"], &[admin.as_str()]),
+            (&[], &["/api/*", "/health"], &[me.as_str()]),
+            (&["GET"], &["/admin/*"], &["cf:any"]),
+        ]),
+    );
+    let cert = client_cert();
+    for h2 in [false, true] {
+        let mut conn = sidecar.connect(caller_with(&cert, h2));
+        let send = |method: &'static str, path: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("https://myapp.example.com{path}"))
+                .header("host", "myapp.example.com")
+                .body(Full::default())
+                .unwrap();
+            (method, path, req)
+        };
+        let requests = [
+            (send("GET", "/api/orders?id=7"), StatusCode::OK),
+            (send("DELETE", "/api"), StatusCode::OK),
+            (send("GET", "/health"), StatusCode::OK),
+            (send("GET", "/admin/users"), StatusCode::OK),
+            (send("POST", "/admin/users"), StatusCode::FORBIDDEN),
+            (send("GET", "/healthz"), StatusCode::FORBIDDEN),
+            (send("GET", "/"), StatusCode::FORBIDDEN),
+        ];
+        if h2 {
+            let (mut client, _task) = conn.h2().await;
+            for ((method, path, req), want) in requests {
+                let response = send2(&mut client, req).await;
+                assert_eq!(response.status(), want, "h2 {method} {path}");
+                if want == StatusCode::FORBIDDEN {
+                    assert_eq!(text(response).await, "not allowed\n");
+                }
+            }
+        } else {
+            let (mut client, _task) = conn.h1().await;
+            for ((method, path, req), want) in requests {
+                let response = send1(&mut client, req).await;
+                assert_eq!(response.status(), want, "h1 {method} {path}");
+                if want == StatusCode::OK {
+                    assert_eq!(app_saw(response).await["target"], path.to_owned());
+                } else {
+                    assert_eq!(text(response).await, "not allowed\n");
+                }
+            }
+        }
+    }
+    assert_eq!(app.requests.load(Relaxed), 8);
+    let m = &sidecar.metrics;
+    assert_eq!(
+        [
+            m.request_denials(Some(0)),
+            m.request_denials(Some(1)),
+            m.request_denials(None)
+        ],
+        [2, 0, 4]
+    );
+    let denials: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains("denied="))
+        .collect();
+    assert_eq!(denials.len(), 6, "{denials:?}");
+    assert!(
+        denials
+            .iter()
+            .any(|l| l.contains("rules[0] (POST,PUT,DELETE /admin/* -> ")),
+        "{denials:?}"
+    );
+    assert!(
+        denials
+            .iter()
+            .any(|l| l.contains("no rule matches GET /healthz")),
+        "{denials:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_without_a_certificate_matches_no_rule_not_even_cf_any() {
+    let app = App::start().await;
+    let sidecar = ruled(&app, request_rules(&[(&[], &["/*"], &["cf:any"])]));
+    let mut conn = sidecar.connect(caller(false));
+    let (mut client, _task) = conn.h1().await;
+    let response = send1(&mut client, get("/").body(Full::default()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(sidecar.metrics.request_denials(Some(0)), 1);
+    assert_eq!(app.requests.load(Relaxed), 0);
+}
+
+/// The shapes behind Envoy's and Istio's path-normalisation CVEs: each spells `/admin/...`
+/// so that a naive prefix match on the raw path sees another path.
+const ADMIN_SPELLINGS: [&str; 12] = [
+    "/public/../admin/users",
+    "/public/%2e%2e/admin/users",
+    "/public/%2E%2e/admin/users",
+    "/public/.%2e/admin/users",
+    "/public/..;/admin/users",
+    "/public/..;x=y/admin/users",
+    "//admin/users",
+    "/./admin/users",
+    "/%61dmin/users",
+    "/admin;jsessionid=1/users",
+    "/public/../../admin/users",
+    "/public//..//admin/users",
+];
+
+#[tokio::test]
+async fn every_spelling_of_a_protected_path_meets_its_rule_and_the_app_gets_the_normal_form() {
+    let app = App::start().await;
+    let me = format!("cf:app:{APP}");
+    let sidecar = ruled(
+        &app,
+        request_rules(&[(&[], &["/admin/*"], &[]), (&[], &["/*"], &[me.as_str()])]),
+    );
+    let cert = client_cert();
+    for spelling in ADMIN_SPELLINGS {
+        for h2 in [false, true] {
+            let mut conn = sidecar.connect(caller_with(&cert, h2));
+            let uri = format!("https://myapp.example.com{spelling}");
+            let req = Request::get(uri.as_str()).header("host", "myapp.example.com");
+            let response = if h2 {
+                let (mut client, _task) = conn.h2().await;
+                send2(&mut client, req.body(Full::default()).unwrap()).await
+            } else {
+                let (mut client, _task) = conn.h1().await;
+                send1(&mut client, req.body(Full::default()).unwrap()).await
+            };
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{spelling} h2 {h2}"
+            );
+        }
+    }
+    // Spellings servers disagree on are refused outright (raw HTTP/1: a client library
+    // would refuse to send some of them).
+    for spelling in [
+        "/public/..%2fadmin/users",
+        "/public/..%2Fadmin/users",
+        "/admin%2fusers",
+        "/public/..%5cadmin/users",
+        "/public/..\\admin/users",
+        "/admin%00/users",
+    ] {
+        let mut conn = sidecar.connect(caller_with(&cert, false));
+        let head = format!("GET {spelling} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(&mut conn, head.into_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{spelling}: {answer}");
+    }
+    assert_eq!(app.requests.load(Relaxed), 0, "nothing may reach the app");
+    assert_eq!(sidecar.metrics.request_denials(Some(0)), 24);
+
+    // What is let through reaches the app in the form the rules matched; the query as sent.
+    let mut conn = sidecar.connect(caller_with(&cert, false));
+    let (mut client, _task) = conn.h1().await;
+    for (sent, forwarded) in [
+        (
+            "/public/./docs//a;v=1/../b?q=%2e%2e/x",
+            "/public/docs/b?q=%2e%2e/x",
+        ),
+        ("/%7Euser/%41%2D", "/~user/A-"),
+        ("/a%20b/", "/a%20b/"),
+    ] {
+        let echo =
+            app_saw(send1(&mut client, get(sent).body(Full::default()).unwrap()).await).await;
+        assert_eq!(echo["target"], forwarded, "{sent}");
+    }
+}
+
+#[tokio::test]
+async fn without_request_rules_the_path_reaches_the_app_as_sent() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    let (mut client, _task) = conn.h1().await;
+    let sent = "/public/..;/admin//x%2fy";
+    let echo = app_saw(send1(&mut client, get(sent).body(Full::default()).unwrap()).await).await;
+    assert_eq!(echo["target"], sent);
 }

@@ -205,7 +205,8 @@ pub(crate) struct RequestLog {
     /// 0 until a response exists (a request dropped before that was cancelled).
     pub(crate) status: u16,
     bytes: u64,
-    pub(crate) denied: bool,
+    /// Why the request was refused (`403`), for the log line.
+    pub(crate) denied: Option<Box<str>>,
     warn: bool,
     error: Option<Cow<'static, str>>,
 }
@@ -220,7 +221,7 @@ impl RequestLog {
             started: Instant::now(),
             status: 0,
             bytes: 0,
-            denied: false,
+            denied: None,
             warn: false,
             error: None,
         }
@@ -259,12 +260,8 @@ impl Drop for RequestLog {
             (None, 0) => Some("the request ended before a response (client gone or drain)"),
             (None, _) => None,
         };
-        let denied = if self.denied {
-            conn.denial.as_ref().map(|d| d.reason.as_ref())
-        } else {
-            None
-        };
-        if self.warn || self.denied {
+        let denied = self.denied.as_deref();
+        if self.warn || denied.is_some() {
             warn!(
                 listener, peer = %peer, proto, method, path, status, duration_ms, bytes, caller,
                 denied, error, "request"

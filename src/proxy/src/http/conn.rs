@@ -5,6 +5,7 @@ use super::framing::Framing;
 use super::observed::Observer;
 use super::splice::Tunnel;
 use super::{Caller, Shared, later};
+use crate::identity::CfIdentity;
 use crate::logging::millis;
 use crate::xfcc;
 use bytes::Bytes;
@@ -33,6 +34,8 @@ pub(crate) struct Conn {
     pub(crate) xfcc: Option<HeaderValue>,
     /// The peer's IP for `X-Forwarded-For`.
     pub(crate) peer_ip: HeaderValue,
+    /// The caller's CF identity, for request rules.
+    pub(crate) identity: Option<CfIdentity>,
     /// The caller's CF identity, for log lines.
     pub(crate) caller: Option<Box<str>>,
     pub(crate) denial: Option<Denied>,
@@ -90,6 +93,7 @@ impl Conn {
             h2: caller.h2,
             xfcc,
             peer_ip,
+            identity: caller.identity.clone(),
             caller: caller.identity.as_ref().map(|id| id.to_string().into()),
             denial,
             close_all,

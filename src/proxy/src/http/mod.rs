@@ -31,7 +31,7 @@ mod request;
 mod splice;
 mod trailers;
 
-use crate::identity::{CfIdentity, Denial};
+use crate::identity::{CfIdentity, Denial, RequestPolicy};
 use crate::logging::millis;
 use crate::metrics::ListenerMetrics;
 use conn::{Conn, Counter};
@@ -90,6 +90,8 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     /// What the app learns about the caller in headers.
     pub forwarding: Forwarding,
+    /// Request rules; with any, paths are normalised before matching and forwarding.
+    pub rules: RequestPolicy,
 }
 
 /// Which headers about the caller the app gets. Identity headers the client sent

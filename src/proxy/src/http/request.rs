@@ -1,7 +1,7 @@
 //! One request: refuse it, or forward it to the app and relay the answer.
 
 use super::body::{Payload, RequestLog, ResponseBody};
-use super::conn::Conn;
+use super::conn::{Conn, DENIED_BODY};
 use super::trailers::RequestBody;
 use super::{error_chain, headers, splice, turned_true};
 use crate::logging::millis;
@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use tls_sidecar_config::normalize_path;
 
 /// Answers one request; never fails (problems become `4xx`/`5xx` answers and log lines).
 pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -44,7 +45,7 @@ async fn respond(
 ) -> Response<Payload> {
     if let Some(denied) = &conn.denial {
         conn.shared.metrics.denials.fetch_add(1, Relaxed);
-        log.denied = true;
+        log.denied = Some(denied.reason.clone());
         return local(StatusCode::FORBIDDEN, denied.body.clone());
     }
     if !conn.h2 && conn.is_ambiguous(index) {
@@ -66,6 +67,11 @@ async fn respond(
         );
     }
 
+    let normal_path = match authorize(conn, &req, log) {
+        Ok(path) => path,
+        Err((status, body)) => return local(status, body),
+    };
+
     let upgrade =
         !conn.h2 && req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -77,7 +83,7 @@ async fn respond(
             format!("tls-sidecar: {conflict}\n"),
         );
     }
-    let Some(uri) = app_uri(conn, &parts.uri) else {
+    let Some(uri) = app_uri(conn, &parts.uri, normal_path) else {
         log.fail("the request target cannot be forwarded");
         return local(
             StatusCode::BAD_REQUEST,
@@ -141,13 +147,45 @@ async fn respond(
     Response::from_parts(parts, payload)
 }
 
-/// `http://<upstream><path?query>` for the request target `uri`.
-fn app_uri(conn: &Conn, uri: &Uri) -> Option<Uri> {
-    let path = match uri.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-        None => PathAndQuery::from_static("/"),
+/// Applies the listener's request rules: the normalised path to forward (`None` without
+/// rules), or the status and body of the answer to a refused request. The app gets the path the rules matched, so a
+/// spelling that means another path to the app cannot slip past them.
+fn authorize(
+    conn: &Conn,
+    req: &Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Option<String>, (StatusCode, Bytes)> {
+    let rules = &conn.shared.settings.rules;
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let path = normalize_path(req.uri().path()).map_err(|e| {
+        log.fail(format!("the path has no normal form: {e}"));
+        let body = Bytes::from(format!("tls-sidecar: {e}\n"));
+        (StatusCode::BAD_REQUEST, body)
+    })?;
+    rules
+        .check(req.method().as_str(), &path, conn.identity.as_ref())
+        .map_err(|denial| {
+            conn.shared.metrics.request_denied(denial.rule);
+            log.denied = Some(denial.reason.0.into());
+            (StatusCode::FORBIDDEN, Bytes::from_static(DENIED_BODY))
+        })?;
+    Ok(Some(path))
+}
+
+/// `http://<upstream><path?query>` for the request target `uri`, with `normal_path` (the
+/// request rules' normal form) in place of its path when there is one.
+fn app_uri(conn: &Conn, uri: &Uri, normal_path: Option<String>) -> Option<Uri> {
+    let path = match (normal_path, uri.path_and_query()) {
+        (Some(path), pq) => match pq.and_then(PathAndQuery::query) {
+            Some(query) => PathAndQuery::try_from(format!("{path}?{query}")).ok()?,
+            None => PathAndQuery::try_from(path).ok()?,
+        },
+        (None, Some(pq)) if pq.as_str().starts_with('/') => pq.clone(),
+        (None, None) => PathAndQuery::from_static("/"),
         // `OPTIONS *` and other non-origin targets.
-        Some(_) => return None,
+        (None, Some(_)) => return None,
     };
     let mut parts = Parts::default();
     parts.scheme = Some(Scheme::HTTP);
