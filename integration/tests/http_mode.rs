@@ -335,3 +335,86 @@ fn when_the_app_is_down_an_http_listener_answers_502_with_a_one_line_reason() {
         );
     }
 }
+
+#[test]
+#[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
+fn request_rules_admit_each_caller_to_its_paths_and_every_spelling_of_a_refused_one_stays_refused()
+{
+    let app = AppInfo::new("backend");
+    let ca = CellCa::shared().unwrap();
+    let me = app.instance_identity();
+    let frontend = Caller::issued("frontend", &ca, &me.app_in_other_org()).unwrap();
+    let neighbour = Caller::issued("a neighbour", &ca, &me.another_app_same_space()).unwrap();
+    let frontend_guid = &frontend.identity.as_ref().unwrap().app_guid;
+    let staging = stage_with_config(
+        &app,
+        &format!(
+            "listeners:\n  - port: 8443\n    mode: http\n    rules:\n\
+             \x20     - {{paths: [/admin/*], allow: []}}\n\
+             \x20     - {{paths: [/headers], methods: [GET], allow: [cf:app:{frontend_guid}]}}\n\
+             \x20     - {{paths: [/], allow: [cf:same-space]}}\n"
+        ),
+    );
+    assert!(
+        staging.output.contains("rules[1]: GET /headers -> cf:app:"),
+        "{}",
+        staging.output
+    );
+    let instance = launch_ready(&staging, &LaunchOptions::default(), &[TLS_PORT]);
+    // curl answers with the status code only; --path-as-is sends dot segments unresolved.
+    let status = |caller: &Caller, path: &str, proto: &[&str]| -> String {
+        let mut extra = vec!["--path-as-is", "-o", "/dev/null", "-w", "%{http_code}"];
+        extra.extend_from_slice(proto);
+        let out = curl_on(&instance, TLS_PORT, path, caller.cert.as_ref(), &extra).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for proto in [HTTP1, HTTP2] {
+        assert_eq!(status(&frontend, "/headers", proto), "200", "{proto:?}");
+        assert_eq!(status(&neighbour, "/headers", proto), "403", "{proto:?}");
+        assert_eq!(status(&neighbour, "/", proto), "200", "{proto:?}");
+        assert_eq!(status(&frontend, "/", proto), "403", "{proto:?}");
+        assert_eq!(status(&neighbour, "/other", proto), "403", "{proto:?}");
+        // The app (Python's http.server) routes only "/headers": it answers 200 below only
+        // because the sidecar sent it the normal form of the path it authorized.
+        assert_eq!(
+            status(&frontend, "/x/../headers", proto),
+            "200",
+            "{proto:?}"
+        );
+        assert_eq!(
+            status(&frontend, "//headers;v=1", proto),
+            "200",
+            "{proto:?}"
+        );
+        for spelling in [
+            "/public/../admin/x",
+            "/public/%2e%2e/admin/x",
+            "/public/..;/admin/x",
+            "//admin/x",
+            "/%61dmin/x",
+        ] {
+            assert_eq!(
+                status(&neighbour, spelling, proto),
+                "403",
+                "{spelling} {proto:?}"
+            );
+        }
+        assert_eq!(
+            status(&neighbour, "/public/..%2fadmin/x", proto),
+            "400",
+            "{proto:?}"
+        );
+    }
+    let metrics = instance
+        .exec(&["curl", "-sS", "http://127.0.0.1:8444/metrics"])
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for series in [
+        "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"0\"} 10",
+        "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"1\"} 2",
+        "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"2\"} 2",
+        "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"none\"} 2",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+    }
+}

@@ -229,9 +229,8 @@ fn install<W: Write>(
         }));
     }
     // The sidecar must be executable whatever mode the tarball recorded.
-    fs::set_permissions(&binary, Permissions::from_mode(0o755)).map_err(|source| {
-        failed(FileError::writing(&binary)(source).into())
-    })?;
+    fs::set_permissions(&binary, Permissions::from_mode(0o755))
+        .map_err(|source| failed(FileError::writing(&binary)(source).into()))?;
     // Installed: what the cache holds for other versions is of no more use.
     fetch::prune_cache(&args.cache_dir, tarball.path(), out);
     Ok(())
@@ -278,6 +277,9 @@ fn summary<W: Write>(
             line.push_str(", allow: any verified caller");
         }
         out.info(line);
+        for (j, rule) in l.rules.iter().enumerate() {
+            out.info(format_args!("  rules[{j}]: {}", rule.describe()));
+        }
     }
     for e in &staged.egress {
         let expect: Vec<String> = e.expect.iter().map(ToString::to_string).collect();

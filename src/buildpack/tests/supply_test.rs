@@ -327,6 +327,57 @@ fn an_empty_process_type_list_installs_the_sidecar_but_leaves_the_declaration_to
 }
 
 #[test]
+fn request_rules_are_listed_in_the_summary_and_one_hidden_by_a_catch_all_warns() {
+    let stage = Stage::cached(&good_tgz());
+    stage.app_file(
+        "tls-sidecar.yml",
+        "listeners:\n  - mode: http\n    rules:\n      - {paths: [/health], methods: [GET], allow: [cf:any]}\n      - {allow: [cf:same-space]}\n      - {paths: [/admin/*], allow: []}\n",
+    );
+
+    let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
+
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    for expected in [
+        "       **WARNING** tls-sidecar.yml: listeners[0].rules[2] can never match: listeners[0].rules[1] before it matches every request",
+        "       Listener 8443: TLS → 127.0.0.1:$PORT, mode http, client certificates: required, allow: any verified caller",
+        "         rules[0]: GET /health -> cf:any",
+        "         rules[1]: any method any path -> cf:same-space",
+        "         rules[2]: any method /admin/* -> nobody",
+    ] {
+        assert!(
+            lines.contains(&expected.to_owned()),
+            "missing {expected:?} in {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_request_rule_on_a_tcp_listener_fails_staging_and_installs_nothing() {
+    let stage = Stage::cached(&good_tgz());
+    stage.idx("0");
+    stage.app_file(
+        "tls-sidecar.yml",
+        "listeners:\n  - rules: [{paths: [/admin/*], allow: [cf:same-space]}]\n",
+    );
+    let before = stage.tree();
+
+    let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
+
+    assert_eq!(run.code, 12);
+    assert_eq!(
+        run.lines(),
+        [
+            "-----> TLS Sidecar Buildpack version 1.2.3",
+            "       **ERROR** tls-sidecar.yml: listeners[0].rules: needs mode: http (a tcp-mode listener sees no requests; use allow for the whole connection)",
+            "       Nothing was installed.",
+            "       Fix: edit tls-sidecar.yml in your app's root directory, then cf push myapp",
+        ]
+    );
+    assert_eq!(stage.tree(), before);
+}
+
+#[test]
 fn an_invalid_mode_in_tls_sidecar_yml_fails_naming_the_field_value_and_line_and_column() {
     let stage = Stage::cached(&good_tgz());
     stage.idx("0");

@@ -310,11 +310,26 @@ fn listeners(
                 }
             };
             let _ = writeln!(out, "      allow: {who}");
-            continue;
+        } else {
+            let described: Vec<String> = l.allow.iter().map(|s| describe_rule(s, config)).collect();
+            let _ = writeln!(out, "      allow: {}", described.join(", "));
+            rule_problems(problems, rules, &format!("listeners[{i}].allow"), app);
         }
-        let described: Vec<String> = l.allow.iter().map(|s| describe_rule(s, config)).collect();
-        let _ = writeln!(out, "      allow: {}", described.join(", "));
-        rule_problems(problems, rules, &format!("listeners[{i}].allow"), app);
+        if !l.rules.is_empty() {
+            let _ = writeln!(
+                out,
+                "      rules (first match decides; a request none matches gets 403):"
+            );
+        }
+        for (j, rule) in l.rules.iter().enumerate() {
+            let _ = writeln!(out, "        [{j}] {}", rule.describe());
+            rule_problems(
+                problems,
+                rules,
+                &format!("listeners[{i}].rules[{j}].allow"),
+                app,
+            );
+        }
     }
 }
 

@@ -566,6 +566,35 @@ mod tests {
     }
 
     #[test]
+    fn request_denials_are_counted_per_rule_and_for_requests_no_rule_matched() {
+        let m = Metrics::with_request_rules([(8443, 2), (9443, 0)]);
+        let l = m.listener(8443).unwrap();
+        l.request_denied(Some(1));
+        l.request_denied(None);
+        l.request_denied(None);
+        m.listener(9443).unwrap().request_denied(None);
+        let text = m.render();
+        assert_values(
+            &text,
+            &[
+                (
+                    "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"0\"}",
+                    "0",
+                ),
+                (
+                    "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"1\"}",
+                    "1",
+                ),
+                (
+                    "tls_sidecar_request_denials_total{listener=\"8443\",rule=\"none\"}",
+                    "2",
+                ),
+            ],
+        );
+        assert!(!text.contains("tls_sidecar_request_denials_total{listener=\"9443\""));
+    }
+
+    #[test]
     fn egress_series_are_labelled_by_name_and_failures_by_reason() {
         let m = Metrics::new([8443]).with_egress(["backend", "db"]);
         let e = m.egress("db").unwrap();

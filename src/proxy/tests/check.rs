@@ -351,3 +351,51 @@ fn check_reports_an_xfcc_listener_beside_an_unfronted_route_port_as_a_problem() 
         "{out}"
     );
 }
+
+#[test]
+fn check_lists_each_request_rule_in_order_and_names_the_one_that_cannot_resolve() {
+    let pki = Pki::shared();
+    let leaf = pki.ec_leaf();
+    let creds = Creds::with(&leaf);
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-sidecar.yml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - port: 9444\n    mode: http\n    rules:\n      - {paths: [/admin/*], methods: [POST], allow: []}\n      - {paths: [/api/*, /health], allow: [cf:same-org]}\n",
+    )
+    .unwrap();
+    let env = |vcap: String| {
+        vec![
+            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+            (
+                "CF_SYSTEM_CERT_PATH",
+                trust.dir.path().display().to_string(),
+            ),
+            ("VCAP_APPLICATION", vcap),
+            ("PORT", "8081".to_owned()),
+            ("TLS_SIDECAR_ROUTE_PORT", "8080".to_owned()),
+        ]
+    };
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&config),
+        &env(vcap_application(&leaf.identity)),
+    );
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        "client_auth=required  xfcc=envoy",
+        "rules (first match decides; a request none matches gets 403):\n        [0] POST /admin/* -> nobody\n        [1] any method /api/*,/health -> cf:same-org\n",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // Without organization_id, cf:same-org cannot be resolved: the start would refuse it.
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&config),
+        &env(r#"{"application_name":"shop"}"#.to_owned()),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("listeners[0].rules[1].allow"), "{out}");
+}
