@@ -5,7 +5,7 @@
 #
 #   --seconds N   how long each target runs (default 60)
 #   TARGET        config_file, config_env, selector, archive, manifest, xfcc, xfcc_grammar,
-#                 http_head, proxy_v2 (default: all of them)
+#                 http_head, proxy_v2, request_path (default: all of them)
 #
 # Prints, per target, the executions and exec/s from libFuzzer's final stats, the crashes found
 # and the corpus size, then a closing "fuzz: N passed, N failed" line. Exits non-zero if any
@@ -27,7 +27,7 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-readonly ALL_TARGETS=(config_file config_env selector archive manifest xfcc xfcc_grammar http_head proxy_v2)
+readonly ALL_TARGETS=(config_file config_env selector archive manifest xfcc xfcc_grammar http_head proxy_v2 request_path)
 
 die() {
   echo "       **ERROR** $*" >&2

@@ -352,14 +352,12 @@ fn request_rules_are_listed_in_the_summary_and_one_hidden_by_a_catch_all_warns()
     }
 }
 
-#[test]
-fn a_request_rule_on_a_tcp_listener_fails_staging_and_installs_nothing() {
+/// Supply with `config` as the app's tls-sidecar.yml fails with exit 12 and `error` as its
+/// one **ERROR** line, and changes nothing.
+fn refused_config(config: &str, error: &str) {
     let stage = Stage::cached(&good_tgz());
     stage.idx("0");
-    stage.app_file(
-        "tls-sidecar.yml",
-        "listeners:\n  - rules: [{paths: [/admin/*], allow: [cf:same-space]}]\n",
-    );
+    stage.app_file("tls-sidecar.yml", config);
     let before = stage.tree();
 
     let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
@@ -369,7 +367,7 @@ fn a_request_rule_on_a_tcp_listener_fails_staging_and_installs_nothing() {
         run.lines(),
         [
             "-----> TLS Sidecar Buildpack version 1.2.3",
-            "       **ERROR** tls-sidecar.yml: listeners[0].rules: needs mode: http (a tcp-mode listener sees no requests; use allow for the whole connection)",
+            &format!("       **ERROR** {error}"),
             "       Nothing was installed.",
             "       Fix: edit tls-sidecar.yml in your app's root directory, then cf push myapp",
         ]
@@ -378,28 +376,19 @@ fn a_request_rule_on_a_tcp_listener_fails_staging_and_installs_nothing() {
 }
 
 #[test]
+fn a_request_rule_on_a_tcp_listener_fails_staging_and_installs_nothing() {
+    refused_config(
+        "listeners:\n  - rules: [{paths: [/admin/*], allow: [cf:same-space]}]\n",
+        "tls-sidecar.yml: listeners[0].rules: needs mode: http (a tcp-mode listener sees no requests; use allow for the whole connection)",
+    );
+}
+
+#[test]
 fn an_invalid_mode_in_tls_sidecar_yml_fails_naming_the_field_value_and_line_and_column() {
-    let stage = Stage::cached(&good_tgz());
-    stage.idx("0");
-    stage.app_file(
-        "tls-sidecar.yml",
+    refused_config(
         "listeners:\n  - port: 8443\n    mode: tcpp\n",
+        "tls-sidecar.yml line 3 column 11: listeners[0].mode: \"tcpp\" is not allowed (expected one of: tcp, http)",
     );
-    let before = stage.tree();
-
-    let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
-
-    assert_eq!(run.code, 12);
-    assert_eq!(
-        run.lines(),
-        [
-            "-----> TLS Sidecar Buildpack version 1.2.3",
-            "       **ERROR** tls-sidecar.yml line 3 column 11: listeners[0].mode: \"tcpp\" is not allowed (expected one of: tcp, http)",
-            "       Nothing was installed.",
-            "       Fix: edit tls-sidecar.yml in your app's root directory, then cf push myapp",
-        ]
-    );
-    assert_eq!(stage.tree(), before);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-sidecar");
@@ -39,36 +39,58 @@ fn vcap_application(me: &Identity) -> String {
     )
 }
 
-#[test]
-fn check_on_a_good_setup_exits_0_and_reports_identity_sans_expiry_listeners_and_trust() {
-    let pki = Pki::shared();
-    let leaf = pki.ec_leaf();
-    let creds = Creds::with(&leaf);
-    let trust = TrustDir::with(&[&pki.root_pem]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tls-sidecar.yml");
-    std::fs::write(
-        &config,
-        "listeners:\n  - port: 9443\n    allow: [cf:same-space]\n    proxy_protocol: true\n  - port: 9444\n    mode: http\n    client_auth: optional\n",
-    )
-    .unwrap();
-    let me = &leaf.identity;
-    let (code, out) = check(
-        Path::new(BIN),
-        Some(&config),
-        &[
-            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
-            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
+/// An instance with a Diego-shaped leaf, the shared root in its trust directory and `yaml` as
+/// its tls-sidecar.yml, whose http listener sets XFCC: the app's profile script moved the app
+/// to 8081 and the sidecar fronts $PORT (8080).
+struct Fronted {
+    leaf: Leaf,
+    creds: Creds,
+    trust: TrustDir,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fronted {
+    fn new(yaml: &str) -> Fronted {
+        let pki = Pki::shared();
+        let leaf = pki.ec_leaf();
+        let creds = Creds::with(&leaf);
+        let trust = TrustDir::with(&[&pki.root_pem]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tls-sidecar.yml");
+        std::fs::write(&config, yaml).unwrap();
+        Fronted {
+            leaf,
+            creds,
+            trust,
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn env(&self, vcap: String) -> Vec<(&'static str, String)> {
+        vec![
+            ("CF_INSTANCE_CERT", self.creds.cert().display().to_string()),
+            ("CF_INSTANCE_KEY", self.creds.key().display().to_string()),
             (
                 "CF_SYSTEM_CERT_PATH",
-                trust.dir.path().display().to_string(),
+                self.trust.dir.path().display().to_string(),
             ),
-            ("VCAP_APPLICATION", vcap_application(me)),
-            // The http listener sets XFCC, so the app's profile script moved it off $PORT.
+            ("VCAP_APPLICATION", vcap),
             ("PORT", "8081".to_owned()),
             ("TLS_SIDECAR_ROUTE_PORT", "8080".to_owned()),
-        ],
+        ]
+    }
+}
+
+#[test]
+fn check_on_a_good_setup_exits_0_and_reports_identity_sans_expiry_listeners_and_trust() {
+    let f = Fronted::new(
+        "listeners:\n  - port: 9443\n    allow: [cf:same-space]\n    proxy_protocol: true\n  - port: 9444\n    mode: http\n    client_auth: optional\n",
     );
+    let (leaf, creds, trust, config) = (&f.leaf, &f.creds, &f.trust, &f.config);
+    let me = &leaf.identity;
+    let (code, out) = check(Path::new(BIN), Some(config), &f.env(vcap_application(me)));
     println!("{out}");
     assert_eq!(code, 0, "{out}");
     for expected in [
@@ -354,34 +376,13 @@ fn check_reports_an_xfcc_listener_beside_an_unfronted_route_port_as_a_problem() 
 
 #[test]
 fn check_lists_each_request_rule_in_order_and_names_the_one_that_cannot_resolve() {
-    let pki = Pki::shared();
-    let leaf = pki.ec_leaf();
-    let creds = Creds::with(&leaf);
-    let trust = TrustDir::with(&[&pki.root_pem]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tls-sidecar.yml");
-    std::fs::write(
-        &config,
+    let f = Fronted::new(
         "listeners:\n  - port: 9444\n    mode: http\n    rules:\n      - {paths: [/admin/*], methods: [POST], allow: []}\n      - {paths: [/api/*, /health], allow: [cf:same-org]}\n",
-    )
-    .unwrap();
-    let env = |vcap: String| {
-        vec![
-            ("CF_INSTANCE_CERT", creds.cert().display().to_string()),
-            ("CF_INSTANCE_KEY", creds.key().display().to_string()),
-            (
-                "CF_SYSTEM_CERT_PATH",
-                trust.dir.path().display().to_string(),
-            ),
-            ("VCAP_APPLICATION", vcap),
-            ("PORT", "8081".to_owned()),
-            ("TLS_SIDECAR_ROUTE_PORT", "8080".to_owned()),
-        ]
-    };
+    );
     let (code, out) = check(
         Path::new(BIN),
-        Some(&config),
-        &env(vcap_application(&leaf.identity)),
+        Some(&f.config),
+        &f.env(vcap_application(&f.leaf.identity)),
     );
     assert_eq!(code, 0, "{out}");
     for expected in [
@@ -393,8 +394,8 @@ fn check_lists_each_request_rule_in_order_and_names_the_one_that_cannot_resolve(
     // Without organization_id, cf:same-org cannot be resolved: the start would refuse it.
     let (code, out) = check(
         Path::new(BIN),
-        Some(&config),
-        &env(r#"{"application_name":"shop"}"#.to_owned()),
+        Some(&f.config),
+        &f.env(r#"{"application_name":"shop"}"#.to_owned()),
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("listeners[0].rules[1].allow"), "{out}");
