@@ -76,7 +76,7 @@ fn a_misspelt_top_level_key_fails_with_a_did_you_mean() {
 fn a_misspelt_nested_key_fails_with_its_path_and_a_did_you_mean() {
     assert_config_refused(
         b"listeners:\n  - port: 8443\n    client_aut: required\n",
-        "tls-sidecar.yml line 3 column 5: listeners[0]: unknown field `client_aut`, expected one of `port`, `upstream`, `mode`, `client_auth`, `allow`, `xfcc`, `proxy_protocol`; did you mean `client_auth`?",
+        "tls-sidecar.yml line 3 column 5: listeners[0]: unknown field `client_aut`, expected one of `port`, `upstream`, `mode`, `client_auth`, `allow`, `xfcc`, `proxy_protocol`, `rules`; did you mean `client_auth`?",
         EDIT_FIX,
     );
 }

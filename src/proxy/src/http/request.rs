@@ -148,8 +148,8 @@ async fn respond(
 }
 
 /// Applies the listener's request rules: the normalised path to forward (`None` without
-/// rules), or the status and body of the answer to a refused request. The app gets the path the rules matched, so a
-/// spelling that means another path to the app cannot slip past them.
+/// rules), or the status and body of the answer to a refused request. The app gets the path
+/// the rules matched, so a spelling that means another path to the app cannot slip past them.
 fn authorize(
     conn: &Conn,
     req: &Request<Incoming>,
