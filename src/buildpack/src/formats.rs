@@ -8,7 +8,7 @@
 use crate::context::RUNTIME_DEPS_DIR;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tls_sidecar_config::StagedConfig;
+use tls_sidecar_config::{EgressProxy, StagedConfig};
 
 /// The sidecar's name (launch.yml `type`). Distinctive, because a Procfile entry with the same
 /// name would replace the sidecar (the builder merges processes by type).
@@ -154,6 +154,15 @@ pub fn profile_script(staged: &StagedConfig) -> String {
             shell_word(&e.listen.to_string())
         ));
     }
+    if let Some(proxy) = &staged.egress_proxy {
+        // Its own name, never HTTP_PROXY: that would send the app's internet traffic to a
+        // proxy that refuses every host it does not list.
+        exports.push_str(&format!(
+            "export {}={}\n",
+            EgressProxy::ENV_VAR,
+            shell_word(&proxy.url())
+        ));
+    }
     if staged.admin.enabled {
         exports.push_str(&format!(
             "export TLS_SIDECAR_ADMIN={}\n",
@@ -271,9 +280,9 @@ mod tests {
     }
 
     #[test]
-    fn the_profile_script_exports_the_port_egress_and_admin_addresses() {
+    fn the_profile_script_exports_the_port_egress_proxy_and_admin_addresses() {
         let s = staged(
-            "egress:\n  - name: my-backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\n",
+            "egress:\n  - name: my-backend\n    listen: 127.0.0.1:9001\n    target: b.apps.internal:8443\n    expect: [cf:any]\negress_proxy:\n  targets: [{hosts: [\"*.apps.internal\"], expect: [cf:same-space]}]\n",
         );
         assert_eq!(
             profile_script(&s),
@@ -282,6 +291,7 @@ mod tests {
 if [[ "${VCAP_APPLICATION:-}" =~ \"process_type\"[[:space:]]*:[[:space:]]*\"(web)\" ]]; then
   export TLS_SIDECAR_TLS_PORT="${TLS_SIDECAR_PORT:-8443}"
   export TLS_SIDECAR_EGRESS_MY_BACKEND=127.0.0.1:9001
+  export TLS_SIDECAR_PROXY=http://127.0.0.1:8446
   export TLS_SIDECAR_ADMIN=127.0.0.1:8444
 fi
 "#

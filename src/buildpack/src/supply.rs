@@ -20,7 +20,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use tls_sidecar_config::{
-    AppConfig, CONFIG_FILE_NAME, ClientAuth, DEFAULT_APP_PORT, Env, StagedConfig, VcapApplication,
+    AppConfig, CONFIG_FILE_NAME, ClientAuth, DEFAULT_APP_PORT, EgressProxy, Env, StagedConfig,
+    VcapApplication,
 };
 
 /// The app's configuration after validation, with where it came from (for the narrative).
@@ -291,6 +292,29 @@ fn summary<W: Write>(
             expect.join(", "),
             e.env_var()
         ));
+    }
+    if let Some(proxy) = &staged.egress_proxy {
+        out.info(format_args!(
+            "Egress proxy on {} (the app finds it in ${} as {})",
+            proxy.listen,
+            EgressProxy::ENV_VAR,
+            proxy.url()
+        ));
+        for (i, t) in proxy.targets.iter().enumerate() {
+            let hosts: Vec<String> = t.hosts.iter().map(ToString::to_string).collect();
+            let ports: Vec<String> = t.ports.iter().map(ToString::to_string).collect();
+            let expect: Vec<String> = t.expect.iter().map(ToString::to_string).collect();
+            out.info(format_args!(
+                "  targets[{i}]: {} on {}, expecting {}",
+                hosts.join(", "),
+                if ports.is_empty() {
+                    "any port".to_owned()
+                } else {
+                    format!("port {}", ports.join(", "))
+                },
+                expect.join(", ")
+            ));
+        }
     }
     if staged.sidecar.declared_by_buildpack() {
         out.info(format_args!(

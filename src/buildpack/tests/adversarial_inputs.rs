@@ -67,7 +67,7 @@ fn a_tab_in_the_indentation_fails_with_its_line_and_column() {
 fn a_misspelt_top_level_key_fails_with_a_did_you_mean() {
     assert_config_refused(
         b"listners:\n  - port: 8443\n",
-        "tls-sidecar.yml line 1 column 1: unknown field `listners`, expected one of `listeners`, `egress`, `certificate`, `trust`, `admin`, `limits`, `sidecar`, `log`, `route`; did you mean `listeners`?",
+        "tls-sidecar.yml line 1 column 1: unknown field `listners`, expected one of `listeners`, `egress`, `egress_proxy`, `certificate`, `trust`, `admin`, `limits`, `sidecar`, `log`, `route`; did you mean `listeners`?",
         EDIT_FIX,
     );
 }

@@ -352,6 +352,47 @@ fn request_rules_are_listed_in_the_summary_and_one_hidden_by_a_catch_all_warns()
     }
 }
 
+#[test]
+fn an_egress_proxy_is_summarised_and_its_url_exported_to_the_app_never_as_http_proxy() {
+    let stage = Stage::cached(&good_tgz());
+    let dep = stage.idx("0");
+    stage.app_file(
+        "tls-sidecar.yml",
+        "egress_proxy:\n  targets: [{hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:same-space]}]\n",
+    );
+
+    let run = stage.supply("0", &refs(&env_for("cflinuxfs4")));
+
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    for expected in [
+        "       Egress proxy on 127.0.0.1:8446 (the app finds it in $TLS_SIDECAR_PROXY as http://127.0.0.1:8446)",
+        "         targets[0]: *.apps.internal on port 8443, expecting cf:same-space",
+    ] {
+        assert!(
+            lines.contains(&expected.to_owned()),
+            "missing {expected:?} in {lines:#?}"
+        );
+    }
+    let profile = fs::read_to_string(dep.join("profile.d/tls-sidecar.sh")).unwrap();
+    assert!(
+        profile.contains("  export TLS_SIDECAR_PROXY=http://127.0.0.1:8446\n"),
+        "{profile}"
+    );
+    assert!(
+        !profile.to_ascii_lowercase().contains("http_proxy"),
+        "{profile}"
+    );
+}
+
+#[test]
+fn an_egress_proxy_on_a_non_loopback_address_fails_staging_and_installs_nothing() {
+    refused_config(
+        "egress_proxy:\n  listen: 0.0.0.0:8446\n  targets: [{hosts: [\"*.apps.internal\"], expect: [cf:same-space]}]\n",
+        "tls-sidecar.yml: egress_proxy.listen: \"0.0.0.0:8446\" is not a loopback address: anyone who can reach it would call other apps with this app's identity (use 127.0.0.1:<port>)",
+    );
+}
+
 /// Supply with `config` as the app's tls-sidecar.yml fails with exit 12 and `error` as its
 /// one **ERROR** line, and changes nothing.
 fn refused_config(config: &str, error: &str) {

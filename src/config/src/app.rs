@@ -4,8 +4,8 @@ use crate::Env;
 use crate::error::{ConfigError, Origin, with_suggestion};
 use crate::path::{Method, PathPattern};
 use crate::value::{
-    CertificateSource, ClientAuth, Fronting, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
-    Xfcc,
+    CertificateSource, ClientAuth, Fronting, HostPattern, HostPort, LogFormat, MemoryMb, Millis,
+    Mode, Selector, Xfcc,
 };
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
@@ -28,6 +28,7 @@ specs! {
     pub struct AppConfig {
         pub listeners: Option<Vec<ListenerSpec>>,
         pub egress: Option<Vec<EgressSpec>>,
+        pub egress_proxy: Option<EgressProxySpec>,
         pub certificate: Option<CertificateSpec>,
         pub trust: Option<TrustSpec>,
         pub admin: Option<AdminSpec>,
@@ -72,6 +73,25 @@ specs! {
         pub methods: Option<Vec<Method>>,
         /// Callers this rule lets in (OR'd); `[]` lets none in. Required.
         pub allow: Option<Vec<Selector>>,
+    }
+
+    /// An HTTP proxy on loopback for the app's calls to other apps: absolute-form requests and
+    /// CONNECT tunnels, carried over mTLS with this instance's identity.
+    pub struct EgressProxySpec {
+        /// Loopback only. Default 127.0.0.1:8446.
+        pub listen: Option<HostPort>,
+        /// The first entry whose hosts and ports match a request decides; a request no entry
+        /// matches is refused.
+        pub targets: Option<Vec<ProxyTargetSpec>>,
+    }
+
+    /// Where the egress proxy may go, and which server identity it accepts there.
+    pub struct ProxyTargetSpec {
+        pub hosts: Option<Vec<HostPattern>>,
+        /// Absent: every port.
+        pub ports: Option<Vec<u16>>,
+        /// As in `egress`; `dns:*.<domain>` checks the certificate against the requested host.
+        pub expect: Option<Vec<Selector>>,
     }
 
     /// One egress listener: plaintext on loopback, mTLS to `target`.

@@ -21,18 +21,19 @@ mod value;
 mod vcap;
 
 pub use app::{
-    AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    MAX_CONFIG_BYTES, RouteSpec, RuleSpec, SidecarSpec, TrustSpec,
+    AdminSpec, AppConfig, CertificateSpec, EgressProxySpec, EgressSpec, LimitsSpec, ListenerSpec,
+    LogSpec, MAX_CONFIG_BYTES, ProxyTargetSpec, RouteSpec, RuleSpec, SidecarSpec, TrustSpec,
 };
 pub use error::{ConfigError, Origin};
 pub use path::{Method, PathError, PathPattern, normalize as normalize_path};
 pub use staged::{
-    Admin, Certificate, DEFAULT_APP_PORT, DEFAULT_ROUTE_APP_PORT, Egress, Limits, Listener, Log,
-    RESERVED_PORTS, RequestRule, Route, Sidecar, StagedConfig, Trust, UNFRONTED_XFCC_WARNING,
+    Admin, Certificate, DEFAULT_APP_PORT, DEFAULT_ROUTE_APP_PORT, Egress, EgressProxy, Limits,
+    Listener, Log, ProxyTarget, RESERVED_PORTS, RequestRule, Route, Sidecar, StagedConfig, Trust,
+    UNFRONTED_XFCC_WARNING,
 };
 pub use value::{
-    CertificateSource, ClientAuth, Fronting, Guid, HostPort, LogFormat, MemoryMb, Millis, Mode,
-    Selector, Xfcc,
+    CertificateSource, ClientAuth, Fronting, Guid, HostPattern, HostPort, LogFormat, MemoryMb,
+    Millis, Mode, Selector, Xfcc,
 };
 pub use vcap::VcapApplication;
 

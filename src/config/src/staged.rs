@@ -1,14 +1,14 @@
 //! The validated configuration with every default filled in.
 
 use crate::app::{
-    AdminSpec, AppConfig, CertificateSpec, EgressSpec, LimitsSpec, ListenerSpec, LogSpec,
-    RouteSpec, RuleSpec, SidecarSpec, TrustSpec,
+    AdminSpec, AppConfig, CertificateSpec, EgressProxySpec, EgressSpec, LimitsSpec, ListenerSpec,
+    LogSpec, ProxyTargetSpec, RouteSpec, RuleSpec, SidecarSpec, TrustSpec,
 };
 use crate::error::{ConfigError, Origin};
 use crate::path::{Method, PathPattern};
 use crate::value::{
-    CertificateSource, ClientAuth, Fronting, HostPort, LogFormat, MemoryMb, Millis, Mode, Selector,
-    Xfcc, valid_dns_name,
+    CertificateSource, ClientAuth, Fronting, HostPattern, HostPort, LogFormat, MemoryMb, Millis,
+    Mode, Selector, Xfcc, valid_dns_name,
 };
 
 /// CF's default `$PORT` (the first process port); used at staging, where `$PORT` is not set.
@@ -35,6 +35,7 @@ pub const RESERVED_PORTS: &[(u16, u16, &str)] = &[
 pub struct StagedConfig {
     pub listeners: Vec<Listener>,
     pub egress: Vec<Egress>,
+    pub egress_proxy: Option<EgressProxy>,
     pub certificate: Certificate,
     pub trust: Trust,
     pub admin: Admin,
@@ -130,6 +131,40 @@ impl Egress {
             "TLS_SIDECAR_EGRESS_{}",
             self.name.to_ascii_uppercase().replace('-', "_")
         )
+    }
+}
+
+/// The egress proxy: an HTTP proxy on loopback, mTLS to the targets it lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressProxy {
+    pub listen: HostPort,
+    pub targets: Vec<ProxyTarget>,
+}
+
+/// Hosts (and ports) the egress proxy may reach, and the server identity it accepts there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTarget {
+    pub hosts: Vec<HostPattern>,
+    /// Empty: every port.
+    pub ports: Vec<u16>,
+    pub expect: Vec<Selector>,
+}
+
+impl EgressProxy {
+    /// The variable the profile.d script exports: the proxy's URL for the app's HTTP clients.
+    pub const ENV_VAR: &'static str = "TLS_SIDECAR_PROXY";
+
+    /// The index of the first target listing `host` and `port`.
+    pub fn target(&self, host: &str, port: u16) -> Option<usize> {
+        self.targets.iter().position(|t| {
+            (t.ports.is_empty() || t.ports.contains(&port))
+                && t.hosts.iter().any(|h| h.matches(host))
+        })
+    }
+
+    /// `http://127.0.0.1:8446`, what `TLS_SIDECAR_PROXY` holds.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
     }
 }
 
@@ -303,7 +338,12 @@ impl StagedConfig {
         for (i, spec) in app.egress.clone().unwrap_or_default().iter().enumerate() {
             egress.push(egress_entry(spec, i, &o)?);
         }
-        if listeners.is_empty() && egress.is_empty() {
+        let egress_proxy = app
+            .egress_proxy
+            .as_ref()
+            .map(|spec| egress_proxy(spec, &o))
+            .transpose()?;
+        if listeners.is_empty() && egress.is_empty() && egress_proxy.is_none() {
             return Err(ConfigError::invalid(
                 &o.file,
                 "listeners",
@@ -311,7 +351,14 @@ impl StagedConfig {
             ));
         }
 
-        check_ports(&listeners, &egress, &admin, app_port, &o)?;
+        check_ports(
+            &listeners,
+            &egress,
+            egress_proxy.as_ref(),
+            &admin,
+            app_port,
+            &o,
+        )?;
 
         let certificate = certificate(app.certificate.clone().unwrap_or_default(), &o)?;
         let trust_spec = app.trust.clone().unwrap_or_default();
@@ -319,8 +366,9 @@ impl StagedConfig {
             ca_files: trust_spec.ca_files.unwrap_or_default(),
             system_certs: trust_spec.system_certs.unwrap_or(true),
         };
-        let verifies_peers =
-            !egress.is_empty() || listeners.iter().any(|l| l.client_auth != ClientAuth::None);
+        let verifies_peers = !egress.is_empty()
+            || egress_proxy.is_some()
+            || listeners.iter().any(|l| l.client_auth != ClientAuth::None);
         if verifies_peers && !trust.system_certs && trust.ca_files.is_empty() {
             return Err(ConfigError::invalid(
                 &o.file,
@@ -337,11 +385,11 @@ impl StagedConfig {
             &mut warnings,
         )?;
         let log = log(app.log.clone().unwrap_or_default(), &o)?;
+        let taken = ports_in_use(&listeners, &egress, egress_proxy.as_ref(), &admin);
         let route = route(
             app.route.clone().unwrap_or_default(),
             &listeners,
-            &egress,
-            &admin,
+            &taken,
             &sidecar,
             &o,
             &mut warnings,
@@ -351,6 +399,7 @@ impl StagedConfig {
             StagedConfig {
                 listeners,
                 egress,
+                egress_proxy,
                 certificate,
                 trust,
                 admin,
@@ -421,6 +470,19 @@ impl StagedConfig {
                     })
                     .collect(),
             ),
+            egress_proxy: self.egress_proxy.as_ref().map(|p| EgressProxySpec {
+                listen: Some(p.listen.clone()),
+                targets: Some(
+                    p.targets
+                        .iter()
+                        .map(|t| ProxyTargetSpec {
+                            hosts: Some(t.hosts.clone()),
+                            ports: (!t.ports.is_empty()).then(|| t.ports.clone()),
+                            expect: Some(t.expect.clone()),
+                        })
+                        .collect(),
+                ),
+            }),
             certificate: Some(CertificateSpec {
                 source: Some(self.certificate.source),
                 cert_file: self.certificate.cert_file.clone(),
@@ -610,6 +672,68 @@ fn request_rules(
     Ok(rules)
 }
 
+/// `egress_proxy`: loopback only, at least one target, each with hosts and `expect`.
+fn egress_proxy(spec: &EgressProxySpec, o: &Origins) -> Result<EgressProxy, ConfigError> {
+    let invalid = |field: String, why: String| ConfigError::invalid(&o.file, field, why);
+    let listen = spec.listen.clone().unwrap_or(HostPort {
+        host: "127.0.0.1".into(),
+        port: 8446,
+    });
+    if !listen.is_loopback() {
+        return Err(invalid(
+            "egress_proxy.listen".to_owned(),
+            format!(
+                "\"{listen}\" is not a loopback address: anyone who can reach it would call other apps with this app's identity (use 127.0.0.1:<port>)"
+            ),
+        ));
+    }
+    let specs = spec.targets.clone().unwrap_or_default();
+    if specs.is_empty() {
+        return Err(invalid(
+            "egress_proxy.targets".to_owned(),
+            "is required: list the hosts the app may call through the proxy (e.g. targets: [{hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:same-space]}])".to_owned(),
+        ));
+    }
+    let mut targets = Vec::with_capacity(specs.len());
+    for (i, t) in specs.iter().enumerate() {
+        let field = |f: &str| format!("egress_proxy.targets[{i}].{f}");
+        let hosts = t.hosts.clone().unwrap_or_default();
+        if hosts.is_empty() {
+            return Err(invalid(
+                field("hosts"),
+                "is required (e.g. hosts: [\"*.apps.internal\"])".to_owned(),
+            ));
+        }
+        let ports = t.ports.clone().unwrap_or_default();
+        if t.ports.is_some() && ports.is_empty() {
+            return Err(invalid(
+                field("ports"),
+                "is empty, so the entry matches nothing (leave ports out to match every port)"
+                    .to_owned(),
+            ));
+        }
+        if ports.contains(&0) {
+            return Err(invalid(
+                field("ports"),
+                "0 is not a port number (expected 1-65535)".to_owned(),
+            ));
+        }
+        let expect = t.expect.clone().unwrap_or_default();
+        if expect.is_empty() {
+            return Err(invalid(
+                field("expect"),
+                "is required: say which server identity to accept (e.g. expect: [cf:same-space], or [dns:*.apps.identity] to check the certificate against the requested host)".to_owned(),
+            ));
+        }
+        targets.push(ProxyTarget {
+            hosts,
+            ports,
+            expect,
+        });
+    }
+    Ok(EgressProxy { listen, targets })
+}
+
 fn egress_entry(spec: &EgressSpec, i: usize, o: &Origins) -> Result<Egress, ConfigError> {
     let field = |f: &str| format!("egress[{i}].{f}");
     let missing = |f: &str, example: &str| {
@@ -683,6 +807,7 @@ fn reserved(port: u16) -> Option<&'static str> {
 fn check_ports(
     listeners: &[Listener],
     egress: &[Egress],
+    proxy: Option<&EgressProxy>,
     admin: &Admin,
     app_port: u16,
     o: &Origins,
@@ -732,33 +857,37 @@ fn check_ports(
             ),
         ));
     }
+    // Loopback listeners: each egress entry, then the egress proxy.
+    let loopback = egress
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.listen.port, format!("egress[{i}].listen")))
+        .chain(proxy.map(|p| (p.listen.port, "egress_proxy.listen".to_owned())));
+    for (port, field) in loopback {
+        if let Some(why) = reserved(port) {
+            return Err(ConfigError::invalid(
+                &o.file,
+                field,
+                format!("port {port} is reserved: {why} (pick another, e.g. 127.0.0.1:9001)"),
+            ));
+        }
+        if port == app_port {
+            return Err(ConfigError::invalid(
+                &o.file,
+                field,
+                format!("port {port} is the app's own $PORT"),
+            ));
+        }
+        if let Some((_, other)) = taken.iter().find(|(p, _)| *p == port) {
+            return Err(ConfigError::invalid(
+                &o.file,
+                field,
+                format!("port {port} is already used by {other}"),
+            ));
+        }
+        taken.push((port, field));
+    }
     for (i, e) in egress.iter().enumerate() {
-        let field = format!("egress[{i}].listen");
-        if let Some(why) = reserved(e.listen.port) {
-            return Err(ConfigError::invalid(
-                &o.file,
-                field,
-                format!(
-                    "port {} is reserved: {why} (pick another, e.g. 127.0.0.1:9001)",
-                    e.listen.port
-                ),
-            ));
-        }
-        if e.listen.port == app_port {
-            return Err(ConfigError::invalid(
-                &o.file,
-                field,
-                format!("port {} is the app's own $PORT", e.listen.port),
-            ));
-        }
-        if let Some((_, other)) = taken.iter().find(|(p, _)| *p == e.listen.port) {
-            return Err(ConfigError::invalid(
-                &o.file,
-                field,
-                format!("port {} is already used by {other}", e.listen.port),
-            ));
-        }
-        taken.push((e.listen.port, field));
         if let Some((j, p)) = egress[..i]
             .iter()
             .enumerate()
@@ -989,11 +1118,35 @@ fn sets_xfcc(listeners: &[Listener]) -> bool {
         .any(|l| l.mode == Mode::Http && l.xfcc != Xfcc::Off)
 }
 
+/// Every port the sidecar binds, with the field that sets it.
+fn ports_in_use(
+    listeners: &[Listener],
+    egress: &[Egress],
+    proxy: Option<&EgressProxy>,
+    admin: &Admin,
+) -> Vec<(u16, String)> {
+    let mut taken: Vec<(u16, String)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.port, format!("listeners[{i}].port")))
+        .collect();
+    taken.extend(
+        egress
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.listen.port, format!("egress[{i}].listen"))),
+    );
+    taken.extend(proxy.map(|p| (p.listen.port, "egress_proxy.listen".to_owned())));
+    if admin.enabled {
+        taken.push((admin.listen.port, "admin.listen".to_owned()));
+    }
+    taken
+}
+
 fn route(
     spec: RouteSpec,
     listeners: &[Listener],
-    egress: &[Egress],
-    admin: &Admin,
+    taken: &[(u16, String)],
     sidecar: &Sidecar,
     o: &Origins,
     warnings: &mut Vec<String>,
@@ -1035,20 +1188,6 @@ fn route(
         Fronting::Auto => sidecar.declared_by_buildpack() && sets_xfcc(listeners),
     };
     if fronted {
-        let mut taken: Vec<(u16, String)> = listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.port, format!("listeners[{i}].port")))
-            .collect();
-        taken.extend(
-            egress
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.listen.port, format!("egress[{i}].listen"))),
-        );
-        if admin.enabled {
-            taken.push((admin.listen.port, "admin.listen".to_owned()));
-        }
         if let Some((_, other)) = taken.iter().find(|(p, _)| *p == app_port) {
             return Err(invalid(
                 "route.app_port",
@@ -1100,6 +1239,45 @@ mod tests {
     fn stage(yaml: &str) -> Result<StagedConfig, ConfigError> {
         let app = AppConfig::parse(yaml, "tls-sidecar.yml")?;
         StagedConfig::from_app(&app, "tls-sidecar.yml", &[], DEFAULT_APP_PORT).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn the_egress_proxy_stages_on_loopback_picks_the_first_target_and_survives_the_staged_file() {
+        let s = stage(
+            "listeners: []\negress_proxy:\n  targets:\n    \
+             - {hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:same-space]}\n    \
+             - {hosts: [\"*.apps.identity\", billing.example.com], expect: [\"dns:*.apps.identity\"]}\n",
+        )
+        .unwrap();
+        let proxy = s.egress_proxy.as_ref().unwrap();
+        assert_eq!(proxy.listen.to_string(), "127.0.0.1:8446");
+        assert_eq!(proxy.url(), "http://127.0.0.1:8446");
+        assert_eq!(proxy.target("backend.apps.internal", 8443), Some(0));
+        assert_eq!(proxy.target("0.backend.apps.internal", 8443), Some(0));
+        assert_eq!(proxy.target("backend.apps.internal", 8080), None);
+        assert_eq!(proxy.target("shop.apps.identity", 443), Some(1));
+        assert_eq!(proxy.target("Billing.Example.com", 8443), Some(1));
+        assert_eq!(proxy.target("example.com", 443), None);
+        let again = stage(&s.to_yaml()).unwrap();
+        assert_eq!(again.egress_proxy, s.egress_proxy);
+    }
+
+    #[test]
+    fn a_bad_egress_proxy_is_refused_with_the_field_and_the_fix() {
+        let target = "{hosts: [\"*.apps.internal\"], expect: [cf:any]}";
+        for (yaml, field, says) in [
+            (format!("egress_proxy:\n  listen: 0.0.0.0:8446\n  targets: [{target}]\n"), "egress_proxy.listen", "not a loopback address"),
+            ("egress_proxy: {}\n".to_owned(), "egress_proxy.targets", "is required"),
+            ("egress_proxy:\n  targets: [{expect: [cf:any]}]\n".to_owned(), "egress_proxy.targets[0].hosts", "is required"),
+            ("egress_proxy:\n  targets: [{hosts: [a.apps.internal]}]\n".to_owned(), "egress_proxy.targets[0].expect", "is required"),
+            ("egress_proxy:\n  targets: [{hosts: [a.apps.internal], ports: [], expect: [cf:any]}]\n".to_owned(), "egress_proxy.targets[0].ports", "is empty"),
+            ("egress_proxy:\n  targets: [{hosts: [\"*\"], expect: [cf:any]}]\n".to_owned(), "egress_proxy.targets[0].hosts", "not a host name"),
+            (format!("admin:\n  listen: 127.0.0.1:8446\negress_proxy:\n  targets: [{target}]\n"), "egress_proxy.listen", "already used by admin.listen"),
+            (format!("egress_proxy:\n  listen: 127.0.0.1:61001\n  targets: [{target}]\n"), "egress_proxy.listen", "reserved"),
+        ] {
+            let e = stage(&yaml).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(says), "{yaml}: {e}");
+        }
     }
 
     #[test]
@@ -1633,6 +1811,7 @@ mod schema_tests {
     fn full_config() -> StagedConfig {
         let yaml = "listeners: [{port: 9443, upstream: 127.0.0.1:3000}, {port: 9444, mode: http, client_auth: optional}, {port: 9445, mode: http, rules: [{paths: [/x/*], methods: [GET], allow: [cf:any]}]}]\n\
             egress: [{name: b, listen: 127.0.0.1:9001, target: b.apps.internal:8443, expect: [cf:any]}]\n\
+            egress_proxy: {targets: [{hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:any]}]}\n\
             certificate: {source: files, cert_file: c, key_file: k, service: s}\n\
             limits: {listener_connections: 100}\n";
         let app = AppConfig::parse(yaml, "f").unwrap();
@@ -1717,6 +1896,18 @@ mod schema_tests {
         assert_eq!(enum_of(&route["fronting"]), Fronting::ALLOWED);
         assert_eq!(route["fronting"]["default"], d.route.fronting.as_str());
         assert_eq!(route["app_port"]["default"], d.route.app_port);
+        let proxy_app = AppConfig::parse(
+            "egress_proxy: {targets: [{hosts: [x.apps.internal], expect: [cf:any]}]}\n",
+            "f",
+        )
+        .unwrap();
+        let with_proxy = StagedConfig::from_app(&proxy_app, "f", &[], DEFAULT_APP_PORT)
+            .unwrap()
+            .0;
+        assert_eq!(
+            s["properties"]["egress_proxy"]["properties"]["listen"]["default"],
+            with_proxy.egress_proxy.unwrap().listen.to_string()
+        );
         assert_eq!(
             route["trust_gorouter_xfcc"]["default"],
             d.route.trust_gorouter_xfcc

@@ -293,6 +293,58 @@ impl fmt::Display for HostPort {
 }
 string_serde!(HostPort);
 
+/// A `hosts` entry of an `egress_proxy` target: a DNS name, or `*.` and a domain, which covers
+/// every name below the domain at any depth (`*.apps.internal` covers
+/// `backend.apps.internal` and the instance route `0.backend.apps.internal`). Lower case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The domain, without the `*.`.
+    Below(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (any case, a trailing dot ignored) is this name or below this domain.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match self {
+            HostPattern::Exact(name) => host.eq_ignore_ascii_case(name),
+            HostPattern::Below(domain) => host
+                .len()
+                .checked_sub(domain.len() + 1)
+                .filter(|&dot| dot > 0 && host.as_bytes()[dot] == b'.')
+                .is_some_and(|dot| host[dot + 1..].eq_ignore_ascii_case(domain)),
+        }
+    }
+}
+
+impl FromStr for HostPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, pattern): (&str, fn(String) -> HostPattern) = match lower.strip_prefix("*.") {
+            Some(domain) => (domain, HostPattern::Below),
+            None => (lower.as_str(), HostPattern::Exact),
+        };
+        if name.contains('*') || !valid_dns_name(name) {
+            return Err(format!(
+                "\"{s}\" is not a host name or *.<domain> (e.g. backend.apps.internal or *.apps.internal)"
+            ));
+        }
+        Ok(pattern(name.to_owned()))
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            HostPattern::Exact(name) => f.write_str(name),
+            HostPattern::Below(domain) => write!(f, "*.{domain}"),
+        }
+    }
+}
+string_serde!(HostPattern);
+
 /// A duration written as `500ms`, `10s`, `5m` or `24h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Millis(pub u64);
@@ -398,6 +450,35 @@ impl Serialize for MemoryMb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_pattern_covers_its_name_or_every_name_below_its_domain() {
+        let below: HostPattern = "*.Apps.Internal".parse().unwrap();
+        assert_eq!(below.to_string(), "*.apps.internal");
+        for yes in [
+            "backend.apps.internal",
+            "0.backend.apps.internal",
+            "BACKEND.apps.internal.",
+        ] {
+            assert!(below.matches(yes), "{yes}");
+        }
+        for no in [
+            "apps.internal",
+            ".apps.internal",
+            "backendapps.internal",
+            "backend.apps.internal.evil.com",
+            "evil-apps.internal",
+        ] {
+            assert!(!below.matches(no), "{no}");
+        }
+        let exact: HostPattern = "backend.apps.internal".parse().unwrap();
+        assert!(
+            exact.matches("Backend.apps.internal") && !exact.matches("x.backend.apps.internal")
+        );
+        for bad in ["*", "*.", "a.*.internal", "**.x", "back end", ""] {
+            assert!(bad.parse::<HostPattern>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn selectors_round_trip_and_normalise_guid_case() {
