@@ -76,6 +76,7 @@ pub fn run(cli_path: Option<&Path>, env: &Env, exe: Option<&Path>) -> (u8, Strin
     certificate(&mut out, &mut problems, config, &app);
     listeners(&mut out, &mut problems, config, &rules, &app);
     egress(&mut out, &mut problems, config, &rules, &app);
+    egress_proxy(&mut out, &mut problems, config, &rules, &app);
     route(&mut out, &mut problems, config, &origin.warnings, &app);
     trust_anchors(&mut out, &mut problems, config, &app);
 
@@ -257,6 +258,43 @@ fn egress(
         let described: Vec<String> = e.expect.iter().map(|s| describe_rule(s, config)).collect();
         let _ = writeln!(out, "      expect: {}", described.join(", "));
         rule_problems(problems, rules, &format!("egress[{i}].expect"), app);
+    }
+}
+
+fn egress_proxy(
+    out: &mut String,
+    problems: &mut Vec<Problem>,
+    config: &SidecarConfig,
+    rules: &Rules,
+    app: &str,
+) {
+    let Some(proxy) = &config.egress_proxy else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nEgress proxy (HTTP proxy for the app, mutual TLS to each target)\n  {}  (the app finds it in ${} = http://{})",
+        proxy.bind,
+        tls_sidecar_config::EgressProxy::ENV_VAR,
+        proxy.bind
+    );
+    for (i, t) in proxy.targets.iter().enumerate() {
+        let hosts: Vec<String> = t.hosts.iter().map(ToString::to_string).collect();
+        let ports = if t.ports.is_empty() {
+            "any port".to_owned()
+        } else {
+            let ports: Vec<String> = t.ports.iter().map(ToString::to_string).collect();
+            format!("ports {}", ports.join(","))
+        };
+        let described: Vec<String> = t.expect.iter().map(|s| describe_rule(s, config)).collect();
+        let _ = writeln!(
+            out,
+            "  targets[{i}] {} {ports}\n      expect: {}",
+            hosts.join(", "),
+            described.join(", ")
+        );
+        let field = format!("egress_proxy.targets[{i}].expect");
+        rule_problems(problems, rules, &field, app);
     }
 }
 

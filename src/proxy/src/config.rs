@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tls_sidecar_config::{
-    CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, ROUTE_PORT_ENV,
-    RequestRule, Selector, StagedConfig, VcapApplication, Xfcc,
+    CertificateSource, ClientAuth, DEFAULT_APP_PORT, Env, HostPort, Log, Mode, ProxyTarget,
+    ROUTE_PORT_ENV, RequestRule, Selector, StagedConfig, VcapApplication, Xfcc,
 };
 use tracing::{info, warn};
 
@@ -33,6 +33,8 @@ pub struct SidecarConfig {
     /// One plaintext loopback listener per `egress` entry, in config order: mutual TLS out to
     /// another app with this instance's certificate.
     pub egress: Vec<EgressConfig>,
+    /// The HTTP proxy on loopback for every target it lists (`egress_proxy`).
+    pub egress_proxy: Option<EgressProxyConfig>,
     /// Where the serving certificate comes from.
     pub certificate: CertificateConfig,
     /// What client certificates are verified against.
@@ -124,6 +126,20 @@ pub struct EgressConfig {
     pub expect: Vec<Selector>,
     /// `None`: look `target` up for every connection (an internal route resolves to every
     /// instance) and try each address in turn. `Some`: these addresses instead (tests).
+    pub addrs: Option<Vec<SocketAddr>>,
+}
+
+/// The egress proxy: the app sends HTTP requests in absolute form, or CONNECT, to `bind`;
+/// the sidecar carries each over TLS with this instance's certificate to the first target
+/// listing the host and port, and checks the server's identity against that target's
+/// `expect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressProxyConfig {
+    /// Loopback; tests use `127.0.0.1:0`.
+    pub bind: SocketAddr,
+    pub targets: Vec<ProxyTarget>,
+    /// `None`: look each requested host up (an internal route resolves to every instance)
+    /// and try each address in turn. `Some`: these addresses for every host instead (tests).
     pub addrs: Option<Vec<SocketAddr>>,
 }
 
@@ -237,6 +253,8 @@ pub struct Plan {
     pub(crate) requests: Vec<RequestPolicy>,
     /// Each egress entry's `expect` rules, in config order.
     pub(crate) expectations: Vec<Expectation>,
+    /// Each egress proxy target's `expect` rules, in config order.
+    pub(crate) proxy_expectations: Vec<Expectation>,
 }
 
 impl Plan {
@@ -247,6 +265,7 @@ impl Plan {
             policies,
             requests,
             expectations,
+            proxy_expectations,
             problems,
         } = config.rules();
         match problems.into_iter().next() {
@@ -256,6 +275,7 @@ impl Plan {
                 policies,
                 requests,
                 expectations,
+                proxy_expectations,
             }),
         }
     }
@@ -269,6 +289,7 @@ pub(crate) struct Rules {
     pub(crate) policies: Vec<AccessPolicy>,
     pub(crate) requests: Vec<RequestPolicy>,
     pub(crate) expectations: Vec<Expectation>,
+    pub(crate) proxy_expectations: Vec<Expectation>,
     /// [`StartError::IdentityOutsideCf`] and [`StartError::AccessRule`], each naming its field.
     pub(crate) problems: Vec<StartError>,
 }
@@ -579,10 +600,16 @@ impl SidecarConfig {
             .map(|(i, _)| format!("listeners[{i}]"))
             .collect();
         verifying.extend((0..egress.len()).map(|i| format!("egress[{i}]")));
+        verifying.extend(
+            staged
+                .egress_proxy
+                .iter()
+                .map(|_| "egress_proxy".to_owned()),
+        );
         if !verifying.is_empty() && staged.trust.system_certs && trust.system_dir.is_none() {
             let without = match (
                 trust.ca_files.is_empty() && trust.extra.is_empty(),
-                egress.is_empty(),
+                egress.is_empty() && staged.egress_proxy.is_none(),
             ) {
                 (true, true) => "no client certificate can be verified",
                 (true, false) => "no peer certificate can be verified",
@@ -594,6 +621,18 @@ impl SidecarConfig {
             ));
         }
 
+        let egress_proxy = match &staged.egress_proxy {
+            None => None,
+            Some(p) => Some(EgressProxyConfig {
+                bind: listen_addr(&p.listen).ok_or_else(|| StartError::EgressListen {
+                    field: "egress_proxy.listen".to_owned(),
+                    value: p.listen.to_string(),
+                    app: app_name(env),
+                })?,
+                targets: p.targets.clone(),
+                addrs: None,
+            }),
+        };
         let admin = staged
             .admin
             .enabled
@@ -603,6 +642,7 @@ impl SidecarConfig {
         let config = SidecarConfig {
             listeners,
             egress,
+            egress_proxy,
             certificate,
             trust,
             identity_ca,
@@ -627,6 +667,7 @@ impl SidecarConfig {
             policies: Vec::with_capacity(self.listeners.len()),
             requests: Vec::with_capacity(self.listeners.len()),
             expectations: Vec::with_capacity(self.egress.len()),
+            proxy_expectations: Vec::new(),
             problems: Vec::new(),
         };
         for (i, l) in self.listeners.iter().enumerate() {
@@ -656,6 +697,15 @@ impl SidecarConfig {
                 self.resolve_rules(&e.expect, field, Expectation::resolve, &mut rules.problems)
             {
                 rules.expectations.push(expectation);
+            }
+        }
+        let targets = self.egress_proxy.iter().flat_map(|p| p.targets.iter());
+        for (i, t) in targets.enumerate() {
+            let field = format!("egress_proxy.targets[{i}].expect");
+            if let Some(expectation) =
+                self.resolve_rules(&t.expect, field, Expectation::resolve, &mut rules.problems)
+            {
+                rules.proxy_expectations.push(expectation);
             }
         }
         rules
@@ -705,6 +755,10 @@ impl SidecarConfig {
             .iter()
             .any(|l| cf(&l.allow) || l.rules.iter().any(|r| cf(&r.allow)))
             || self.egress.iter().any(|e| cf(&e.expect))
+            || self
+                .egress_proxy
+                .iter()
+                .any(|p| p.targets.iter().any(|t| cf(&t.expect)))
     }
 
     /// Whether any listener verifies client certificates.
@@ -715,7 +769,7 @@ impl SidecarConfig {
     /// Whether anything verifies peer certificates (and so needs the trust bundle): a listener
     /// asking for client certificates, or an egress entry.
     pub fn verifies_peers(&self) -> bool {
-        self.verifies_clients() || !self.egress.is_empty()
+        self.verifies_clients() || !self.egress.is_empty() || self.egress_proxy.is_some()
     }
 }
 

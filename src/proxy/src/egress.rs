@@ -51,7 +51,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use tls_sidecar_config::HostPort;
+use tls_sidecar_config::{HostPattern, HostPort};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -190,7 +190,7 @@ impl ServerCertVerifier for ServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
@@ -212,10 +212,23 @@ impl ServerCertVerifier for ServerVerifier {
             return Ok(ServerCertVerified::assertion());
         }
         for name in &self.expect.dns {
-            let Ok(name) = ServerName::try_from(name.as_str()) else {
-                continue;
+            // `dns:*.<domain>` (egress proxy): the certificate must name the host asked for,
+            // which the proxy sends as the server name, when that host is below the domain.
+            let checked = match name.strip_prefix("*.") {
+                Some(domain) => match server_name {
+                    ServerName::DnsName(host)
+                        if HostPattern::Below(domain.to_owned()).matches(host.as_ref()) =>
+                    {
+                        server_name.to_owned()
+                    }
+                    _ => continue,
+                },
+                None => match ServerName::try_from(name.as_str()) {
+                    Ok(name) => name.to_owned(),
+                    Err(_) => continue,
+                },
             };
-            if verify_server_name(&cert, &name).is_ok() {
+            if verify_server_name(&cert, &checked).is_ok() {
                 return Ok(ServerCertVerified::assertion());
             }
         }
@@ -245,18 +258,18 @@ impl ServerCertVerifier for ServerVerifier {
 
 /// Why a connection did not reach its target: the metrics label and a sentence for the log.
 #[derive(Debug)]
-struct Failure {
-    why: EgressFailure,
-    text: String,
+pub(crate) struct Failure {
+    pub(crate) why: EgressFailure,
+    pub(crate) text: String,
 }
 
 /// What the connection's log line says.
 #[derive(Debug, Default)]
-struct Conn {
-    counts: Counts,
-    server: Option<SocketAddr>,
-    tls: Option<ProtocolVersion>,
-    identity: Option<CfIdentity>,
+pub(crate) struct Conn {
+    pub(crate) counts: Counts,
+    pub(crate) server: Option<SocketAddr>,
+    pub(crate) tls: Option<ProtocolVersion>,
+    pub(crate) identity: Option<CfIdentity>,
 }
 
 /// Ends of a connection that got through to the target.
@@ -370,7 +383,14 @@ async fn handle(
     conn: &mut Conn,
 ) -> Result<Ended, Failure> {
     let _ = app.set_nodelay(true);
-    let result = connect(egress, limits, conn).await;
+    let result = connect(
+        &egress.target,
+        egress.addrs.as_deref(),
+        &egress.tls,
+        limits,
+        conn,
+    )
+    .await;
     let mut tls = match result {
         Ok(tls) => tls,
         Err(failure) => {
@@ -414,17 +434,19 @@ async fn handle(
     })
 }
 
-/// Resolves the target, connects to its addresses in turn, and does the TLS handshake.
-async fn connect(
-    egress: &Egress,
+/// Resolves `target` (unless `addrs` are given), connects to its addresses in turn, and does
+/// the TLS handshake with `tls`, the host as the server name.
+pub(crate) async fn connect(
+    target: &HostPort,
+    addrs: Option<&[SocketAddr]>,
+    tls: &EgressTls,
     limits: &Limits,
     conn: &mut Conn,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
-    let built = egress.tls.config()?;
-    let target = &egress.target;
+    let built = tls.config()?;
     let deadline = Instant::now() + limits.connect_timeout;
-    let addrs: Vec<SocketAddr> = match &egress.addrs {
-        Some(addrs) => addrs.clone(),
+    let addrs: Vec<SocketAddr> = match addrs {
+        Some(addrs) => addrs.to_vec(),
         None => {
             let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
             match tokio::time::timeout_at(deadline, lookup).await {

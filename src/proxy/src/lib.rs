@@ -25,6 +25,7 @@ pub mod check;
 mod cli;
 pub mod config;
 mod egress;
+mod egress_proxy;
 mod errors;
 mod forward;
 mod gate;
@@ -68,8 +69,8 @@ pub mod fuzzing {
 
 pub use cli::{Cli, Command};
 pub use config::{
-    CertificateConfig, CertificatePaths, EgressConfig, Limits, ListenerConfig, Loaded, MintConfig,
-    Origin, Plan, ReloadTiming, RouteConfig, SidecarConfig, TrustConfig, load,
+    CertificateConfig, CertificatePaths, EgressConfig, EgressProxyConfig, Limits, ListenerConfig,
+    Loaded, MintConfig, Origin, Plan, ReloadTiming, RouteConfig, SidecarConfig, TrustConfig, load,
 };
 pub use errors::{EX_SOFTWARE, EX_USAGE, StartError};
 pub use server::{Running, serve, start};

@@ -9,6 +9,7 @@ use crate::admin::AdminDoor;
 use crate::cert::CertStore;
 use crate::config::{CertificateConfig, EgressConfig, Plan, ReloadTiming, SidecarConfig};
 use crate::egress::{Egress, EgressDoor, EgressTls};
+use crate::egress_proxy::{EgressProxy, ProxyDoor, Target};
 use crate::errors::StartError;
 use crate::forward::TlsDoor;
 use crate::gate::{self, Gate};
@@ -179,6 +180,7 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
         policies,
         requests,
         expectations,
+        proxy_expectations,
     } = plan;
     let provider = tls::provider();
     let (derived, instance_cert) = initial_identity(&config, &provider)?;
@@ -192,7 +194,7 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
                 .copied()
                 .zip(requests.iter().map(RequestPolicy::len)),
         )
-        .with_egress(config.egress.iter().map(|e| e.name.as_str()))
+        .with_egress(egress_names(&config).iter().map(String::as_str))
         .with_route(config.route.as_ref().map(|r| r.bind.port())),
     );
 
@@ -222,12 +224,19 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
     let mut background = Background::new(&switches.stop_background);
     let egress_store = egress_store(&config, &parts, &health, &mut background);
     let egress = egress_entries(&config, expectations, &parts, &egress_store);
+    let proxy = egress_proxy(&config, proxy_expectations, &parts, &egress_store);
+    let mut egress_tls: Vec<Arc<EgressTls>> = egress.iter().map(|e| e.tls.clone()).collect();
+    egress_tls.extend(
+        proxy
+            .iter()
+            .flat_map(|p| p.targets.iter().map(|t| t.tls.clone())),
+    );
     keep_current(
         &mut background,
         &config,
         &parts,
         built.verifying,
-        &egress,
+        egress_tls,
         instance_cert,
     );
 
@@ -248,7 +257,30 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
     });
     let slots = health.egress_slots();
     let stop = &switches.stop_egress;
-    let egress_tasks = spawn_listeners("egress", egress_binds, firsts.egress, slots, doors, stop);
+    let mut egress_tasks =
+        spawn_listeners("egress", egress_binds, firsts.egress, slots, doors, stop);
+    if let (Some(p), Some(proxy), Some(slot)) = (&config.egress_proxy, proxy, health.proxy_slot()) {
+        let door = ProxyDoor {
+            proxy,
+            shared: shared.clone(),
+        };
+        let first = TcpListener::bind(p.bind).await.ok();
+        if let Some(bound) = first.as_ref().and_then(|l| l.local_addr().ok()) {
+            let _ = slot.set(bound);
+            info!(
+                listener = "egress_proxy",
+                "listening on {bound} (TLS_SIDECAR_PROXY)"
+            );
+        }
+        egress_tasks.push(accept::spawn(
+            first,
+            p.bind,
+            "egress_proxy",
+            slot,
+            door,
+            stop.subscribe(),
+        ));
+    }
     let route_addr = Arc::new(OnceLock::new());
     if let Some(task) = spawn_route(&config, &metrics, &gates, &shared, &route_addr, &switches) {
         listener_tasks.push(task);
@@ -403,7 +435,7 @@ fn keep_current(
     config: &SidecarConfig,
     parts: &Parts<'_>,
     verifying: Vec<Arc<ListenerTls>>,
-    egress: &[Arc<Egress>],
+    egress_tls: Vec<Arc<EgressTls>>,
     instance_cert: Option<InstanceCert>,
 ) {
     let cert_job = CertJob::new(
@@ -415,8 +447,7 @@ fn keep_current(
     );
     background.reload(cert_job, config.reload);
     background.reclaim_memory();
-    if !verifying.is_empty() || !egress.is_empty() {
-        let egress_tls = egress.iter().map(|e| e.tls.clone()).collect();
+    if !verifying.is_empty() || !egress_tls.is_empty() {
         let job = TrustJob::new(
             config.trust.clone(),
             instance_cert,
@@ -441,7 +472,7 @@ fn egress_store(
 ) -> Arc<CertStore> {
     match config.identity_ca.paths() {
         Some(paths)
-            if !config.egress.is_empty()
+            if (!config.egress.is_empty() || config.egress_proxy.is_some())
                 && config.certificate != CertificateConfig::instance(paths.clone()) =>
         {
             let egress_store = Arc::new(CertStore::default());
@@ -484,6 +515,55 @@ fn egress_entries(
         }));
     }
     egress
+}
+
+/// The egress metric blocks: each entry's name, then `egress_proxy.targets[i]` per target.
+fn egress_names(config: &SidecarConfig) -> Vec<String> {
+    let targets = config.egress_proxy.iter().flat_map(|p| p.targets.iter());
+    config
+        .egress
+        .iter()
+        .map(|e| e.name.clone())
+        .chain(
+            targets
+                .enumerate()
+                .map(|(i, _)| format!("egress_proxy.targets[{i}]")),
+        )
+        .collect()
+}
+
+/// The egress proxy's targets as its requests see them, when there is one.
+fn egress_proxy(
+    config: &SidecarConfig,
+    expectations: Vec<Expectation>,
+    parts: &Parts<'_>,
+    egress_store: &Arc<CertStore>,
+) -> Option<Arc<EgressProxy>> {
+    let p = config.egress_proxy.as_ref()?;
+    let metrics = parts.metrics.egress.iter().skip(config.egress.len());
+    let targets = p.targets.iter().zip(expectations).zip(metrics);
+    let targets = targets
+        .map(|((spec, expect), metrics)| {
+            let tls = EgressTls::new(
+                parts.provider.clone(),
+                egress_store.clone(),
+                expect,
+                &parts.derived.anchors,
+            );
+            let addrs = p.addrs.as_deref().map(Arc::from);
+            Target::new(
+                spec.clone(),
+                Arc::new(tls),
+                metrics.clone(),
+                config.limits,
+                addrs,
+            )
+        })
+        .collect();
+    Some(Arc::new(EgressProxy {
+        targets,
+        limits: config.limits,
+    }))
 }
 
 /// One task per listener of `kind`, in config order: each binds its address unless its first
@@ -598,6 +678,11 @@ impl Running {
     /// still being retried.
     pub fn egress_addrs(&self) -> Vec<Option<SocketAddr>> {
         self.health.egress_addrs()
+    }
+
+    /// The egress proxy's bound address; `None` without one, or while its port is retried.
+    pub fn egress_proxy_addr(&self) -> Option<SocketAddr> {
+        self.health.proxy_addr()
     }
 
     /// The bound route port; `None` without one, and until the app accepts on its port.

@@ -122,6 +122,8 @@ pub(crate) struct Health {
     listeners: Vec<Slot>,
     /// One per egress entry, with its name.
     egress: Vec<(String, Slot)>,
+    /// The egress proxy's, when there is one.
+    proxy: Option<Slot>,
     draining: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -159,6 +161,7 @@ impl Health {
                 .iter()
                 .map(|e| (e.name.clone(), Slot::new(e.bind)))
                 .collect(),
+            proxy: config.egress_proxy.as_ref().map(|p| Slot::new(p.bind)),
             draining: AtomicBool::new(false),
             metrics,
         }
@@ -178,6 +181,16 @@ impl Health {
     /// Where each egress listener records its bound address, in config order.
     pub(crate) fn egress_slots(&self) -> Vec<Arc<OnceLock<SocketAddr>>> {
         self.egress.iter().map(|(_, s)| s.bound.clone()).collect()
+    }
+
+    /// Where the egress proxy records its bound address.
+    pub(crate) fn proxy_slot(&self) -> Option<Arc<OnceLock<SocketAddr>>> {
+        self.proxy.as_ref().map(|s| s.bound.clone())
+    }
+
+    /// The egress proxy's bound address.
+    pub(crate) fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().and_then(|s| s.bound.get().copied())
     }
 
     /// Each TLS listener's bound address, in config order.
@@ -228,9 +241,15 @@ impl Health {
         if let Some(slot) = self.listeners.iter().find(|s| s.bound.get().is_none()) {
             return Err(format!("not listening on {} yet", slot.configured));
         }
-        match self.egress.iter().find(|(_, s)| s.bound.get().is_none()) {
-            Some((name, slot)) => Err(format!(
+        if let Some((name, slot)) = self.egress.iter().find(|(_, s)| s.bound.get().is_none()) {
+            return Err(format!(
                 "egress \"{name}\" not listening on {} yet",
+                slot.configured
+            ));
+        }
+        match self.proxy.as_ref().filter(|s| s.bound.get().is_none()) {
+            Some(slot) => Err(format!(
+                "egress proxy not listening on {} yet",
                 slot.configured
             )),
             None => Ok(()),

@@ -400,3 +400,26 @@ fn check_lists_each_request_rule_in_order_and_names_the_one_that_cannot_resolve(
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("listeners[0].rules[1].allow"), "{out}");
 }
+
+#[test]
+fn check_lists_the_egress_proxy_and_its_targets_with_the_variable_the_app_reads() {
+    let f = Fronted::new(
+        "listeners: []\negress_proxy:\n  targets:\n    - {hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:same-space]}\n    - {hosts: [\"*.apps.identity\"], expect: [\"dns:*.apps.identity\"]}\n",
+    );
+    let (code, out) = check(
+        Path::new(BIN),
+        Some(&f.config),
+        &f.env(vcap_application(&f.leaf.identity)),
+    );
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        "Egress proxy (HTTP proxy for the app, mutual TLS to each target)\n  127.0.0.1:8446  (the app finds it in $TLS_SIDECAR_PROXY = http://127.0.0.1:8446)".to_owned(),
+        format!(
+            "  targets[0] *.apps.internal ports 8443\n      expect: cf:same-space (= cf:space:{})",
+            f.leaf.identity.space
+        ),
+        "  targets[1] *.apps.identity any port\n      expect: dns:*.apps.identity".to_owned(),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+}

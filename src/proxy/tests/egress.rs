@@ -12,8 +12,9 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use tls_sidecar::{EgressConfig, SidecarConfig};
-use tls_sidecar_config::{ClientAuth, HostPort, Selector};
+use tls_sidecar::{EgressConfig, EgressProxyConfig, SidecarConfig};
+use tls_sidecar_config::{ClientAuth, HostPort, Mode, ProxyTarget, Selector};
+use tls_sidecar_testkit::LeafSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -497,4 +498,314 @@ async fn egress_keeps_accepting_while_the_tls_listeners_drain_and_closes_after_t
         "the egress listener closed after the drain"
     );
     backend.running.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The egress proxy
+
+/// A tiny HTTP/1.1 app: answers every request with its request head as the body.
+async fn head_echo_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(loopback(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
+                    if tcp.write_all(answer.as_bytes()).await.is_err()
+                        || tcp.write_all(&head).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A sidecar whose only job is the egress proxy, to `localhost` on `port`, expecting `expect`.
+fn proxy_client(
+    creds: &Creds,
+    trust: &TrustDir,
+    me: &Identity,
+    port: u16,
+    expect: &str,
+) -> SidecarConfig {
+    let mut config = client(creds, trust, me, vec![]);
+    config.egress_proxy = Some(EgressProxyConfig {
+        bind: loopback(0),
+        targets: vec![ProxyTarget {
+            hosts: vec!["localhost".parse().unwrap()],
+            ports: vec![port],
+            expect: vec![expect.parse().unwrap()],
+        }],
+        addrs: None,
+    });
+    config
+}
+
+/// Sends `head` (and nothing after it) to the proxy at `addr`; the status line and the body.
+async fn via_proxy(addr: SocketAddr, head: &str) -> (String, String) {
+    let mut app = TcpStream::connect(addr).await.unwrap();
+    app.write_all(head.as_bytes()).await.unwrap();
+    read_response(&mut app).await
+}
+
+/// One HTTP/1.1 response with a Content-Length: its status line and body.
+async fn read_response(app: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = tokio::time::timeout(DEADLINE, app.read(&mut chunk))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "closed mid-body: {head}");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+            return (head.lines().next().unwrap_or_default().to_owned(), body);
+        }
+        let n = tokio::time::timeout(DEADLINE, app.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_proxy_carries_absolute_form_requests_and_connect_tunnels_with_this_apps_identity()
+ {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let my_leaf = pki.client(&me);
+    let their_leaf = pki.issue(&them, KeyKind::Ec, Validity::OneDay);
+    let (my_creds, their_creds) = (Creds::with(&my_leaf), Creds::with(&their_leaf));
+    let allow = format!("cf:app:{}", me.app);
+    let mut backend = server(
+        &their_creds,
+        head_echo_app().await,
+        &trust,
+        &them,
+        &[&allow],
+    );
+    backend.listeners[0].mode = Mode::Http;
+    let backend = start(backend).await;
+    let port = backend.tls().port();
+    let expect = format!("cf:app:{}", them.app);
+    let sidecar = start(proxy_client(&my_creds, &trust, &me, port, &expect)).await;
+    let proxy = sidecar.running.egress_proxy_addr().unwrap();
+
+    // Absolute form, twice on separate app connections: origin form at the target, the app's
+    // Host kept, Proxy-* dropped, this app's identity in the target app's XFCC.
+    for _ in 0..2 {
+        let (status, seen) = via_proxy(
+            proxy,
+            &format!("GET http://localhost:{port}/orders?id=7 HTTP/1.1\r\nHost: localhost:{port}\r\nProxy-Authorization: Basic Zm9v\r\nProxy-Connection: keep-alive\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{seen}");
+        assert!(seen.starts_with("GET /orders?id=7 HTTP/1.1\r\n"), "{seen}");
+        let lower = seen.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("host: localhost:{port}\r\n")),
+            "{seen}"
+        );
+        assert!(!lower.contains("proxy-"), "{seen}");
+        assert!(
+            lower.contains("x-forwarded-client-cert:")
+                && seen.contains(&format!("OU=app:{}", me.app)),
+            "{seen}"
+        );
+    }
+    // Both requests rode one pooled TLS connection to the target.
+    until_metric(
+        backend.admin,
+        &format!("tls_sidecar_connections_total{{listener=\"{port}\"}}"),
+        "1",
+    )
+    .await;
+
+    // CONNECT: a tunnel over mTLS, here carrying HTTP the app writes itself.
+    let mut app = TcpStream::connect(proxy).await.unwrap();
+    app.write_all(
+        format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _) = read_response(&mut app).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    app.write_all(b"GET /tunnelled HTTP/1.1\r\nHost: backend\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, seen) = read_response(&mut app).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        seen.starts_with("GET /tunnelled HTTP/1.1\r\n") && seen.contains(&me.app),
+        "{seen}"
+    );
+    drop(app);
+    let name = "egress_proxy.targets[0]";
+    until_metric(
+        sidecar.admin,
+        &egress_series("connections_total", name),
+        "3",
+    )
+    .await;
+    log_line(&["egress proxy tunnel closed", &them.app, &their_leaf.guid]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_proxy_refuses_an_unlisted_host_a_non_proxy_request_and_a_target_of_another_identity()
+ {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let (me, them) = (Identity::random(), Identity::random());
+    let (my_creds, their_creds) = (
+        Creds::with(&pki.client(&me)),
+        Creds::with(&pki.issue(&them, KeyKind::Ec, Validity::OneDay)),
+    );
+    let backend = start(server(
+        &their_creds,
+        head_echo_app().await,
+        &trust,
+        &them,
+        &["cf:any"],
+    ))
+    .await;
+    let port = backend.tls().port();
+    // The proxy expects some other app at this address.
+    let other = format!("cf:app:{}", Identity::random().app);
+    let sidecar = start(proxy_client(&my_creds, &trust, &me, port, &other)).await;
+    let proxy = sidecar.running.egress_proxy_addr().unwrap();
+
+    let (status, body) = via_proxy(
+        proxy,
+        &format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
+    assert!(body.contains("wrong identity: expected cf:app:"), "{body}");
+    let (status, body) = via_proxy(
+        proxy,
+        &format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
+    assert!(body.contains("wrong identity"), "{body}");
+    until_metric(
+        sidecar.admin,
+        &egress_failures("egress_proxy.targets[0]", "identity"),
+        "2",
+    )
+    .await;
+
+    for (head, want, says) in [
+        (
+            "GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 403 Forbidden",
+            "127.0.0.1:9 is not an egress_proxy target",
+        ),
+        (
+            &*format!(
+                "GET http://localhost:{}/ HTTP/1.1\r\nHost: x\r\n\r\n",
+                port + 1
+            ),
+            "HTTP/1.1 403 Forbidden",
+            "is not an egress_proxy target",
+        ),
+        (
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 403 Forbidden",
+            "example.com:443 is not an egress_proxy target",
+        ),
+        (
+            "GET /orders HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+            "absolute form",
+        ),
+        (
+            "GET https://localhost/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+            "use http:// URLs",
+        ),
+    ] {
+        let (status, body) = via_proxy(proxy, head).await;
+        assert_eq!(status, want, "{head}");
+        assert!(body.contains(says), "{head}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_domain_target_checks_the_certificate_against_the_requested_host() {
+    capture_logs();
+    let pki = Pki::shared();
+    let trust = TrustDir::with(&[&pki.root_pem]);
+    let me = Identity::random();
+    let my_creds = Creds::with(&pki.client(&me));
+    // Gorouter on an identity-aware domain: a certificate for the route, no CF identity.
+    let mut spec = LeafSpec::subject("/CN=shop.apps.identity");
+    spec.dns = vec!["shop.apps.identity".to_owned()];
+    let router = Creds::with(&pki.issue_spec(&spec));
+    let backend = start(server(
+        &router,
+        head_echo_app().await,
+        &trust,
+        &me,
+        &["cf:any"],
+    ))
+    .await;
+    let port = backend.tls().port();
+    let mut config = proxy_client(&my_creds, &trust, &me, port, "dns:*.apps.identity");
+    let proxy_config = config.egress_proxy.as_mut().unwrap();
+    proxy_config.targets[0].hosts = vec!["*.apps.identity".parse().unwrap()];
+    proxy_config.addrs = Some(vec![backend.tls()]);
+    let sidecar = start(config).await;
+    let proxy = sidecar.running.egress_proxy_addr().unwrap();
+
+    let get = |host: &str| format!("GET http://{host}:{port}/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let (status, seen) = via_proxy(proxy, &get("shop.apps.identity")).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{seen}");
+    assert!(
+        seen.contains("host: shop.apps.identity") || seen.contains("Host: shop.apps.identity"),
+        "{seen}"
+    );
+    let (status, body) = via_proxy(proxy, &get("admin.apps.identity")).await;
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
+    assert!(body.contains("hostname mismatch"), "{body}");
 }

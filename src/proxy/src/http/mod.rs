@@ -28,7 +28,7 @@ mod framing;
 mod headers;
 mod observed;
 mod request;
-mod splice;
+pub(crate) mod splice;
 mod trailers;
 
 use crate::identity::{CfIdentity, Denial, RequestPolicy};

@@ -22,11 +22,15 @@ pub(crate) fn tunnel(client: OnUpgrade, app: OnUpgrade, idle: Duration) -> Tunne
     Box::pin(async move {
         let (client, app) = tokio::try_join!(client, app)
             .map_err(|e| format!("the upgrade did not complete: {e}"))?;
-        splice(TokioIo::new(client), TokioIo::new(app), idle).await
+        splice(TokioIo::new(client), TokioIo::new(app), idle)
+            .await
+            .map(drop)
     })
 }
 
-async fn splice<A, B>(a: A, b: B, idle: Duration) -> Result<(), String>
+/// Copies bytes both ways until both sides have closed, either fails, or no byte moved for
+/// `idle`; the bytes copied from `a` to `b` and from `b` to `a`.
+pub(crate) async fn splice<A, B>(a: A, b: B, idle: Duration) -> Result<(u64, u64), String>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -47,7 +51,7 @@ where
     loop {
         tokio::select! {
             result = copy.as_mut() => {
-                return result.map(drop).map_err(|e| format!("upgraded connection: {e}"));
+                return result.map_err(|e| format!("upgraded connection: {e}"));
             }
             () = timer.as_mut() => {
                 let at = deadline();
