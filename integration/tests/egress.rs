@@ -281,3 +281,140 @@ fn a_minted_certificate_names_the_internal_route_so_curl_verifies_the_hostname_f
         .unwrap();
     assert!(line.contains(&format!("DNS:{ROUTE}")), "{line}");
 }
+
+#[test]
+#[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
+fn an_app_calls_any_internal_route_through_the_egress_proxy_with_its_own_identity() {
+    let server_app = AppInfo::new("backend");
+    let client_app = AppInfo::new("frontend");
+    let third = client_app.instance_identity().app_in_other_org();
+    let server_id = server_app.instance_identity();
+    let client_id = identity_apart_from(&client_app, &[server_id.ip]);
+    let impostor = "impostor.apps.internal";
+
+    let server_staging = stage_with_config(
+        &server_app,
+        &format!(
+            "listeners:\n  - port: 8443\n    mode: http\n    allow: [cf:app:{}]\n",
+            client_app.guid
+        ),
+    );
+    // The first target that lists a host decides: the impostor route expects another app.
+    let client_staging = stage_with_config(
+        &client_app,
+        &format!(
+            "egress_proxy:\n  targets:\n\
+             \x20   - {{hosts: [{impostor}], expect: [cf:app:{}]}}\n\
+             \x20   - {{hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:app:{}]}}\n",
+            third.app_guid, server_app.guid
+        ),
+    );
+    assert!(
+        client_staging
+            .output
+            .contains("Egress proxy on 127.0.0.1:8446 (the app finds it in $TLS_SIDECAR_PROXY"),
+        "{}",
+        client_staging.output
+    );
+    let server = launch_ready(
+        &server_staging,
+        &LaunchOptions {
+            identity: Some(server_id.clone()),
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+    let client = launch_ready(
+        &client_staging,
+        &LaunchOptions {
+            identity: Some(client_id.clone()),
+            hosts: vec![
+                (ROUTE.to_owned(), server_id.ip),
+                (impostor.to_owned(), server_id.ip),
+            ],
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+    let _wire = NetPair::connect(server.netns(), client.netns()).unwrap();
+
+    let out = ssh(&client, "echo \"$TLS_SIDECAR_PROXY ${HTTP_PROXY:-unset}\"");
+    assert_eq!(
+        text(&out).trim(),
+        "http://127.0.0.1:8446 unset",
+        "{}",
+        output_text(&out)
+    );
+
+    // Absolute form (curl -x), a CONNECT tunnel (curl -p -x), and Python's standard library:
+    // each reaches the server app, which sees the client's instance identity.
+    let subject = format!("Subject=\"{}\"", client_id.rfc2253_subject());
+    let url = format!("http://{ROUTE}:8443/headers");
+    for command in [
+        format!("curl -sS --max-time 20 -x \"$TLS_SIDECAR_PROXY\" {url}"),
+        format!("curl -sS --max-time 20 -p -x \"$TLS_SIDECAR_PROXY\" {url}"),
+        format!(
+            "python3 -c 'import os, urllib.request as u; o = u.build_opener(u.ProxyHandler({{\"http\": os.environ[\"TLS_SIDECAR_PROXY\"]}})); print(o.open(\"{url}\", timeout=20).read().decode())'"
+        ),
+    ] {
+        let out = ssh(&client, &command);
+        assert!(
+            out.status.success(),
+            "{command}: {}\n{}\n{}",
+            output_text(&out),
+            client.logs(),
+            server.logs()
+        );
+        let headers: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{command}: {e}: {}", output_text(&out)));
+        let xfcc = headers
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-client-cert"))
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("{command}: no XFCC header in {headers}"));
+        assert!(xfcc.contains(&subject), "{command}: {xfcc}");
+    }
+
+    // A target of another identity, and a host no target lists, are refused with a reason.
+    let out = ssh(
+        &client,
+        &format!(
+            "curl -sS --max-time 20 -x \"$TLS_SIDECAR_PROXY\" -w '\\n%{{http_code}}' http://{impostor}:8443/headers"
+        ),
+    );
+    let answer = text(&out);
+    assert!(
+        answer.ends_with("\n502")
+            && answer.contains(&format!(
+                "wrong identity: expected cf:app:{}",
+                third.app_guid
+            )),
+        "{}",
+        output_text(&out)
+    );
+    let out = ssh(
+        &client,
+        "curl -sS --max-time 20 -x \"$TLS_SIDECAR_PROXY\" -w '\\n%{http_code}' http://example.com/",
+    );
+    assert_eq!(
+        text(&out),
+        "tls-sidecar: example.com:80 is not an egress_proxy target\n\n403",
+        "{}",
+        output_text(&out)
+    );
+    let m = metrics(&client).unwrap();
+    assert_eq!(
+        m.value(
+            "tls_sidecar_egress_failures_total{egress=\"egress_proxy.targets[0]\",reason=\"identity\"}"
+        )
+        .unwrap(),
+        1.0
+    );
+    assert!(
+        m.value("tls_sidecar_egress_connections_total{egress=\"egress_proxy.targets[1]\"}")
+            .unwrap()
+            >= 3.0
+    );
+}
