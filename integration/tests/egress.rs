@@ -16,7 +16,9 @@ use common::*;
 use std::net::IpAddr;
 use tls_sidecar_integration::netpair::{HostsFile, NetPair};
 use tls_sidecar_integration::sidecar::{TLS_PORT, metrics};
-use tls_sidecar_integration::{AppIdentity, AppInfo, CellCa, Instance, LaunchOptions, NetNs};
+use tls_sidecar_integration::{
+    AppIdentity, AppInfo, CellCa, Instance, LaunchOptions, NetNs, Staging,
+};
 
 const ROUTE: &str = "backend.apps.internal";
 
@@ -35,6 +37,86 @@ fn ssh(instance: &Instance, command: &str) -> std::process::Output {
     instance.ssh(command, &[]).unwrap()
 }
 
+/// Launches `server` and `client` (each a staging and the identity its instance gets) in
+/// their own network namespaces joined by a veth pair; the client resolves each of `routes`
+/// to the server, as BOSH DNS would.
+fn two_hosts(
+    server: (&Staging, &AppIdentity),
+    client: (&Staging, &AppIdentity),
+    routes: &[&str],
+) -> (Instance, Instance, NetPair) {
+    let server_ip = server.1.ip;
+    let server = launch_ready(
+        server.0,
+        &LaunchOptions {
+            identity: Some(server.1.clone()),
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+    let client = launch_ready(
+        client.0,
+        &LaunchOptions {
+            identity: Some(client.1.clone()),
+            hosts: routes
+                .iter()
+                .map(|r| ((*r).to_owned(), server_ip))
+                .collect(),
+            ..LaunchOptions::default()
+        },
+        &[TLS_PORT],
+    );
+    let wire = NetPair::connect(server.netns(), client.netns()).unwrap();
+    (server, client, wire)
+}
+
+/// The `X-Forwarded-Client-Cert` the server app answered `/headers` with.
+fn xfcc_seen(out: &std::process::Output) -> String {
+    let headers: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("/headers did not answer JSON ({e}): {}", output_text(out)));
+    headers
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-client-cert"))
+        .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("no XFCC header in {headers}"))
+}
+
+/// backend, whose http listener lets only frontend in, and frontend, each with the identity
+/// its instance gets (on different IPs), and a third app's identity.
+struct Cast {
+    server_app: AppInfo,
+    client_app: AppInfo,
+    third: AppIdentity,
+    server_id: AppIdentity,
+    client_id: AppIdentity,
+    server_staging: Staging,
+}
+
+impl Cast {
+    fn new() -> Cast {
+        let server_app = AppInfo::new("backend");
+        let client_app = AppInfo::new("frontend");
+        let server_id = server_app.instance_identity();
+        let server_staging = stage_with_config(
+            &server_app,
+            &format!(
+                "listeners:\n  - port: 8443\n    mode: http\n    allow: [cf:app:{}]\n",
+                client_app.guid
+            ),
+        );
+        Cast {
+            third: client_app.instance_identity().app_in_other_org(),
+            client_id: identity_apart_from(&client_app, &[server_id.ip]),
+            server_app,
+            client_app,
+            server_id,
+            server_staging,
+        }
+    }
+}
+
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -42,46 +124,21 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 #[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
 fn an_app_calls_another_app_on_another_host_through_its_egress_with_its_own_identity() {
-    let server_app = AppInfo::new("backend");
-    let client_app = AppInfo::new("frontend");
-    let third = client_app.instance_identity().app_in_other_org();
-    let server_id = server_app.instance_identity();
-    let client_id = identity_apart_from(&client_app, &[server_id.ip]);
-
-    let server_staging = stage_with_config(
-        &server_app,
-        &format!(
-            "listeners:\n  - port: 8443\n    mode: http\n    allow: [cf:app:{}]\n",
-            client_app.guid
-        ),
-    );
+    let c = Cast::new();
     let client_staging = stage_with_config(
-        &client_app,
+        &c.client_app,
         &format!(
             "egress:\n\
              \x20 - name: backend\n    listen: 127.0.0.1:9001\n    target: {ROUTE}:8443\n    expect: [cf:app:{}]\n\
              \x20 - name: impostor\n    listen: 127.0.0.1:9002\n    target: {ROUTE}:8443\n    expect: [cf:app:{}]\n",
-            server_app.guid, third.app_guid
+            c.server_app.guid, c.third.app_guid
         ),
     );
-    let server = launch_ready(
-        &server_staging,
-        &LaunchOptions {
-            identity: Some(server_id.clone()),
-            ..LaunchOptions::default()
-        },
-        &[TLS_PORT],
+    let (server, client, _wire) = two_hosts(
+        (&c.server_staging, &c.server_id),
+        (&client_staging, &c.client_id),
+        &[ROUTE],
     );
-    let client = launch_ready(
-        &client_staging,
-        &LaunchOptions {
-            identity: Some(client_id.clone()),
-            hosts: vec![(ROUTE.to_owned(), server_id.ip)],
-            ..LaunchOptions::default()
-        },
-        &[TLS_PORT],
-    );
-    let _wire = NetPair::connect(server.netns(), client.netns()).unwrap();
 
     // The app finds its egress listener in the variable the buildpack's profile.d exports.
     let out = ssh(
@@ -107,20 +164,13 @@ fn an_app_calls_another_app_on_another_host_through_its_egress_with_its_own_iden
         client.logs(),
         server.logs()
     );
-    let headers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let xfcc = headers
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-client-cert"))
-        .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
-        .unwrap_or_else(|| panic!("no XFCC header in {headers}"));
+    let xfcc = xfcc_seen(&out);
     assert!(
-        xfcc.contains(&format!("Subject=\"{}\"", client_id.rfc2253_subject())),
+        xfcc.contains(&format!("Subject=\"{}\"", c.client_id.rfc2253_subject())),
         "the server app sees the client app's instance identity: {xfcc}"
     );
     assert!(
-        xfcc.contains(&format!("DNS={}", client_id.instance_guid)),
+        xfcc.contains(&format!("DNS={}", c.client_id.instance_guid)),
         "{xfcc}"
     );
     let line = client
@@ -129,17 +179,17 @@ fn an_app_calls_another_app_on_another_host_through_its_egress_with_its_own_iden
         .wait_for_log("egress connection closed", ready())
         .unwrap();
     assert!(
-        line.contains(&server_app.guid),
+        line.contains(&c.server_app.guid),
         "the server's identity is logged: {line}"
     );
 
-    // A third app, calling the server directly over the veth with its own instance identity,
+    // A c.third app, calling the server directly over the veth with its own instance identity,
     // is refused.
     let ca = CellCa::shared().unwrap();
-    let (_dir, cert) = ca.issue_client(&third).unwrap();
+    let (_dir, cert) = ca.issue_client(&c.third).unwrap();
     let root = ca.root_cert().display().to_string();
-    let resolve = format!("{}:8443:{}", server_id.instance_guid, server_id.ip);
-    let url = format!("https://{}:8443/", server_id.instance_guid);
+    let resolve = format!("{}:8443:{}", c.server_id.instance_guid, c.server_id.ip);
+    let url = format!("https://{}:8443/", c.server_id.instance_guid);
     let out = client
         .exec(&[
             "curl",
@@ -162,14 +212,14 @@ fn an_app_calls_another_app_on_another_host_through_its_egress_with_its_own_iden
     assert_eq!(
         text(&out),
         "not allowed\n\n403",
-        "a third app is refused, and the answer names no rule: {}",
+        "a c.third app is refused, and the answer names no rule: {}",
         output_text(&out)
     );
     // The server's log says who was refused.
     server
         .process("tls-sidecar")
         .unwrap()
-        .wait_for_log(&third.app_guid, ready())
+        .wait_for_log(&c.third.app_guid, ready())
         .unwrap();
 
     // An egress expecting another app refuses to forward: the app's connection just closes,
@@ -192,7 +242,7 @@ fn an_app_calls_another_app_on_another_host_through_its_egress_with_its_own_iden
     assert!(
         line.contains(&format!(
             "wrong identity: expected cf:app:{} got app={}",
-            third.app_guid, server_app.guid
+            c.third.app_guid, c.server_app.guid
         )),
         "{line}"
     );
@@ -285,28 +335,17 @@ fn a_minted_certificate_names_the_internal_route_so_curl_verifies_the_hostname_f
 #[test]
 #[ignore = "integration test: needs root and the packaged buildpack; run with --include-ignored (scripts/test.sh does)"]
 fn an_app_calls_any_internal_route_through_the_egress_proxy_with_its_own_identity() {
-    let server_app = AppInfo::new("backend");
-    let client_app = AppInfo::new("frontend");
-    let third = client_app.instance_identity().app_in_other_org();
-    let server_id = server_app.instance_identity();
-    let client_id = identity_apart_from(&client_app, &[server_id.ip]);
     let impostor = "impostor.apps.internal";
 
-    let server_staging = stage_with_config(
-        &server_app,
-        &format!(
-            "listeners:\n  - port: 8443\n    mode: http\n    allow: [cf:app:{}]\n",
-            client_app.guid
-        ),
-    );
+    let c = Cast::new();
     // The first target that lists a host decides: the impostor route expects another app.
     let client_staging = stage_with_config(
-        &client_app,
+        &c.client_app,
         &format!(
             "egress_proxy:\n  targets:\n\
              \x20   - {{hosts: [{impostor}], expect: [cf:app:{}]}}\n\
              \x20   - {{hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:app:{}]}}\n",
-            third.app_guid, server_app.guid
+            c.third.app_guid, c.server_app.guid
         ),
     );
     assert!(
@@ -316,27 +355,11 @@ fn an_app_calls_any_internal_route_through_the_egress_proxy_with_its_own_identit
         "{}",
         client_staging.output
     );
-    let server = launch_ready(
-        &server_staging,
-        &LaunchOptions {
-            identity: Some(server_id.clone()),
-            ..LaunchOptions::default()
-        },
-        &[TLS_PORT],
+    let (server, client, _wire) = two_hosts(
+        (&c.server_staging, &c.server_id),
+        (&client_staging, &c.client_id),
+        &[ROUTE, impostor],
     );
-    let client = launch_ready(
-        &client_staging,
-        &LaunchOptions {
-            identity: Some(client_id.clone()),
-            hosts: vec![
-                (ROUTE.to_owned(), server_id.ip),
-                (impostor.to_owned(), server_id.ip),
-            ],
-            ..LaunchOptions::default()
-        },
-        &[TLS_PORT],
-    );
-    let _wire = NetPair::connect(server.netns(), client.netns()).unwrap();
 
     let out = ssh(&client, "echo \"$TLS_SIDECAR_PROXY ${HTTP_PROXY:-unset}\"");
     assert_eq!(
@@ -348,7 +371,7 @@ fn an_app_calls_any_internal_route_through_the_egress_proxy_with_its_own_identit
 
     // Absolute form (curl -x), a CONNECT tunnel (curl -p -x), and Python's standard library:
     // each reaches the server app, which sees the client's instance identity.
-    let subject = format!("Subject=\"{}\"", client_id.rfc2253_subject());
+    let subject = format!("Subject=\"{}\"", c.client_id.rfc2253_subject());
     let url = format!("http://{ROUTE}:8443/headers");
     for command in [
         format!("curl -sS --max-time 20 -x \"$TLS_SIDECAR_PROXY\" {url}"),
@@ -365,15 +388,7 @@ fn an_app_calls_any_internal_route_through_the_egress_proxy_with_its_own_identit
             client.logs(),
             server.logs()
         );
-        let headers: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{command}: {e}: {}", output_text(&out)));
-        let xfcc = headers
-            .as_object()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-client-cert"))
-            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
-            .unwrap_or_else(|| panic!("{command}: no XFCC header in {headers}"));
+        let xfcc = xfcc_seen(&out);
         assert!(xfcc.contains(&subject), "{command}: {xfcc}");
     }
 
@@ -389,7 +404,7 @@ fn an_app_calls_any_internal_route_through_the_egress_proxy_with_its_own_identit
         answer.ends_with("\n502")
             && answer.contains(&format!(
                 "wrong identity: expected cf:app:{}",
-                third.app_guid
+                c.third.app_guid
             )),
         "{}",
         output_text(&out)

@@ -1498,6 +1498,54 @@ mod tests {
     }
 
     #[test]
+    fn no_variable_changes_or_drops_request_rules() {
+        let staged = stage(
+            "listeners:\n  - mode: http\n    rules: [{paths: [/admin/*], allow: [cf:same-space]}]\n",
+        )
+        .unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Env {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let yaml = staged.to_yaml();
+        let (s, _, _) = StagedConfig::load_with_env(
+            &yaml,
+            "staged",
+            &env(&[
+                ("TLS_SIDECAR_ALLOW", "cf:any"),
+                ("TLS_SIDECAR_CLIENT_AUTH", "required"),
+            ]),
+            8080,
+        )
+        .unwrap();
+        assert_eq!(s.listeners[0].rules, staged.listeners[0].rules);
+        // Switching the listener to tcp would silently drop them: refused instead.
+        let e = StagedConfig::load_with_env(
+            &yaml,
+            "staged",
+            &env(&[("TLS_SIDECAR_MODE", "tcp")]),
+            8080,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("listeners[0].rules: needs mode: http"),
+            "{e}"
+        );
+        // And client_auth cannot be lowered below what rules need.
+        let e = StagedConfig::load_with_env(
+            &yaml,
+            "staged",
+            &env(&[("TLS_SIDECAR_CLIENT_AUTH", "optional")]),
+            8080,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("TLS_SIDECAR_CLIENT_AUTH"), "{e}");
+    }
+
+    #[test]
     fn tls_sidecar_allow_at_run_time_turns_on_client_auth_in_a_staged_file() {
         for file in [
             "listeners:\n  - port: 8443\n",

@@ -68,6 +68,16 @@ impl Fronted {
         }
     }
 
+    /// `tls-sidecar check` on this instance with `vcap` as its `VCAP_APPLICATION`.
+    fn check(&self, vcap: String) -> (i32, String) {
+        check(Path::new(BIN), Some(&self.config), &self.env(vcap))
+    }
+
+    /// This instance's own app, space and org as `VCAP_APPLICATION`.
+    fn own_vcap(&self) -> String {
+        vcap_application(&self.leaf.identity)
+    }
+
     fn env(&self, vcap: String) -> Vec<(&'static str, String)> {
         vec![
             ("CF_INSTANCE_CERT", self.creds.cert().display().to_string()),
@@ -90,7 +100,7 @@ fn check_on_a_good_setup_exits_0_and_reports_identity_sans_expiry_listeners_and_
     );
     let (leaf, creds, trust, config) = (&f.leaf, &f.creds, &f.trust, &f.config);
     let me = &leaf.identity;
-    let (code, out) = check(Path::new(BIN), Some(config), &f.env(vcap_application(me)));
+    let (code, out) = f.check(f.own_vcap());
     println!("{out}");
     assert_eq!(code, 0, "{out}");
     for expected in [
@@ -379,11 +389,7 @@ fn check_lists_each_request_rule_in_order_and_names_the_one_that_cannot_resolve(
     let f = Fronted::new(
         "listeners:\n  - port: 9444\n    mode: http\n    rules:\n      - {paths: [/admin/*], methods: [POST], allow: []}\n      - {paths: [/api/*, /health], allow: [cf:same-org]}\n",
     );
-    let (code, out) = check(
-        Path::new(BIN),
-        Some(&f.config),
-        &f.env(vcap_application(&f.leaf.identity)),
-    );
+    let (code, out) = f.check(f.own_vcap());
     assert_eq!(code, 0, "{out}");
     for expected in [
         "client_auth=required  xfcc=envoy",
@@ -392,11 +398,7 @@ fn check_lists_each_request_rule_in_order_and_names_the_one_that_cannot_resolve(
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
     // Without organization_id, cf:same-org cannot be resolved: the start would refuse it.
-    let (code, out) = check(
-        Path::new(BIN),
-        Some(&f.config),
-        &f.env(r#"{"application_name":"shop"}"#.to_owned()),
-    );
+    let (code, out) = f.check(r#"{"application_name":"shop"}"#.to_owned());
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("listeners[0].rules[1].allow"), "{out}");
 }
@@ -406,11 +408,7 @@ fn check_lists_the_egress_proxy_and_its_targets_with_the_variable_the_app_reads(
     let f = Fronted::new(
         "listeners: []\negress_proxy:\n  targets:\n    - {hosts: [\"*.apps.internal\"], ports: [8443], expect: [cf:same-space]}\n    - {hosts: [\"*.apps.identity\"], expect: [\"dns:*.apps.identity\"]}\n",
     );
-    let (code, out) = check(
-        Path::new(BIN),
-        Some(&f.config),
-        &f.env(vcap_application(&f.leaf.identity)),
-    );
+    let (code, out) = f.check(f.own_vcap());
     assert_eq!(code, 0, "{out}");
     for expected in [
         "Egress proxy (HTTP proxy for the app, mutual TLS to each target)\n  127.0.0.1:8446  (the app finds it in $TLS_SIDECAR_PROXY = http://127.0.0.1:8446)".to_owned(),

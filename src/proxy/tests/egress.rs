@@ -71,6 +71,36 @@ fn entry(name: &str, target: SocketAddr, expect: &[&str]) -> EgressConfig {
     }
 }
 
+/// Two apps of the shared PKI, trusting its root: `me` (a client leaf) calls `them` (an EC
+/// leaf, valid for a day).
+struct TwoApps {
+    trust: TrustDir,
+    me: Identity,
+    them: Identity,
+    my_leaf: Leaf,
+    their_leaf: Leaf,
+    my_creds: Creds,
+    their_creds: Creds,
+}
+
+impl TwoApps {
+    fn new() -> TwoApps {
+        let pki = Pki::shared();
+        let (me, them) = (Identity::random(), Identity::random());
+        let my_leaf = pki.client(&me);
+        let their_leaf = pki.issue(&them, KeyKind::Ec, Validity::OneDay);
+        TwoApps {
+            trust: TrustDir::with(&[&pki.root_pem]),
+            my_creds: Creds::with(&my_leaf),
+            their_creds: Creds::with(&their_leaf),
+            me,
+            them,
+            my_leaf,
+            their_leaf,
+        }
+    }
+}
+
 /// What the app gets back through the egress listener at `addr` after sending `message` and
 /// half-closing: the echo, or nothing when the sidecar closed the connection.
 async fn through(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
@@ -119,26 +149,21 @@ fn egress_failures(name: &str, reason: &str) -> String {
 async fn an_egress_connection_presents_this_instances_identity_to_a_server_with_the_expected_identity()
  {
     capture_logs();
-    let pki = Pki::shared();
-    let trust = TrustDir::with(&[&pki.root_pem]);
-    let (me, them) = (Identity::random(), Identity::random());
-    let my_leaf = pki.client(&me);
-    let their_leaf = pki.issue(&them, KeyKind::Ec, Validity::OneDay);
-    let (my_creds, their_creds) = (Creds::with(&my_leaf), Creds::with(&their_leaf));
-    let allow = format!("cf:app:{}", me.app);
+    let t = TwoApps::new();
+    let allow = format!("cf:app:{}", t.me.app);
     let backend = start(server(
-        &their_creds,
+        &t.their_creds,
         echo_app().await,
-        &trust,
-        &them,
+        &t.trust,
+        &t.them,
         &[&allow],
     ))
     .await;
-    let expect = format!("cf:app:{}", them.app);
+    let expect = format!("cf:app:{}", t.them.app);
     let sidecar = start(client(
-        &my_creds,
-        &trust,
-        &me,
+        &t.my_creds,
+        &t.trust,
+        &t.me,
         vec![entry("backend", backend.tls(), &[&expect])],
     ))
     .await;
@@ -146,9 +171,12 @@ async fn an_egress_connection_presents_this_instances_identity_to_a_server_with_
     assert_eq!(through(sidecar.egress(0), b"ping").await, b"ping");
 
     // The server saw this app's instance identity; the client logged the server's.
-    let seen = log_line(&["connection closed", &me.app, &my_leaf.guid]).await;
-    assert!(seen.contains(&me.space) && seen.contains(&me.org), "{seen}");
-    let line = log_line(&["egress connection closed", &them.app, &their_leaf.guid]).await;
+    let seen = log_line(&["connection closed", &t.me.app, &t.my_leaf.guid]).await;
+    assert!(
+        seen.contains(&t.me.space) && seen.contains(&t.me.org),
+        "{seen}"
+    );
+    let line = log_line(&["egress connection closed", &t.them.app, &t.their_leaf.guid]).await;
     assert!(
         line.contains("bytes_sent=4") && line.contains("bytes_received=4"),
         "{line}"
@@ -609,25 +637,20 @@ async fn read_response(app: &mut TcpStream) -> (String, String) {
 async fn the_egress_proxy_carries_absolute_form_requests_and_connect_tunnels_with_this_apps_identity()
  {
     capture_logs();
-    let pki = Pki::shared();
-    let trust = TrustDir::with(&[&pki.root_pem]);
-    let (me, them) = (Identity::random(), Identity::random());
-    let my_leaf = pki.client(&me);
-    let their_leaf = pki.issue(&them, KeyKind::Ec, Validity::OneDay);
-    let (my_creds, their_creds) = (Creds::with(&my_leaf), Creds::with(&their_leaf));
-    let allow = format!("cf:app:{}", me.app);
+    let t = TwoApps::new();
+    let allow = format!("cf:app:{}", t.me.app);
     let mut backend = server(
-        &their_creds,
+        &t.their_creds,
         head_echo_app().await,
-        &trust,
-        &them,
+        &t.trust,
+        &t.them,
         &[&allow],
     );
     backend.listeners[0].mode = Mode::Http;
     let backend = start(backend).await;
     let port = backend.tls().port();
-    let expect = format!("cf:app:{}", them.app);
-    let sidecar = start(proxy_client(&my_creds, &trust, &me, port, &expect)).await;
+    let expect = format!("cf:app:{}", t.them.app);
+    let sidecar = start(proxy_client(&t.my_creds, &t.trust, &t.me, port, &expect)).await;
     let proxy = sidecar.running.egress_proxy_addr().unwrap();
 
     // Absolute form, twice on separate app connections: origin form at the target, the app's
@@ -648,7 +671,7 @@ async fn the_egress_proxy_carries_absolute_form_requests_and_connect_tunnels_wit
         assert!(!lower.contains("proxy-"), "{seen}");
         assert!(
             lower.contains("x-forwarded-client-cert:")
-                && seen.contains(&format!("OU=app:{}", me.app)),
+                && seen.contains(&format!("OU=app:{}", t.me.app)),
             "{seen}"
         );
     }
@@ -675,7 +698,7 @@ async fn the_egress_proxy_carries_absolute_form_requests_and_connect_tunnels_wit
     let (status, seen) = read_response(&mut app).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
-        seen.starts_with("GET /tunnelled HTTP/1.1\r\n") && seen.contains(&me.app),
+        seen.starts_with("GET /tunnelled HTTP/1.1\r\n") && seen.contains(&t.me.app),
         "{seen}"
     );
     drop(app);
@@ -686,7 +709,12 @@ async fn the_egress_proxy_carries_absolute_form_requests_and_connect_tunnels_wit
         "3",
     )
     .await;
-    log_line(&["egress proxy tunnel closed", &them.app, &their_leaf.guid]).await;
+    log_line(&[
+        "egress proxy tunnel closed",
+        &t.them.app,
+        &t.their_leaf.guid,
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
