@@ -150,16 +150,21 @@ pub struct ProxyTarget {
     pub expect: Vec<Selector>,
 }
 
+impl ProxyTarget {
+    /// Whether this target lists `host` (any case) and `port`.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port))
+            && self.hosts.iter().any(|h| h.matches(host))
+    }
+}
+
 impl EgressProxy {
     /// The variable the profile.d script exports: the proxy's URL for the app's HTTP clients.
     pub const ENV_VAR: &'static str = "TLS_SIDECAR_PROXY";
 
     /// The index of the first target listing `host` and `port`.
     pub fn target(&self, host: &str, port: u16) -> Option<usize> {
-        self.targets.iter().position(|t| {
-            (t.ports.is_empty() || t.ports.contains(&port))
-                && t.hosts.iter().any(|h| h.matches(host))
-        })
+        self.targets.iter().position(|t| t.matches(host, port))
     }
 
     /// `http://127.0.0.1:8446`, what `TLS_SIDECAR_PROXY` holds.

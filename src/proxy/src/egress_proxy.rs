@@ -94,11 +94,6 @@ impl Target {
             addrs,
         }
     }
-
-    fn matches(&self, host: &str, port: u16) -> bool {
-        (self.spec.ports.is_empty() || self.spec.ports.contains(&port))
-            && self.spec.hosts.iter().any(|h| h.matches(host))
-    }
 }
 
 /// The proxy's targets, in config order, and the limits its connections keep.
@@ -110,7 +105,7 @@ pub(crate) struct EgressProxy {
 impl EgressProxy {
     /// The first target listing `host` and `port`.
     fn target(&self, host: &str, port: u16) -> Option<&Target> {
-        self.targets.iter().find(|t| t.matches(host, port))
+        self.targets.iter().find(|t| t.spec.matches(host, port))
     }
 }
 
@@ -147,20 +142,21 @@ impl Door for ProxyDoor {
     }
 }
 
-/// Serves one connection from the app until it closes or the drain ends. `_permit` is its
-/// egress slot.
+/// Serves one connection from the app until it closes or the drain ends. `permit` is its
+/// egress slot, held until a CONNECT tunnel made on it closes too.
 async fn serve(
     app: TcpStream,
     peer: SocketAddr,
     proxy: Arc<EgressProxy>,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = app.set_nodelay(true);
+    let slot = Arc::new(permit);
     let close_all = shared.close_all.clone();
     let service = service_fn(move |req| {
-        let (proxy, close_all) = (proxy.clone(), close_all.clone());
-        async move { Ok::<_, Infallible>(handle(&proxy, peer, req, close_all).await) }
+        let (proxy, close_all, slot) = (proxy.clone(), close_all.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(handle(&proxy, peer, req, Held { close_all, slot }).await) }
     });
     let mut builder = http1::Builder::new();
     builder.max_buf_size(MAX_HEAD);
@@ -174,12 +170,19 @@ async fn serve(
     }
 }
 
+/// What a CONNECT tunnel keeps while it runs: the drain's last switch, and the egress slot of
+/// the app connection it was made on.
+struct Held {
+    close_all: watch::Receiver<bool>,
+    slot: Arc<OwnedSemaphorePermit>,
+}
+
 /// Answers one request from the app: a CONNECT tunnel, a forwarded request, or a refusal.
 async fn handle(
     proxy: &EgressProxy,
     peer: SocketAddr,
     req: Request<Incoming>,
-    close_all: watch::Receiver<bool>,
+    held: Held,
 ) -> Response<Body> {
     let started = Instant::now();
     let connect = req.method() == Method::CONNECT;
@@ -203,12 +206,23 @@ async fn handle(
     let name = target.metrics.name.as_str();
     if connect {
         let to = HostPort { host, port };
-        return tunnel(proxy, target, peer, req, to, close_all).await;
+        return tunnel(proxy, target, peer, req, to, held).await;
     }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = target.client.request(to_target(req)).await;
+    // A hung target must not hold the app: the response head has to start within
+    // limits.idle_timeout, as in http mode.
+    let idle = proxy.limits.idle_timeout;
+    let result = tokio::time::timeout(idle, target.client.request(to_target(req))).await;
     let duration_ms = millis(started.elapsed());
+    let Ok(result) = result else {
+        let text = format!(
+            "{host}:{port} did not answer within {} ms (limits.idle_timeout)",
+            millis(idle)
+        );
+        warn!(egress = name, peer = %peer, host, port, method = %method, path, duration_ms, "egress proxy request failed: {text}");
+        return refuse(StatusCode::GATEWAY_TIMEOUT, &text);
+    };
     match result {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -246,7 +260,7 @@ async fn tunnel(
     peer: SocketAddr,
     req: Request<Incoming>,
     to: HostPort,
-    mut close_all: watch::Receiver<bool>,
+    held: Held,
 ) -> Response<Body> {
     let name = target.metrics.name.clone();
     let mut conn = egress::Conn::default();
@@ -265,6 +279,10 @@ async fn tunnel(
     let metrics = target.metrics.clone();
     let idle = proxy.limits.idle_timeout;
     tokio::spawn(async move {
+        let Held {
+            mut close_all,
+            slot: _slot,
+        } = held;
         let started = Instant::now();
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;

@@ -837,3 +837,43 @@ async fn a_route_domain_target_checks_the_certificate_against_the_requested_host
     assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
     assert!(body.contains("hostname mismatch"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_answers_gets_504_after_the_idle_timeout() {
+    capture_logs();
+    let t = TwoApps::new();
+    // An app that takes connections and never says a word.
+    let listener = tokio::net::TcpListener::bind(loopback(0)).await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let backend = start(server(
+        &t.their_creds,
+        silent,
+        &t.trust,
+        &t.them,
+        &["cf:any"],
+    ))
+    .await;
+    let port = backend.tls().port();
+    let expect = format!("cf:app:{}", t.them.app);
+    let mut config = proxy_client(&t.my_creds, &t.trust, &t.me, port, &expect);
+    config.limits.idle_timeout = std::time::Duration::from_millis(300);
+    let sidecar = start(config).await;
+    let proxy = sidecar.running.egress_proxy_addr().unwrap();
+
+    let (status, body) = via_proxy(
+        proxy,
+        &format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 504 Gateway Timeout");
+    assert!(
+        body.contains("did not answer within 300 ms (limits.idle_timeout)"),
+        "{body}"
+    );
+}
