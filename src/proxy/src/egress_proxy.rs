@@ -18,13 +18,13 @@
 use crate::accept::Door;
 use crate::config::Limits;
 use crate::egress::{self, EgressTls, Failure};
-use crate::http::splice;
+use crate::http::{error_chain, headers, splice};
 use crate::logging::millis;
 use crate::metrics::EgressMetrics;
 use crate::shared::Shared;
 use crate::stop::stopped;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -335,30 +335,11 @@ fn to_target(req: Request<Incoming>) -> Request<Incoming> {
     Request::from_parts(parts, body)
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), those `Connection` names, and the proxy's own.
+/// Removes the hop-by-hop headers (as http mode does) and the ones addressed to this proxy.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
+    headers::strip_hop_by_hop(headers, false);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 /// A local answer: `status` with one line of text.
@@ -382,17 +363,6 @@ fn connect_failure(e: &hyper_util::client::legacy::Error) -> Option<&Failure> {
         cause = c.source();
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Connects the pooled client to a target: the same resolution, addresses in turn, TLS and
@@ -481,6 +451,7 @@ impl Write for TlsIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     #[test]
     fn an_absolute_http_url_or_a_connect_authority_names_the_destination() {

@@ -25,7 +25,7 @@
 mod body;
 mod conn;
 mod framing;
-mod headers;
+pub(crate) mod headers;
 mod observed;
 mod request;
 pub(crate) mod splice;
@@ -525,7 +525,7 @@ async fn turned_true(switch: &mut watch::Receiver<bool>) {
 }
 
 /// `e` and its causes on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
