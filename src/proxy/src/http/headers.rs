@@ -109,11 +109,26 @@ pub(crate) fn to_app(
 ) {
     strip_hop_by_hop(headers, upgrade);
 
+    // One look at the names decides which of the steps below have anything to do: most
+    // requests carry none of the names they remove, and each lookup by name costs a hash.
+    let forwarding = conn.shared.settings.forwarding;
+    let reserved = if forwarding == super::Forwarding::Tls {
+        is_reserved
+    } else {
+        is_reserved_on_route
+    };
+    let (mut has_host, mut has_trailer, mut has_reserved) = (false, false, false);
+    for name in headers.keys() {
+        has_host |= name == header::HOST;
+        has_trailer |= name == header::TRAILER;
+        has_reserved |= reserved(name.as_str());
+    }
+
     // RFC 9112 §3.2.2 (absolute-form) and RFC 9113 §8.3.1 (:authority): the target's authority
     // is the Host.
     if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         headers.insert(header::HOST, value);
-    } else if !headers.contains_key(header::HOST) {
+    } else if !has_host {
         headers.insert(header::HOST, conn.shared.authority_header.clone());
     }
     if conn.h2 {
@@ -121,9 +136,13 @@ pub(crate) fn to_app(
     }
 
     // Sanitize, then set: whatever the client sent never reaches the app.
-    strip_reserved_trailer_names(headers);
-    let forwarding = conn.shared.settings.forwarding;
+    if has_trailer {
+        strip_reserved_trailer_names(headers);
+    }
     if forwarding != super::Forwarding::Tls {
+        if !has_reserved {
+            return;
+        }
         // The route port: see [`is_reserved_on_route`].
         let kept: Vec<HeaderValue> = match forwarding {
             super::Forwarding::RouteKeepingXfccFrom(envoy)
@@ -143,7 +162,9 @@ pub(crate) fn to_app(
         }
         return;
     }
-    strip_reserved(headers);
+    if has_reserved {
+        strip_reserved(headers);
+    }
     if let Some(xfcc) = &conn.xfcc {
         headers.insert(X_FORWARDED_CLIENT_CERT, xfcc.clone());
     }
@@ -192,6 +213,18 @@ pub(crate) fn to_client(headers: &mut HeaderMap, upgrade: bool) {
 /// `Upgrade` (unless `keep_upgrade`, which also sets `Connection: upgrade`), and `TE` unless it
 /// is `trailers`, the one value that means something end to end.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one look at the names is cheaper than six lookups.
+    let hop_by_hop = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::TE
+    });
+    if !hop_by_hop && !keep_upgrade {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

@@ -22,6 +22,7 @@
 
 #![doc(hidden)]
 
+mod app;
 mod body;
 mod conn;
 mod framing;
@@ -38,8 +39,6 @@ use conn::{Conn, Counter};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use observed::Observed;
 use rustls_pki_types::CertificateDer;
@@ -66,12 +65,6 @@ pub(crate) const APP_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// quarter of the idle limit when that is shorter): a stalled response is cut at most this
 /// long after its deadline.
 const PROGRESS_CHECK: Duration = Duration::from_millis(500);
-/// How long an idle pooled connection to the app is kept. Apps close idle keep-alive
-/// connections on their own timers (Node 5 s, Puma 20 s, Tomcat 60 s); hyper notices that
-/// close on loopback at once and drops the connection from the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections to the app kept per listener; more are closed when they go idle.
-const POOL_MAX_IDLE: usize = 32;
 /// How long a new HTTP/1 connection gets to send its first request once the drain has
 /// started; it is answered with `Connection: close`.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
@@ -180,9 +173,9 @@ pub(crate) struct Shared {
     /// One permit per request in flight to the app.
     app_slots: Arc<Semaphore>,
     pub(crate) metrics: Arc<ListenerMetrics>,
-    pub(crate) client: Client<HttpConnector, trailers::RequestBody>,
-    /// `127.0.0.1:8080` as a URI authority and as a `Host` value.
-    pub(crate) authority: http::uri::Authority,
+    /// Idle connections to the app.
+    pub(crate) app: Arc<app::AppPool>,
+    /// `127.0.0.1:8080` as a `Host` value, for requests that name no host.
     pub(crate) authority_header: http::HeaderValue,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -199,17 +192,15 @@ impl HttpService {
         limits: HttpLimits,
         metrics: Arc<ListenerMetrics>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        // Request and response heads are small writes: Nagle would only add latency.
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            // We set Host ourselves: the client's own would name the app's loopback address.
-            .set_host(false)
-            .build(connector);
+        // As many idle connections as may be busy at once (`limits.app_connections`): a
+        // smaller pool closes connections a busy moment needs again a moment later, and under
+        // steady keep-alive load from 64 clients a pool of 32 turned every ~16th request into
+        // a new connection to the app (connect, accept, close on both sides).
+        let app = app::AppPool::new(
+            settings.upstream.clone(),
+            settings.connect_timeout,
+            limits.app_connections,
+        );
 
         let mut h1 = http1::Builder::new();
         // Our own idle timer (see `drive`) bounds the wait for a request head too, and closes
@@ -233,8 +224,7 @@ impl HttpService {
                     limits.app_connections.clamp(1, Semaphore::MAX_PERMITS),
                 )),
                 metrics,
-                client,
-                authority,
+                app: Arc::new(app),
                 authority_header,
                 h1,
                 h2,
@@ -426,10 +416,19 @@ where
     let check_every = (idle / 4).clamp(Duration::from_millis(10), PROGRESS_CHECK);
     // The progress counter as last sampled, and since when it has had that value.
     let mut progress = (conn.body_progress.load(Relaxed), Instant::now());
+    // Made once and kept across iterations: a future made afresh in every iteration registers
+    // with (and leaves) its notifier's waiter list each time the connection is polled, which
+    // cost ~4,000 instructions per keep-alive request.
+    let close_all = turned_true(close_all);
+    tokio::pin!(close_all);
+    let graceful = turned_true(graceful);
+    tokio::pin!(graceful);
+    let arrived = conn.request_arrived.notified();
+    tokio::pin!(arrived);
     loop {
         tokio::select! {
             biased;
-            () = turned_true(close_all) => return Ended::Drained,
+            () = close_all.as_mut() => return Ended::Drained,
             result = connection.as_mut() => {
                 return match result {
                     // Once we have said goodbye, a client that hangs up mid-goodbye is fine.
@@ -437,7 +436,7 @@ where
                     result => Ended::Finished(result),
                 };
             }
-            () = turned_true(graceful), if phase == Phase::Serving => {
+            () = graceful.as_mut(), if phase == Phase::Serving => {
                 if conn.h2 || conn.requests.load(Relaxed) > 0 {
                     phase = Phase::Draining;
                     graceful_shutdown(connection.as_mut());
@@ -446,18 +445,20 @@ where
                     timer.as_mut().reset(later(Instant::now(), FIRST_REQUEST_GRACE));
                 }
             }
-            () = conn.request_arrived.notified(), if phase == Phase::Serving => {
-                // Watch the request's progress from now on, not from the idle deadline the
-                // timer was armed with.
-                let soon = later(Instant::now(), check_every);
-                if timer.deadline() > soon {
-                    timer.as_mut().reset(soon);
+            () = arrived.as_mut(), if matches!(phase, Phase::Serving | Phase::AwaitingFirst) => {
+                arrived.set(conn.request_arrived.notified());
+                if phase == Phase::AwaitingFirst {
+                    // Its answer carries `Connection: close`.
+                    phase = Phase::Draining;
+                    graceful_shutdown(connection.as_mut());
+                } else {
+                    // Watch the request's progress from now on, not from the idle deadline
+                    // the timer was armed with.
+                    let soon = later(Instant::now(), check_every);
+                    if timer.deadline() > soon {
+                        timer.as_mut().reset(soon);
+                    }
                 }
-            }
-            () = conn.request_arrived.notified(), if phase == Phase::AwaitingFirst => {
-                // Its answer carries `Connection: close`.
-                phase = Phase::Draining;
-                graceful_shutdown(connection.as_mut());
             }
             () = timer.as_mut(), if phase != Phase::Draining => {
                 match phase {

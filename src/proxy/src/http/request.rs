@@ -1,5 +1,6 @@
 //! One request: refuse it, or forward it to the app and relay the answer.
 
+use super::app::AppError;
 use super::body::{Payload, RequestLog, ResponseBody};
 use super::conn::{Conn, DENIED_BODY};
 use super::trailers::RequestBody;
@@ -7,7 +8,7 @@ use super::{error_chain, headers, splice, turned_true};
 use crate::logging::millis;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use http::uri::{Parts, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -83,7 +84,7 @@ async fn respond(
             format!("tls-sidecar: {conflict}\n"),
         );
     }
-    let Some(uri) = app_uri(conn, &parts.uri, normal_path) else {
+    let Some(uri) = app_uri(&parts.uri, normal_path) else {
         log.fail("the request target cannot be forwarded");
         return local(
             StatusCode::BAD_REQUEST,
@@ -99,26 +100,27 @@ async fn respond(
     // A hung app must not hold the client, a max_connections slot and an app connection
     // forever: the response head has to start within limits.idle_timeout.
     let idle = conn.shared.settings.idle_timeout;
-    let mut response = match tokio::time::timeout(idle, conn.shared.client.request(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
-            let (status, text) = app_error(conn, &e);
-            log.fail(text.clone());
-            return local(status, format!("tls-sidecar: {text}\n"));
-        }
-        Err(_) => {
-            let text = format!(
-                "the app on {} did not answer within {} ms (limits.idle_timeout)",
-                conn.shared.settings.upstream,
-                millis(idle)
-            );
-            log.fail(text.clone());
-            return local(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("tls-sidecar: {text}\n"),
-            );
-        }
-    };
+    let (mut response, lease) =
+        match tokio::time::timeout(idle, conn.shared.app.send(request)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                let (status, text) = app_error(conn, &e);
+                log.fail(text.clone());
+                return local(status, format!("tls-sidecar: {text}\n"));
+            }
+            Err(_) => {
+                let text = format!(
+                    "the app on {} did not answer within {} ms (limits.idle_timeout)",
+                    conn.shared.settings.upstream,
+                    millis(idle)
+                );
+                log.fail(text.clone());
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("tls-sidecar: {text}\n"),
+                );
+            }
+        };
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -139,10 +141,11 @@ async fn respond(
     parts.version = Version::HTTP_11;
     // Nothing of the app-side connection (its address, hyper's bookkeeping) goes to the client.
     parts.extensions = http::Extensions::new();
+    // An upgraded app connection is the tunnel's now: its lease is dropped, never returned.
     let payload = if switching {
         Payload::empty()
     } else {
-        Payload::App(body)
+        Payload::App(body, Some(lease))
     };
     Response::from_parts(parts, payload)
 }
@@ -174,9 +177,9 @@ fn authorize(
     Ok(Some(path))
 }
 
-/// `http://<upstream><path?query>` for the request target `uri`, with `normal_path` (the
-/// request rules' normal form) in place of its path when there is one.
-fn app_uri(conn: &Conn, uri: &Uri, normal_path: Option<String>) -> Option<Uri> {
+/// The origin-form target (`/path?query`) for the request target `uri`, with `normal_path`
+/// (the request rules' normal form) in place of its path when there is one.
+fn app_uri(uri: &Uri, normal_path: Option<String>) -> Option<Uri> {
     let path = match (normal_path, uri.path_and_query()) {
         (Some(path), pq) => match pq.and_then(PathAndQuery::query) {
             Some(query) => PathAndQuery::try_from(format!("{path}?{query}")).ok()?,
@@ -187,53 +190,35 @@ fn app_uri(conn: &Conn, uri: &Uri, normal_path: Option<String>) -> Option<Uri> {
         // `OPTIONS *` and other non-origin targets.
         (None, Some(_)) => return None,
     };
-    let mut parts = Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(conn.shared.authority.clone());
-    parts.path_and_query = Some(path);
-    Uri::from_parts(parts).ok()
+    Some(Uri::from(path))
 }
 
 /// Status and one-line text for a failure to get an answer from the app.
-fn app_error(
-    conn: &Conn,
-    e: &hyper_util::client::legacy::Error,
-) -> (StatusCode, Cow<'static, str>) {
+fn app_error(conn: &Conn, e: &AppError) -> (StatusCode, Cow<'static, str>) {
     let upstream = &conn.shared.settings.upstream;
-    if e.is_connect() {
-        let cause = match io_cause(e) {
-            Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                "connection refused".to_owned()
-            }
-            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => format!(
-                "no connection within {} ms",
-                millis(conn.shared.settings.connect_timeout)
-            ),
-            Some(io) => io.to_string(),
-            None => error_chain(e),
-        };
-        let text = format!("the app is not reachable on {upstream} ({cause})");
-        return (StatusCode::BAD_GATEWAY, text.into());
-    }
-    let cause = match std::error::Error::source(e) {
-        Some(source) => error_chain(source),
-        None => e.to_string(),
-    };
-    let text = format!("the app on {upstream} did not answer ({cause})");
-    (StatusCode::BAD_GATEWAY, text.into())
-}
-
-/// The innermost I/O error behind `e`, if any.
-fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
-    let mut cause = e.source();
-    let mut found = None;
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            found = Some(io);
+    let text = match e {
+        AppError::Connect(io) => {
+            let cause = match io {
+                Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused".to_owned()
+                }
+                None => format!(
+                    "no connection within {} ms",
+                    millis(conn.shared.settings.connect_timeout)
+                ),
+                Some(io) if io.kind() == std::io::ErrorKind::TimedOut => format!(
+                    "no connection within {} ms",
+                    millis(conn.shared.settings.connect_timeout)
+                ),
+                Some(io) => io.to_string(),
+            };
+            format!("the app is not reachable on {upstream} ({cause})")
         }
-        cause = c.source();
-    }
-    found
+        AppError::Exchange(e) => {
+            format!("the app on {upstream} did not answer ({})", error_chain(e))
+        }
+    };
+    (StatusCode::BAD_GATEWAY, text.into())
 }
 
 /// A short plain-text answer of ours.
