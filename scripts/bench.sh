@@ -4,6 +4,7 @@
 #
 # Usage: scripts/bench.sh [--quick] [--duration S] [--reps N] [--peers LIST] [--no-docs]
 #                         [--rev REV | --sidecar BIN] [--zip ZIP | --no-package] [--work DIR]
+#                         [--also-results FILE]...
 #
 #   --quick          short smoke run: 1 s windows, 1 repetition, 200/1,000 idle connections,
 #                    does not touch docs/ unless --docs is given
@@ -22,6 +23,18 @@
 #   --wait-quiet S   before measuring, wait up to S seconds for the 1-minute load average to drop
 #                    below 0.5 (default 600; 0 with --quick); measures anyway after that
 #   --work DIR       where configs, logs and results.jsonl go (default target/bench/<timestamp>)
+#   --also-results FILE
+#                    an earlier run's results.jsonl (repeatable): the report adds the table
+#                    "tcp mode lead per run" over this run and those (the issue asks for the lead
+#                    in each of three consecutive full runs)
+#
+# Phases, each interleaved over the peers: (1) keep-alive HTTP/1.1, (2) HTTP/2 (peers that speak
+# h2: tls-sidecar-http, nginx-http, haproxy-http), (3) plaintext HTTP/1.1 to the same processes'
+# plaintext listeners (tls-sidecar-http's route port, nginx-http's and haproxy-http's plain
+# server), (4) full and (5) resumed TLS handshakes, (6) bulk, (7) latency at a fixed rate, (8) RSS
+# with idle connections. The client presents a second Diego-shaped identity (a calling app in the
+# same org and space) whenever a peer asks: the three http-mode peers require and verify it and
+# send X-Forwarded-Client-Cert to the upstream; the tcp-mode peers do not ask.
 #
 # Needs root on Debian/Ubuntu (it apt-get installs nginx, libnginx-mod-stream, haproxy, stunnel4,
 # hitch and wrk when missing, without starting their services) and at least 2 CPUs: every
@@ -37,8 +50,16 @@ readonly ALL_PEERS="tls-sidecar-tcp tls-sidecar-http tls-sidecar-tcp-musl nginx-
 readonly GUID=4e0a8b9c-1d2e-4f3a-5b6c-7d8e9f0a1b2c
 readonly ORG=0f8a1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d
 readonly SPACE=5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e1f
+# The calling app whose identity the client presents to peers that ask (same org and space).
+readonly CLIENT_GUID=8d7c6b5a-4f3e-4d2c-9b1a-0f9e8d7c6b5a
 readonly UPSTREAM_PORT=18080
 readonly CONNS=64
+# HTTP/2: 8 connections × 8 streams = the 64 requests in flight of the HTTP/1.1 phases.
+readonly H2_CONNS=8
+readonly H2_STREAMS=8
+# The peers measured in the HTTP/2 phase and those with a plaintext listener (plain phase).
+readonly H2_PEERS="tls-sidecar-http nginx-http haproxy-http"
+readonly PLAIN_PEERS="tls-sidecar-http nginx-http haproxy-http"
 
 usage() {
   sed -n '2,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -66,6 +87,7 @@ zip=""
 package=1
 work=""
 wait_quiet=""
+also_results=()
 while (($#)); do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -80,6 +102,12 @@ while (($#)); do
     --no-package) package=0; shift ;;
     --work) need_value "$1" $#; work="$2"; shift 2 ;;
     --wait-quiet) need_value "$1" $#; wait_quiet="$2"; shift 2 ;;
+    --also-results)
+      need_value "$1" $#
+      [[ -f $2 ]] || die "--also-results $2: no such file"
+      also_results+=("$(realpath "$2")")
+      shift 2
+      ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -238,7 +266,7 @@ echo "       load average before measuring: $load_before (1, 5, 15 min)" >&2
 quiet || echo "       WARNING: the machine is not quiet (1-min load >= 0.5); results will be noisy" >&2
 
 # ---------------------------------------------------------------------------------------------
-step "Certificates: Diego-shaped RSA-3072 instance identity (root CA → intermediate → leaf)"
+step "Certificates: Diego-shaped RSA-3072 instance identities (root CA → intermediate → leaves)"
 certs="$work/certs"
 mkdir -p "$certs/system"
 (
@@ -259,6 +287,12 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=DNS:$GUID,IP:127.0.0.1
 authorityKeyIdentifier=keyid
+[client]
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth,serverAuth
+subjectAltName=DNS:$CLIENT_GUID
+authorityKeyIdentifier=keyid
 EOF
   openssl genrsa -traditional -out ca.key 3072 2> /dev/null
   openssl req -x509 -new -key ca.key -subj "/CN=bench instance identity root CA" -days 7 \
@@ -273,33 +307,44 @@ EOF
   openssl x509 -req -in leaf.csr -CA int.crt -CAkey int.key -CAcreateserial -days 7 -sha256 \
     -extfile ext.cnf -extensions leaf -out leaf.crt 2> /dev/null
   cat leaf.crt int.crt > instance.crt     # chain = leaf + intermediate, as Diego writes it
+  # The calling app's instance identity, shaped the same way: what the client presents.
+  openssl genrsa -traditional -out client.key 3072 2> /dev/null
+  openssl req -new -key client.key -out client.csr \
+    -subj "/OU=organization:$ORG+OU=space:$SPACE+OU=app:$CLIENT_GUID/CN=$CLIENT_GUID"
+  openssl x509 -req -in client.csr -CA int.crt -CAkey int.key -CAcreateserial -days 7 -sha256 \
+    -extfile ext.cnf -extensions client -out client-leaf.crt 2> /dev/null
+  cat client-leaf.crt int.crt > client.crt
   cat instance.crt instance.key > combined.pem   # HAProxy and hitch want one file
   cp ca.crt system/trusted-ca-1.crt
   chmod 644 ./*.crt ./*.pem ./*.key
 ) || die "certificate generation failed"
 
 # ---------------------------------------------------------------------------------------------
-declare -A port admin conf_file pid_of skip
+declare -A port admin plain_port pid_of skip
 i=0
 for p in $ALL_PEERS; do
   port[$p]=$((18443 + i))
   admin[$p]=$((18540 + i))
+  [[ " $PLAIN_PEERS " == *" $p "* ]] && plain_port[$p]=$((18640 + i))
   i=$((i + 1))
 done
+# What every client subcommand presents when a peer asks for a client certificate.
+client_id=(--cert "$certs/client.crt" --key "$certs/client.key")
 
 # Fills a template from bench/ into the work directory.
 render() { # render TEMPLATE PEER OUT
   sed -e "s#@DIR@#$work#g" -e "s#@PORT@#${port[$2]}#g" -e "s#@UP@#$UPSTREAM_PORT#g" \
     -e "s#@CHAIN@#$certs/instance.crt#g" -e "s#@KEY@#$certs/instance.key#g" \
     -e "s#@PEM@#$certs/combined.pem#g" -e "s#@ADMIN@#${admin[$2]}#g" \
+    -e "s#@CA@#$certs/ca.crt#g" -e "s#@PLAIN@#${plain_port[$2]:-0}#g" -e "s#@SPACE@#$SPACE#g" \
     "$repo_root/bench/$1" > "$3"
 }
 
 start_peer() { # start_peer PEER → pid_of[PEER], or skip[PEER]=reason
-  local p=$1 log="$work/$1.log" bin=$sidecar_bin pid tries
+  local p=$1 log="$work/$1.log" bin=$sidecar_bin pid tries probed=0 route_env=() plain_arg=()
   case $p in
     tls-sidecar-tcp-musl)
-      [[ -n $musl_bin ]] || { skip[$p]="no musl binary (packaging skipped or failed)"; return; }
+      [[ -n $musl_bin ]] || { skip[$p]="no musl binary (packaging skipped or failed)"; return 0; }
       bin=$musl_bin ;;
   esac
   case $p in
@@ -307,8 +352,10 @@ start_peer() { # start_peer PEER → pid_of[PEER], or skip[PEER]=reason
       local template=tls-sidecar-tcp.yml
       [[ $p == tls-sidecar-http ]] && template=tls-sidecar-http.yml
       render $template "$p" "$work/$p.yml"
+      # The route-port listener (plaintext phase), as the buildpack's profile script sets it up.
+      [[ -n ${plain_port[$p]:-} ]] && route_env=(TLS_SIDECAR_ROUTE_PORT="${plain_port[$p]}")
       env CF_INSTANCE_CERT="$certs/instance.crt" CF_INSTANCE_KEY="$certs/instance.key" \
-        CF_SYSTEM_CERT_PATH="$certs/system" PORT=$UPSTREAM_PORT \
+        CF_SYSTEM_CERT_PATH="$certs/system" PORT=$UPSTREAM_PORT "${route_env[@]}" \
         taskset -c 0 "$bin" --config "$work/$p.yml" > "$log" 2>&1 &
       ;;
     nginx-http | nginx-stream)
@@ -332,21 +379,31 @@ start_peer() { # start_peer PEER → pid_of[PEER], or skip[PEER]=reason
   esac
   pid=$!
   started_pids+=("$pid")
+  [[ -n ${plain_port[$p]:-} ]] && plain_arg=(--plain-addr "127.0.0.1:${plain_port[$p]}")
   for ((tries = 0; tries < 50; tries++)); do
     if ! kill -0 "$pid" 2> /dev/null; then
-      skip[$p]="exited at start: $(grep -v '^\s*$' "$log" "$work/$p.error.log" 2> /dev/null | tail -n 1 | cut -c1-200)"
-      return
+      # (The substitution fails when there is no error.log: `return 0`, not its status.)
+      skip[$p]="exited at start: $(grep -hv '^\s*$' "$log" "$work/$p.error.log" 2> /dev/null | tail -n 1 | cut -c1-200)"
+      return 0
     fi
     if "$bench" probe --addr "127.0.0.1:${port[$p]}" --ca "$certs/ca.crt" --sni "$GUID" \
-      --label "$p" > "$work/$p.probe" 2> /dev/null; then
-      pid_of[$p]=$pid
-      cat "$work/$p.probe" >> "$results"
-      return
+      "${client_id[@]}" "${plain_arg[@]}" --label "$p" > "$work/$p.probe" 2> "$work/$p.probe.err"; then
+      probed=1
+      # The sidecar binds its route port a moment after its TLS port: wait for both.
+      ((${#plain_arg[@]} == 0)) || grep -q '"plain":true' "$work/$p.probe" && break
     fi
     sleep 0.2
   done
-  skip[$p]="not answering TLS on ${port[$p]} after 10 s (see $log)"
+  if ((probed)); then
+    pid_of[$p]=$pid
+    cat "$work/$p.probe" >> "$results"
+    ((${#plain_arg[@]} == 0)) || grep -q '"plain":true' "$work/$p.probe" \
+      || echo "       $p: WARNING: its plaintext listener ${plain_port[$p]} does not answer (see $work/$p.probe)" >&2
+    return
+  fi
+  skip[$p]="not answering TLS on ${port[$p]} after 10 s: $(tail -n 1 "$work/$p.probe.err" 2> /dev/null | cut -c1-200) (see $log)"
   stop_pid "$pid"
+  return 0
 }
 
 json_str() { # a JSON string literal
@@ -399,8 +456,11 @@ lock_version() { # version of crate $1 in Cargo.lock
   printf '{"type":"meta","timestamp":"%s","quick":%s,"duration_s":%s,"reps":%s,"conns":%s' \
     "$timestamp" "$([[ $quick == 1 ]] && echo true || echo false)" "$duration" "$reps" "$CONNS"
   printf ',"idle_steps":"%s","load_before":"%s"' "$idle_steps" "$load_before"
+  printf ',"h2_conns":%s,"h2_streams":%s' "$H2_CONNS" "$H2_STREAMS"
+  printf ',"client_cert":%s' "$(json_str "$(openssl x509 -in "$certs/client-leaf.crt" -noout -subject -nameopt RFC2253 | sed 's/^subject=//')")"
   printf ',"cpu":%s' "$(json_str "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')")"
   printf ',"cpus":%s,"kernel":%s' "$(nproc --all)" "$(json_str "$(uname -sr)")"
+  # shellcheck source=/dev/null  # the machine's own file, nothing to follow
   printf ',"os":%s' "$(json_str "$(. /etc/os-release && echo "$PRETTY_NAME")")"
   printf ',"mem":%s' "$(json_str "$(free -h | awk '/^Mem:/ {print $2}')")"
   printf ',"openssl":%s,"rustls":"%s","aws_lc_rs":"%s","tokio":"%s","hyper":"%s"' \
@@ -457,12 +517,18 @@ if [[ -n $zip ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# One measurement: the generator on CPU 1, the terminator's CPU sampled by pid.
+# One measurement: the generator on CPU 1, the terminator's CPU sampled by pid. METRIC is a
+# client subcommand, or plain: `keepalive --plain` to the peer's plaintext listener (same
+# process, so the CPU watched is still the peer's).
 measure() { # measure METRIC PEER REP [ARGS...]
-  local metric=$1 p=$2 rep=$3 out
+  local metric=$1 p=$2 rep=$3 out cmd=("$1") to=${port[$2]}
   shift 3
-  if out="$(timeout $((${duration%.*} * 3 + 120)) taskset -c 1 "$bench" "$metric" \
-    --addr "127.0.0.1:${port[$p]}" --ca "$certs/ca.crt" --sni "$GUID" \
+  if [[ $metric == plain ]]; then
+    cmd=(keepalive --plain)
+    to=${plain_port[$p]}
+  fi
+  if out="$(timeout $((${duration%.*} * 3 + 120)) taskset -c 1 "$bench" "${cmd[@]}" \
+    --addr "127.0.0.1:$to" --ca "$certs/ca.crt" --sni "$GUID" "${client_id[@]}" \
     --watch-pid "${pid_of[$p]}" --account-pid "$upstream_pid" --label "$p" --rep "$rep" \
     --duration "$duration" "$@" \
     2> "$work/last-error.log")"; then
@@ -476,32 +542,55 @@ measure() { # measure METRIC PEER REP [ARGS...]
   fi
 }
 
-# Every repetition visits every peer, starting one peer later each time, so slow drift on the
-# machine spreads over all peers.
-interleaved() { # interleaved METRIC [ARGS...]
-  local metric=$1 rep k n=${#active[@]}
+# Every repetition visits every peer of the phase, starting one peer later each time, so slow
+# drift on the machine spreads over all of them.
+phase=()
+interleaved() { # interleaved METRIC [ARGS...], over the peers in phase
+  local metric=$1 rep k n=${#phase[@]}
   shift
   for ((rep = 1; rep <= reps; rep++)); do
     for ((k = 0; k < n; k++)); do
-      measure "$metric" "${active[$(((k + rep - 1) % n))]}" "$rep" "$@"
+      measure "$metric" "${phase[$(((k + rep - 1) % n))]}" "$rep" "$@"
       sleep 0.3
     done
   done
 }
+among() { # among LIST: phase = the active peers in LIST (all active ones without LIST)
+  local p
+  phase=()
+  for p in "${active[@]}"; do
+    if [[ $# -eq 0 || " $1 " == *" $p "* ]]; then phase+=("$p"); fi
+  done
+}
 
+among
 step "(1) keep-alive: $CONNS connections, GET 1 KB, ${duration} s × $reps"
 interleaved keepalive --conns "$CONNS" --path /1k
-step "(2) full TLS 1.3 handshakes: new connection per request, no resumption offered"
+among "$H2_PEERS"
+if ((${#phase[@]})); then
+  step "(2) HTTP/2 keep-alive: $H2_CONNS connections × $H2_STREAMS streams, GET 1 KB (${phase[*]})"
+  interleaved h2 --conns "$H2_CONNS" --streams "$H2_STREAMS" --path /1k
+fi
+among "$PLAIN_PEERS"
+if ((${#phase[@]})); then
+  step "(3) plaintext keep-alive to the same processes' plain listeners: $CONNS connections (${phase[*]})"
+  interleaved plain --conns "$CONNS" --path /1k
+fi
+among
+step "(4) full TLS 1.3 handshakes: new connection per request, no resumption offered"
 interleaved handshake --conns "$CONNS" --path /1k
-step "(3) resumed TLS 1.3 handshakes: each connection offers the ticket the previous one got"
+step "(5) resumed TLS 1.3 handshakes: each connection offers the ticket the previous one got"
 interleaved resume --conns "$CONNS" --path /1k
-step "(4) bulk: GET 100 MB over one connection"
+step "(6) bulk: GET 100 MB over one connection"
 interleaved bulk --conns 1 --path /bulk
 rate="$("$bench" report --results "$results" --half-slowest-keepalive)"
-step "(5) latency at a fixed rate of $rate requests/s (half the slowest peer's keep-alive rate)"
+step "(7) latency at a fixed rate of $rate requests/s (half the slowest peer's keep-alive rate)"
 interleaved rate --conns "$CONNS" --path /1k --rate "$rate"
 
-step "(6) RSS: idle, holding $idle_steps idle TLS connections, after they close (fresh peer each)"
+# A number from the idle test's JSON line in $out (serde_json writes the keys in alphabetical
+# order, so each is picked on its own).
+kb_of() { grep -o "\"$1\":[0-9]*" <<< "$out" | cut -d: -f2; }
+step "(8) RSS: idle, holding $idle_steps idle TLS connections, after they close (fresh peer each)"
 for p in "${active[@]}"; do
   stop_pid "${pid_of[$p]}"
   sleep 0.5
@@ -512,10 +601,10 @@ for p in "${active[@]}"; do
   fi
   sleep 1
   if out="$(timeout 600 taskset -c 1 "$bench" idle --addr "127.0.0.1:${port[$p]}" --ca "$certs/ca.crt" \
-    --sni "$GUID" --watch-pid "${pid_of[$p]}" --label "$p" --steps "$idle_steps" --sources 4 \
+    --sni "$GUID" "${client_id[@]}" --watch-pid "${pid_of[$p]}" --label "$p" --steps "$idle_steps" --sources 4 \
     --settle "$([[ $quick == 1 ]] && echo 1 || echo 3)" 2> "$work/last-error.log")"; then
     echo "$out" >> "$results"
-    echo "       $p: $(sed -E 's/.*"idle_kb":([0-9]+).*"after_close_kb":([0-9]+).*/idle \1 KB, after close \2 KB/' <<< "$out")" >&2
+    echo "       $p: idle $(kb_of idle_kb) KB, after close $(kb_of after_close_kb) KB" >&2
   else
     printf '{"type":"error","metric":"idle","peer":"%s","rep":1,"error":%s}\n' "$p" \
       "$(json_str "$(tail -n 1 "$work/last-error.log")")" >> "$results"
@@ -529,6 +618,9 @@ printf '{"type":"end","load_after":"%s"}\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >
 # ---------------------------------------------------------------------------------------------
 step "Report"
 report_args=(--results "$results" --md "$work/benchmarks.md" --svg "$work/benchmarks.svg")
+for f in "${also_results[@]}"; do
+  report_args+=(--also-results "$f")
+done
 "$bench" report "${report_args[@]}"
 if ((docs)); then
   cp "$work/benchmarks.md" "$repo_root/docs/benchmarks.md"

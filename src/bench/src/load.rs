@@ -7,12 +7,17 @@ use crate::client::{self, Target};
 use crate::http::{self, HttpConn};
 use crate::procfs::{self, TreeSample};
 use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http2;
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 /// Buffer per keep-alive connection (64 KiB for bulk, so reads are large).
@@ -33,6 +38,45 @@ pub struct LoadArgs {
     /// Length of the measured window, seconds.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+}
+
+/// `keepalive`: the closed loop over TLS, or over plaintext TCP with `--plain`.
+#[derive(Debug, Args)]
+pub struct KeepaliveArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// No TLS at all: plaintext HTTP/1.1 to --addr (a route-port listener or a peer's plain
+    /// listener), same loop; the metric is named `plain`. --ca, --sni, --cert and --key are
+    /// not used.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// `h2`: HTTP/2 over TLS with ALPN `h2` only.
+#[derive(Debug, Args)]
+pub struct H2Args {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// HTTP/2 connections (handshakes done before the window).
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
+    /// Requests in flight on each connection (streams), each re-sent as soon as its response
+    /// is complete: conns × streams in flight in all (8 × 8 = the 64 of the HTTP/1.1 phases).
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Length of the measured window, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+/// `probe`: what every peer negotiates, checked once at start.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The peer's plaintext listener (route port), checked with one plaintext request too.
+    #[arg(long)]
+    plain_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -173,51 +217,152 @@ async fn with_timeout<T>(fut: impl Future<Output = std::io::Result<T>>) -> Resul
     }
 }
 
-pub fn probe(args: &ClientArgs) -> crate::Result<()> {
+/// Like [`with_timeout`], for futures that already fail with text.
+async fn within<T>(fut: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    timeout(OP_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no progress for {} s", OP_TIMEOUT.as_secs())))
+}
+
+/// Prints one `probe` line. Only a failing HTTP/1.1-over-TLS exchange fails the probe (the
+/// script then retries: the peer may still be starting); what the h2 and plaintext checks find
+/// is recorded in the line, so that a peer that cannot do them is still measured in the rest.
+pub fn probe(probe_args: &ProbeArgs) -> crate::Result<()> {
+    let (args, plain_addr) = (&probe_args.client, probe_args.plain_addr);
+    if let Some(addr) = &plain_addr {
+        crate::loopback_only(addr)?;
+    }
     crate::runtime()?.block_on(async {
         let target = Target::new(args)?;
-        let config = target.config(true)?;
-        let req = http::request(&args.path, true);
+        let (config, identity) = target.config_with(true, &[])?;
+        // The first connection asks the upstream to echo the XFCC value it received; the
+        // second shows whether the peer resumes (and fetches the regular body).
         let mut resumed = false;
         let mut described = None;
-        let mut body = 0;
-        // Twice: the second connection shows whether the peer resumes.
-        for _ in 0..2 {
+        let mut alpn = String::new();
+        let (mut xfcc, mut xfcc_value, mut body) = (false, String::new(), 0);
+        for (i, path) in ["/xfcc", args.path.as_str()].into_iter().enumerate() {
+            let req = http::request(path, true);
             let tls = with_timeout(target.connect(&config, None)).await?;
             resumed = client::resumed(&tls);
             described.get_or_insert_with(|| client::describe(&tls));
+            if i == 0 {
+                alpn = client::alpn(&tls);
+            }
             let mut conn = HttpConn::new(tls, SMALL_BUFFER);
-            body = with_timeout(conn.get(&req)).await?;
+            let got = with_timeout(conn.get_body(&req)).await?;
+            if i == 0 {
+                xfcc = conn.xfcc_seen;
+                xfcc_value = String::from_utf8_lossy(&got).into_owned();
+            } else {
+                body = got.len();
+            }
             let _ = conn.io.shutdown().await;
         }
+        let client_cert_requested = identity.asked();
+        let h2 = probe_h2(&target).await;
+        // `plain`: null without --plain-addr, else whether it answered (the script waits for
+        // `"plain":true`: the sidecar binds its route port a moment after its TLS port).
+        let (plain, plain_error) = match plain_addr {
+            None => (Value::Null, None),
+            Some(addr) => {
+                let req = http::request(&args.path, true);
+                let got = within(async {
+                    let tcp = client::connect_plain(addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    HttpConn::new(tcp, SMALL_BUFFER)
+                        .get(&req)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                (Value::Bool(got.is_ok()), got.err())
+            }
+        };
         let (version, suite, group) = described.unwrap_or_default();
         println!(
             "{}",
             json!({"type": "probe", "peer": args.label, "version": version, "suite": suite,
-                   "group": group, "body_bytes": body, "second_resumed": resumed})
+                   "group": group, "alpn": alpn, "body_bytes": body, "second_resumed": resumed,
+                   "client_cert_requested": client_cert_requested,
+                   "client_cert_presented": client_cert_requested && target.has_identity(),
+                   "xfcc": xfcc, "xfcc_value": xfcc_value,
+                   "h2": h2.get("ok").cloned().unwrap_or(Value::Bool(false)),
+                   "h2_detail": h2, "plain": plain, "plain_error": plain_error})
         );
         Ok(())
     })
 }
 
-/// Keep-alive request loop (`bulk` only changes the buffer size and the metric name).
-pub fn keepalive(args: &LoadArgs, bulk: bool) -> crate::Result<()> {
+/// One HTTP/2 request over a connection that offers ALPN `h2` only: {ok, alpn, xfcc, error}.
+/// A peer without h2 (every tcp-mode terminator) completes the handshake without ALPN.
+async fn probe_h2(target: &Target) -> Value {
+    let result = within(async {
+        let (config, _) = target
+            .config_with(false, &[b"h2"])
+            .map_err(|e| e.to_string())?;
+        let tls = with_timeout(target.connect(&config, None)).await?;
+        let alpn = client::alpn(&tls);
+        if alpn != "h2" {
+            return Ok(json!({"ok": false, "alpn": alpn}));
+        }
+        let mut sender = h2_handshake(tls).await?;
+        let uri = h2_uri(target, "/1k")?;
+        let (_, xfcc) = h2_get(&mut sender, &uri).await?;
+        Ok(json!({"ok": true, "alpn": alpn, "xfcc": xfcc}))
+    })
+    .await;
+    result.unwrap_or_else(|e| json!({"ok": false, "error": e}))
+}
+
+/// Keep-alive request loop (`bulk` only changes the buffer size and the metric name; `plain`
+/// drops TLS and names the metric `plain`).
+pub fn keepalive(args: &LoadArgs, plain: bool, bulk: bool) -> crate::Result<()> {
     let duration = secs(args.duration)?;
     let conns = args.conns.clamp(1, 10_000);
+    let buffer = if bulk { BULK_BUFFER } else { SMALL_BUFFER };
+    let req = Arc::new(http::request(&args.client.path, false));
     crate::runtime()?.block_on(async {
+        if plain {
+            crate::loopback_only(&args.client.addr)?;
+            let mut pool = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                let tcp = with_timeout(client::connect_plain(args.client.addr)).await?;
+                pool.push(HttpConn::new(tcp, buffer));
+            }
+            return closed_loop(args, "plain", pool, req, duration).await;
+        }
         let target = Target::new(&args.client)?;
         let config = target.config(false)?;
-        let req = Arc::new(http::request(&args.client.path, false));
-        let buffer = if bulk { BULK_BUFFER } else { SMALL_BUFFER };
         let mut pool = Vec::with_capacity(conns);
         for _ in 0..conns {
             let tls = with_timeout(target.connect(&config, None)).await?;
             pool.push(HttpConn::new(tls, buffer));
         }
-        // Warm-up: one request each (handshakes and first allocations out of the window).
-        for conn in &mut pool {
-            with_timeout(conn.get(&req)).await?;
-        }
+        let metric = if bulk { "bulk" } else { "keepalive" };
+        closed_loop(args, metric, pool, req, duration).await
+    })
+}
+
+/// The measured closed loop over connections already open: every connection sends its next
+/// request as soon as the previous response is complete.
+async fn closed_loop<S>(
+    args: &LoadArgs,
+    metric: &str,
+    mut pool: Vec<HttpConn<S>>,
+    req: Arc<Vec<u8>>,
+    duration: Duration,
+) -> crate::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conns = pool.len();
+    // Warm-up: one request each (handshakes and first allocations out of the window).
+    for conn in &mut pool {
+        with_timeout(conn.get(&req)).await?;
+    }
+    {
         let window = Window::start(&args.client)?;
         let deadline = Instant::now() + duration;
         let tasks: Vec<_> = pool
@@ -256,9 +401,150 @@ pub fn keepalive(args: &LoadArgs, bulk: bool) -> crate::Result<()> {
         let elapsed = measured["elapsed_s"].as_f64().unwrap_or(f64::NAN);
         emit(
             &args.client,
-            if bulk { "bulk" } else { "keepalive" },
+            metric,
             measured,
             json!({"conns": conns, "requests": requests, "bytes": bytes, "errors": errors.count,
+                   "first_error": errors.first,
+                   "per_s": requests as f64 / elapsed,
+                   "mb_per_s": bytes as f64 / 1e6 / elapsed}),
+        );
+        Ok(())
+    }
+}
+
+type H2Sender = http2::SendRequest<Empty<Bytes>>;
+
+/// `https://<SNI><path>`: hyper sends the authority as `:authority`, the SNI name, so that no
+/// peer sees a Host different from the server name it chose the certificate for.
+fn h2_uri(target: &Target, path: &str) -> Result<Uri, String> {
+    let name = match &target.name {
+        rustls_pki_types::ServerName::DnsName(n) => n.as_ref().to_owned(),
+        other => format!("{other:?}"),
+    };
+    format!("https://{name}{path}")
+        .parse()
+        .map_err(|e| format!("bad URI for {path}: {e}"))
+}
+
+/// The HTTP/2 client handshake on a TLS connection that negotiated `h2`; the connection is
+/// driven by its own task until every sender is dropped.
+async fn h2_handshake(tls: client::Tls) -> Result<H2Sender, String> {
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        // Windows far above what 1 KiB responses need, and no adaptive window (BDP pings):
+        // the generator then sends no WINDOW_UPDATE or PING frames the peers would have to
+        // process, and spends its own CPU on requests only.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .adaptive_window(false)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One `GET` on its own stream: (body bytes, whether the upstream saw XFCC). Non-200 fails.
+async fn h2_get(sender: &mut H2Sender, uri: &Uri) -> Result<(u64, bool), String> {
+    let req = Request::get(uri.clone())
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (status, xfcc) = (resp.status(), resp.headers().contains_key(http::XFCC_SEEN));
+    let mut body = resp.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(data) = frame.data_ref() {
+            bytes += data.len() as u64;
+        }
+    }
+    if status != StatusCode::OK {
+        return Err(format!("HTTP status {status}"));
+    }
+    Ok((bytes, xfcc))
+}
+
+/// HTTP/2 closed loop: `conns` connections × `streams` requests in flight.
+pub fn h2(args: &H2Args) -> crate::Result<()> {
+    let duration = secs(args.duration)?;
+    let conns = args.conns.clamp(1, 1_000);
+    // 100 is the concurrent-stream limit HAProxy and the sidecar announce by default.
+    let streams = args.streams.clamp(1, 100);
+    crate::runtime()?.block_on(async {
+        let target = Target::new(&args.client)?;
+        let (config, _) = target.config_with(false, &[b"h2"])?;
+        let uri = h2_uri(&target, &args.client.path)?;
+        let mut senders = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let tls = with_timeout(target.connect(&config, None)).await?;
+            let alpn = client::alpn(&tls);
+            if alpn != "h2" {
+                return Err(format!(
+                    "{} did not negotiate h2 (ALPN offered: h2 only; selected: {alpn}): it does not speak HTTP/2 over TLS",
+                    args.client.addr
+                )
+                .into());
+            }
+            let mut sender = within(h2_handshake(tls)).await?;
+            // Warm-up: `streams` requests at once, so every stream slot's first allocations
+            // (and the peer's upstream connections) happen before the window.
+            let warm: Vec<_> = (0..streams)
+                .map(|_| {
+                    let (mut s, uri) = (sender.clone(), uri.clone());
+                    tokio::spawn(async move { within(h2_get(&mut s, &uri)).await })
+                })
+                .collect();
+            for w in warm {
+                w.await??;
+            }
+            within(h2_get(&mut sender, &uri)).await?;
+            senders.push(sender);
+        }
+        let window = Window::start(&args.client)?;
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = senders
+            .iter()
+            .flat_map(|sender| (0..streams).map(move |_| sender.clone()))
+            .map(|mut sender| {
+                let uri = uri.clone();
+                tokio::spawn(async move {
+                    let (mut n, mut bytes, mut error) = (0u64, 0u64, None);
+                    while Instant::now() < deadline {
+                        match within(h2_get(&mut sender, &uri)).await {
+                            Ok((b, _)) => {
+                                n += 1;
+                                bytes += b;
+                            }
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    (n, bytes, error)
+                })
+            })
+            .collect();
+        let (mut requests, mut bytes, mut errors) = (0, 0, Errors::default());
+        for task in tasks {
+            let (n, b, e) = task.await?;
+            requests += n;
+            bytes += b;
+            errors.add(e.into());
+        }
+        // Sampled before the connections close (the senders are still held).
+        let measured = window.stop();
+        drop(senders);
+        let elapsed = measured["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+        emit(
+            &args.client,
+            "h2",
+            measured,
+            json!({"conns": conns, "streams": streams, "in_flight": conns * streams,
+                   "requests": requests, "bytes": bytes, "errors": errors.count,
                    "first_error": errors.first,
                    "per_s": requests as f64 / elapsed,
                    "mb_per_s": bytes as f64 / 1e6 / elapsed}),

@@ -1,9 +1,10 @@
 //! `tls-sidecar-bench`: the load generator, plaintext upstream and report writer behind
 //! `scripts/bench.sh`.
 //!
-//! Every client subcommand talks TLS 1.3 (rustls, aws-lc-rs) to a terminator on loopback,
-//! verifies its chain against the bench root CA with SNI = the leaf's DNS name, optionally
-//! samples the terminator's CPU time and RSS from `/proc` around the measured window
+//! Every client subcommand talks TLS 1.3 (rustls, aws-lc-rs) to a terminator on loopback
+//! (`keepalive --plain`: plaintext HTTP/1.1 to a route-port listener), verifies its chain
+//! against the bench root CA with SNI = the leaf's DNS name, presents the calling app's
+//! certificate (`--cert`/`--key`) when the terminator asks for one, optionally samples the terminator's CPU time and RSS from `/proc` around the measured window
 //! (`--watch-pid`: the process and all its descendants, all threads), and prints one JSON line.
 //! Every loop is bounded by a deadline and/or a count; only 127.0.0.0/8 addresses are accepted.
 
@@ -30,10 +31,14 @@ struct Cli {
 enum Command {
     /// Plaintext HTTP/1.1 upstream: `GET /bulk` answers `--bulk-bytes`, anything else 1 KiB.
     Upstream(upstream::UpstreamArgs),
-    /// One request; prints the negotiated TLS version, cipher suite and key exchange.
-    Probe(ClientArgs),
-    /// N keep-alive connections, each looping `GET /1k` (closed loop).
-    Keepalive(load::LoadArgs),
+    /// A few requests; prints the negotiated TLS version, cipher suite and key exchange,
+    /// resumption, whether a client certificate was asked for, whether X-Forwarded-Client-Cert
+    /// reached the upstream, and whether the peer speaks HTTP/2 (ALPN h2).
+    Probe(load::ProbeArgs),
+    /// N keep-alive connections, each looping `GET /1k` (closed loop); `--plain` without TLS.
+    Keepalive(load::KeepaliveArgs),
+    /// HTTP/2 over TLS (ALPN h2 only): C connections with S requests in flight each (closed loop).
+    H2(load::H2Args),
     /// Full handshakes: a new connection per request, no session resumption offered.
     Handshake(load::LoadArgs),
     /// Resumed handshakes: a new connection per request offering the last ticket received.
@@ -65,6 +70,13 @@ pub struct ClientArgs {
     /// SNI and the name verified (the leaf's DNS SAN).
     #[arg(long)]
     pub sni: String,
+    /// PEM certificate chain (leaf first) presented when the terminator asks for a client
+    /// certificate; with --key. Terminators that do not ask never see it.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert (PKCS#1, PKCS#8 or SEC1).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Key exchange group: x25519 (what every peer supports) or x25519mlkem768.
     #[arg(long, default_value = "x25519")]
     pub group: String,
@@ -91,8 +103,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Upstream(a) => upstream::run(&a),
         Command::Probe(a) => load::probe(&a),
-        Command::Keepalive(a) => load::keepalive(&a, false),
-        Command::Bulk(a) => load::keepalive(&a, true),
+        Command::Keepalive(a) => load::keepalive(&a.load, a.plain, false),
+        Command::H2(a) => load::h2(&a),
+        Command::Bulk(a) => load::keepalive(&a, false, true),
         Command::Handshake(a) => load::connections(&a, false),
         Command::Resume(a) => load::connections(&a, true),
         Command::Rate(a) => load::rate(&a),

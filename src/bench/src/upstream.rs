@@ -1,6 +1,8 @@
 //! The plaintext upstream every terminator forwards to: HTTP/1.1 keep-alive, `GET /bulk`
-//! answers `--bulk-bytes` of 'x', anything else 1 KiB. Single-threaded; exits by itself after
-//! `--max-seconds`.
+//! answers `--bulk-bytes` of 'x', `GET /xfcc` echoes the request's X-Forwarded-Client-Cert
+//! value as its body, anything else 1 KiB. Every answer to a request that carried
+//! X-Forwarded-Client-Cert has the header `x-bench-xfcc: 1`, so the probe sees which peers
+//! forward the caller's identity. Single-threaded; exits by itself after `--max-seconds`.
 
 use clap::Args;
 use std::net::SocketAddr;
@@ -26,6 +28,9 @@ pub struct UpstreamArgs {
 
 struct Bodies {
     small: Vec<u8>,
+    /// `small` with the `x-bench-xfcc: 1` header: both are built once, so marking a response
+    /// costs the upstream (on the generator's CPU) nothing per request.
+    small_xfcc: Vec<u8>,
     chunk: Vec<u8>,
     bulk_head: Vec<u8>,
     bulk_bytes: u64,
@@ -33,14 +38,18 @@ struct Bodies {
 
 pub fn run(args: &UpstreamArgs) -> crate::Result<()> {
     crate::loopback_only(&args.listen)?;
-    let mut small = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-        args.small_bytes
-    )
-    .into_bytes();
-    small.extend(std::iter::repeat_n(b'x', args.small_bytes));
+    let small_with = |extra: &str| {
+        let mut small = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{extra}Content-Length: {}\r\n\r\n",
+            args.small_bytes
+        )
+        .into_bytes();
+        small.extend(std::iter::repeat_n(b'x', args.small_bytes));
+        small
+    };
     let bodies = Arc::new(Bodies {
-        small,
+        small: small_with(""),
+        small_xfcc: small_with(&format!("{}: 1\r\n", crate::http::XFCC_SEEN)),
         chunk: vec![b'x'; 256 * 1024],
         bulk_head: format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
@@ -86,10 +95,31 @@ async fn serve_conn(mut tcp: TcpStream, bodies: &Bodies) -> std::io::Result<()> 
         while let Some(end) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
             let head = &buf[..end];
             let bulk = head.starts_with(b"GET /bulk");
-            let close = head
-                .split(|&b| b == b'\n')
-                .any(|l| l.eq_ignore_ascii_case(b"connection: close\r"));
-            if bulk {
+            let (mut close, mut xfcc) = (false, None);
+            for line in head.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.eq_ignore_ascii_case(b"connection: close") {
+                    close = true;
+                } else if let Some(value) = header_value(line, XFCC) {
+                    xfcc = Some(value);
+                }
+            }
+            if head.starts_with(b"GET /xfcc ") {
+                // The probe's request: the value as the peer wrote it, for the report.
+                let value = xfcc.unwrap_or_default();
+                let seen = if xfcc.is_some() {
+                    format!("{}: 1\r\n", crate::http::XFCC_SEEN)
+                } else {
+                    String::new()
+                };
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{seen}Content-Length: {}\r\n\r\n",
+                    value.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(value);
+                tcp.write_all(&out).await?;
+            } else if bulk {
                 tcp.write_all(&bodies.bulk_head).await?;
                 let mut left = bodies.bulk_bytes;
                 while left > 0 {
@@ -97,6 +127,8 @@ async fn serve_conn(mut tcp: TcpStream, bodies: &Bodies) -> std::io::Result<()> 
                     tcp.write_all(&bodies.chunk[..n]).await?;
                     left -= n as u64;
                 }
+            } else if xfcc.is_some() {
+                tcp.write_all(&bodies.small_xfcc).await?;
             } else {
                 tcp.write_all(&bodies.small).await?;
             }
@@ -117,5 +149,33 @@ async fn serve_conn(mut tcp: TcpStream, bodies: &Bodies) -> std::io::Result<()> 
             return Ok(());
         }
         len += n;
+    }
+}
+
+/// The request header every http-mode peer sets from the caller's certificate.
+const XFCC: &[u8] = b"x-forwarded-client-cert";
+
+/// The value of `line` if it is the header `name` (case-insensitive), without surrounding
+/// blanks.
+fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.get(name.len()..)?;
+    if !line[..name.len()].eq_ignore_ascii_case(name) || rest.first() != Some(&b':') {
+        return None;
+    }
+    Some(rest[1..].trim_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_xfcc_header() {
+        assert_eq!(
+            header_value(b"X-Forwarded-Client-Cert: Hash=ab;Subject=\"CN=x\"", XFCC),
+            Some(&b"Hash=ab;Subject=\"CN=x\""[..])
+        );
+        assert_eq!(header_value(b"x-forwarded-client-certs: a", XFCC), None);
+        assert_eq!(header_value(b"Host: bench", XFCC), None);
     }
 }
