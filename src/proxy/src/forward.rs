@@ -311,37 +311,41 @@ async fn handle(
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
     let resumed = state.handshake_kind() == Some(HandshakeKind::Resumed);
-    let chain: Vec<CertificateDer<'static>> = state
-        .peer_certificates()
-        .map(|c| c.iter().map(|cert| cert.clone().into_owned()).collect())
-        .unwrap_or_default();
-    let leaf = chain.first().cloned();
     // Today's anchors, which may be newer than those this handshake was verified against.
     let anchors = listener.tls.anchors();
-    let now = UnixTime::now();
     // A resumed session carries the chain verified when it began, against the trust of that
     // moment: rustls does not look at it again. Without this check, a client certificate that
     // has expired since (or whose CA was removed) could keep resuming for the ticket's
     // lifetime. The CF identity comes only from a chain ending at the platform identity CA
     // (trust.rs). A full handshake verified against these anchors is answered from memory.
-    let identity = if chain.is_empty() {
-        None
-    } else {
-        match anchors.check_client(&chain, now) {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-                let (why, reason) = verifier::classify(&e, true, None);
-                listener.metrics.handshake_failed(why);
-                let what = if resumed {
-                    "resumed session refused"
-                } else {
-                    "refused after a trust change during the handshake"
-                };
-                warn!(listener = listener.port, peer = %peer, "{what}: {reason}");
-                let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
-                return Err(ConnError::Handshake(format!("{what}: {reason}")));
-            }
+    // In a block of its own: the copy of the chain is gone before the connection is served
+    // (rustls keeps one; the leaf goes on for X-Forwarded-Client-Cert).
+    let (leaf, checked) = {
+        let chain: Vec<CertificateDer<'static>> = state
+            .peer_certificates()
+            .map(|c| c.iter().map(|cert| cert.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let checked = if chain.is_empty() {
+            Ok(None)
+        } else {
+            anchors.check_client(&chain, UnixTime::now()).map(Some)
+        };
+        (chain.into_iter().next(), checked)
+    };
+    let identity = match checked {
+        Ok(identity) => identity,
+        Err(e) => {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            let (why, reason) = verifier::classify(&e, true, None);
+            listener.metrics.handshake_failed(why);
+            let what = if resumed {
+                "resumed session refused"
+            } else {
+                "refused after a trust change during the handshake"
+            };
+            warn!(listener = listener.port, peer = %peer, "{what}: {reason}");
+            let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
+            return Err(ConnError::Handshake(format!("{what}: {reason}")));
         }
     };
     conn.identity = identity.clone();
@@ -358,6 +362,10 @@ async fn handle(
     }
 
     if let Some(http) = &listener.http {
+        let drain = Drain {
+            graceful: shared.graceful.clone(),
+            close_all: shared.close_all.clone(),
+        };
         let caller = Caller {
             addr: peer,
             h2: conn.alpn.as_deref() == Some("h2"),
@@ -365,14 +373,10 @@ async fn handle(
             identity,
             denial,
         };
-        let drain = Drain {
-            graceful: shared.graceful.clone(),
-            close_all: shared.close_all.clone(),
-        };
         // Boxed, like `forward` below: every connection's task is as large as its largest
         // state, and a connection still waiting for its ClientHello (thousands of them under
-        // a flood) should not carry the size of a whole HTTP connection.
-        let outcome = Box::pin(http.serve(tls, caller, drain)).await;
+        // a flood) should not carry the size of an HTTP connection.
+        let outcome = Box::pin(http.serve_from_first_bytes(tls, caller, drain)).await;
         conn.counts.bytes_in = outcome.bytes_in;
         conn.counts.bytes_out = outcome.bytes_out;
         conn.requests = Some(outcome.requests);

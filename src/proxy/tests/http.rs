@@ -1,4 +1,4 @@
-//! http mode below TLS: `HttpService::serve` on a plaintext in-memory stream (TLS is the other
+//! http mode below TLS: `HttpService::serve_from_first_bytes` on a plaintext in-memory stream (TLS is the other
 //! layer's job), in front of a tiny hyper app on 127.0.0.1:0 that answers every request with
 //! its method, target, version and headers as JSON.
 
@@ -267,7 +267,12 @@ impl Sidecar {
             close_all: close_all_rx,
         };
         let service = self.service.clone();
-        let served = tokio::spawn(async move { service.serve(server, caller, drain).await });
+        // As the TLS side serves it: nothing HTTP until the client's first bytes are there.
+        let server = tokio::io::BufReader::new(server);
+        let served =
+            tokio::spawn(
+                async move { service.serve_from_first_bytes(server, caller, drain).await },
+            );
         Conn {
             client: Some(client),
             graceful,
@@ -962,6 +967,39 @@ async fn a_connection_drained_before_its_first_request_still_gets_an_answer() {
     app_saw(response).await;
     let outcome = conn.outcome().await;
     assert_eq!((outcome.requests, outcome.error), (1, None));
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_once_the_drain_started_closes_after_the_first_request_grace()
+ {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app); // idle_timeout 60 s
+    let mut conn = sidecar.connect(caller(false));
+    let _held = conn.io();
+    let started = tokio::time::Instant::now();
+    conn.graceful.send(true).unwrap();
+    let outcome = conn.outcome().await;
+    assert_eq!((outcome.requests, outcome.error), (0, None));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}, not after the 1 s first-request grace",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_sent_nothing_when_the_drain_ends_is_closed_as_drained() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    let _held = conn.io();
+    conn.close_all.send(true).unwrap();
+    let outcome = conn.outcome().await;
+    assert_eq!(outcome.requests, 0);
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("closed at the end of the drain")
+    );
 }
 
 #[tokio::test]

@@ -44,13 +44,14 @@ use observed::Observed;
 use rustls_pki_types::CertificateDer;
 use std::convert::Infallible;
 use std::future::Future;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tls_sidecar_config::{HostPort, Xfcc};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, sleep_until};
 
@@ -147,6 +148,18 @@ pub struct Drain {
     pub close_all: watch::Receiver<bool>,
 }
 
+/// How the wait for a new connection's first bytes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstBytes {
+    /// Bytes are there: serve the connection.
+    Arrived,
+    /// The client closed, or sent nothing within the idle limit (or the first-request grace
+    /// of a drain): close it cleanly, as an idle HTTP/1 connection is closed.
+    Closed,
+    /// The drain timeout is over.
+    Drained,
+}
+
 /// What one connection did, for the TLS side's connection log line and byte counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnOutcome {
@@ -232,6 +245,71 @@ impl HttpService {
         }
     }
 
+    /// [`HttpService::serve`], once the client has sent its first bytes: a connection that has
+    /// sent nothing holds no HTTP state (hyper makes two 8 KiB buffers per connection when it
+    /// starts serving one), only its stream. The bytes are peeked at, not taken. Meanwhile the
+    /// rules `serve` applies to a connection without requests hold: closed after the idle
+    /// limit, given [`FIRST_REQUEST_GRACE`] once the drain starts, dropped when it ends.
+    pub async fn serve_from_first_bytes<IO>(
+        &self,
+        mut io: IO,
+        caller: Caller,
+        drain: Drain,
+    ) -> ConnOutcome
+    where
+        IO: AsyncBufRead + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let arrived = poll_fn(|cx| {
+            Pin::new(&mut io)
+                .poll_fill_buf(cx)
+                .map(|read| read.is_ok_and(|bytes| !bytes.is_empty()))
+        });
+        match self.before_first_bytes(arrived, &drain).await {
+            // Boxed: a connection still waiting here should not carry the size of a whole
+            // HTTP connection.
+            FirstBytes::Arrived => Box::pin(self.serve(io, caller, drain)).await,
+            FirstBytes::Closed => {
+                let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, io.shutdown()).await;
+                ConnOutcome::default()
+            }
+            FirstBytes::Drained => ConnOutcome {
+                error: Some(DRAINED.to_owned()),
+                ..ConnOutcome::default()
+            },
+        }
+    }
+
+    /// Waits until `arrived` is true (bytes to read) or false (the client closed, or the stream
+    /// broke): [`FirstBytes::Arrived`] or [`FirstBytes::Closed`]; or the idle limit or the drain
+    /// ends the wait first.
+    async fn before_first_bytes(
+        &self,
+        arrived: impl Future<Output = bool>,
+        drain: &Drain,
+    ) -> FirstBytes {
+        let (mut graceful, mut close_all) = (drain.graceful.clone(), drain.close_all.clone());
+        let deadline = sleep_until(later(Instant::now(), self.shared.settings.idle_timeout));
+        tokio::pin!(arrived, deadline);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = turned_true(&mut close_all) => return FirstBytes::Drained,
+                arrived = arrived.as_mut() => {
+                    return if arrived { FirstBytes::Arrived } else { FirstBytes::Closed };
+                }
+                () = turned_true(&mut graceful), if !draining => {
+                    draining = true;
+                    let grace = later(Instant::now(), FIRST_REQUEST_GRACE);
+                    if grace < deadline.deadline() {
+                        deadline.as_mut().reset(grace);
+                    }
+                }
+                () = deadline.as_mut() => return FirstBytes::Closed,
+            }
+        }
+    }
+
     /// Serves HTTP on one handshaken connection until the client closes it, it idles out, the
     /// drain ends it, or an upgraded tunnel on it closes. Never fails: what went wrong is in
     /// [`ConnOutcome::error`], and each request has had its own log line.
@@ -244,12 +322,16 @@ impl HttpService {
             mut close_all,
         } = drain;
         let conn = Arc::new(Conn::new(self.shared.clone(), &caller, close_all.clone()));
-        let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), !caller.h2)));
+        // The client's certificate is in `conn` as its X-Forwarded-Client-Cert now: not kept
+        // twice for the life of the connection.
+        let h2 = caller.h2;
+        drop(caller);
+        let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), !h2)));
         let for_service = conn.clone();
         // HTTP/2: this connection's own bound on requests toward the app. SETTINGS_MAX_CONCURRENT_STREAMS
         // alone does not hold it: h2 applies our setting only once the client acknowledges it,
         // and a client that never does may open more streams meanwhile.
-        let streams = caller.h2.then(|| {
+        let streams = h2.then(|| {
             let n = self.shared.limits.streams_per_connection;
             Arc::new(Semaphore::new(
                 usize::try_from(n)
@@ -291,7 +373,7 @@ impl HttpService {
             graceful: &mut graceful,
             close_all: &mut close_all,
         };
-        let ended = if caller.h2 {
+        let ended = if h2 {
             let connection = self.shared.h2.serve_connection(io, service);
             let graceful_shutdown = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
             drive(connection, graceful_shutdown, watched).await
