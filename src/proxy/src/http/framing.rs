@@ -103,6 +103,29 @@ impl Framing {
                 }
                 _ => {}
             }
+            // Bytes that cannot change the state until the next `stop` byte are skipped in
+            // bulk too: the rest of a request line or of a field value, a field name that can
+            // no longer be one of ours. Byte by byte, a typical request head cost ~2,000
+            // instructions.
+            let stop: &[u8] = match self.state {
+                State::RequestLine { matched }
+                    if matched == u8::MAX || usize::from(matched) == CONNECT.len() =>
+                {
+                    b"\n"
+                }
+                State::Value { name } if name != CONTENT_LENGTH => b"\n",
+                State::Name { alive: 0, .. } => b":\n",
+                State::TrailerLine | State::ChunkDataEnd | State::ChunkSize { ext: true, .. } => {
+                    b"\n"
+                }
+                _ => b"",
+            };
+            if !stop.is_empty() {
+                match bytes.iter().position(|b| stop.contains(b)) {
+                    Some(at) => bytes = &bytes[at..],
+                    None => return None,
+                }
+            }
             let b = bytes[0];
             bytes = &bytes[1..];
             if let Some(found) = self.step(b) {
