@@ -213,19 +213,20 @@ pub(crate) fn to_client(headers: &mut HeaderMap, upgrade: bool) {
 /// `Upgrade` (unless `keep_upgrade`, which also sets `Connection: upgrade`), and `TE` unless it
 /// is `trailers`, the one value that means something end to end.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one look at the names is cheaper than six lookups.
-    let hop_by_hop = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::TE
-    });
-    if !hop_by_hop && !keep_upgrade {
+    // One look at the names, then lookups only for those present: most messages carry none
+    // of them, or only `Connection: keep-alive`, and each lookup by name costs a hash.
+    let (mut connection, mut others, mut upgrade, mut te) = (false, false, false, false);
+    for name in headers.keys() {
+        connection |= name == header::CONNECTION;
+        others |=
+            name == KEEP_ALIVE || name == PROXY_CONNECTION || name == header::TRANSFER_ENCODING;
+        upgrade |= name == header::UPGRADE;
+        te |= name == header::TE;
+    }
+    if !(connection || others || upgrade || te || keep_upgrade) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -247,15 +248,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
+    if others {
+        headers.remove(KEEP_ALIVE);
+        headers.remove(PROXY_CONNECTION);
+        headers.remove(header::TRANSFER_ENCODING);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
-    if headers.contains_key(header::TE) {
+    if te {
         let trailers = headers
             .get_all(header::TE)
             .iter()
