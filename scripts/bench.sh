@@ -220,7 +220,10 @@ if [[ -n $rev ]]; then
   src_root="$work/src"
   mkdir -p "$src_root"
   rev_hash="$(git -C "$repo_root" rev-parse --short "$rev^{commit}")"
-  git -C "$repo_root" archive "$rev_hash" | tar -x -C "$src_root"
+  # -m: files get the time of extraction, not of the commit. With the commit's time, a build
+  # of an older revision made since looks newer than these sources to cargo, which then keeps
+  # that binary and measures the wrong revision.
+  git -C "$repo_root" archive "$rev_hash" | tar -x -m -C "$src_root"
   export CARGO_TARGET_DIR="$repo_root/target/bench-rev"
   echo "       building $rev ($rev_hash) in $src_root" >&2
 fi
