@@ -1221,39 +1221,69 @@ fn markdown(d: &Data, summary: &str, targets: &[String], lead: &str) -> String {
         o,
         "Ratios are against ours in tcp mode (`{OURS}`), in tables (2) and (3) against ours in http mode (`{OURS_HTTP}`): **peer CPU ÷ ours** above 1 means the peer spends more CPU per unit; **ours ÷ peer** above 1 means we are faster.\n"
     );
-    let _ = writeln!(
-        o,
-        "### (1) Keep-alive requests, 1 KiB body\n\n{}",
-        metric_table(d, "keepalive", "requests/s", "µs/request", OURS)
-    );
-    let _ = writeln!(
-        o,
-        "### (2) HTTP/2 keep-alive requests, 1 KiB body ({} connections × {} streams)\n\n{}",
-        s_num(m, "h2_conns"),
-        s_num(m, "h2_streams"),
-        metric_table(d, "h2", "requests/s", "µs/request", OURS_HTTP)
-    );
-    let _ = writeln!(
-        o,
-        "### (3) Plaintext keep-alive requests (route port / plain HTTP proxy), 1 KiB body\n\n{}",
-        metric_table(d, "plain", "requests/s", "µs/request", OURS_HTTP)
-    );
-    let _ = writeln!(
-        o,
-        "### (4) Full TLS 1.3 handshakes (new connection per request)\n\n{}",
-        metric_table(d, "handshake", "connections/s", "µs/connection", OURS)
-    );
-    let _ = writeln!(
-        o,
-        "### (5) Resumed TLS 1.3 handshakes\n\n{}",
-        metric_table(d, "resume", "connections/s", "µs/connection", OURS)
-    );
-    let _ = writeln!(
-        o,
-        "### (6) Bulk, 100 MiB bodies\n\nSingle-core limit: AES-256-GCM at 16 KB blocks {} MB/s on CPU 0.\n\n{}",
-        num(d.aes_limit_mb()),
-        metric_table(d, "bulk", "MB/s", "µs/MB", OURS)
-    );
+    // One table per load: (heading, text before the table, metric, units, the row ours).
+    let loads = [
+        (
+            "(1) Keep-alive requests, 1 KiB body".to_owned(),
+            String::new(),
+            "keepalive",
+            "requests/s",
+            "µs/request",
+            OURS,
+        ),
+        (
+            format!(
+                "(2) HTTP/2 keep-alive requests, 1 KiB body ({} connections × {} streams)",
+                s_num(m, "h2_conns"),
+                s_num(m, "h2_streams")
+            ),
+            String::new(),
+            "h2",
+            "requests/s",
+            "µs/request",
+            OURS_HTTP,
+        ),
+        (
+            "(3) Plaintext keep-alive requests (route port / plain HTTP proxy), 1 KiB body"
+                .to_owned(),
+            String::new(),
+            "plain",
+            "requests/s",
+            "µs/request",
+            OURS_HTTP,
+        ),
+        (
+            "(4) Full TLS 1.3 handshakes (new connection per request)".to_owned(),
+            String::new(),
+            "handshake",
+            "connections/s",
+            "µs/connection",
+            OURS,
+        ),
+        (
+            "(5) Resumed TLS 1.3 handshakes".to_owned(),
+            String::new(),
+            "resume",
+            "connections/s",
+            "µs/connection",
+            OURS,
+        ),
+        (
+            "(6) Bulk, 100 MiB bodies".to_owned(),
+            format!(
+                "Single-core limit: AES-256-GCM at 16 KB blocks {} MB/s on CPU 0.\n\n",
+                num(d.aes_limit_mb())
+            ),
+            "bulk",
+            "MB/s",
+            "µs/MB",
+            OURS,
+        ),
+    ];
+    for (heading, before, metric, rate, per, ours) in loads {
+        let table = metric_table(d, metric, rate, per, ours);
+        let _ = writeln!(o, "### {heading}\n\n{before}{table}");
+    }
     let _ = writeln!(o, "### (7) Latency at a fixed rate\n");
     let _ = writeln!(
         o,
