@@ -202,15 +202,12 @@ fn app_error(conn: &Conn, e: &AppError) -> (StatusCode, Cow<'static, str>) {
                 Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                     "connection refused".to_owned()
                 }
-                None => format!(
+                Some(io) if io.kind() != std::io::ErrorKind::TimedOut => io.to_string(),
+                // Our connect_timeout, or the kernel's.
+                _ => format!(
                     "no connection within {} ms",
                     millis(conn.shared.settings.connect_timeout)
                 ),
-                Some(io) if io.kind() == std::io::ErrorKind::TimedOut => format!(
-                    "no connection within {} ms",
-                    millis(conn.shared.settings.connect_timeout)
-                ),
-                Some(io) => io.to_string(),
             };
             format!("the app is not reachable on {upstream} ({cause})")
         }
