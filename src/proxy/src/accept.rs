@@ -7,6 +7,7 @@ use crate::config::ListenerConfig;
 use crate::logging::millis;
 use crate::retry::{Backoff, LOG_REPEAT, LogThrottle};
 use crate::stop::stopped;
+use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -25,6 +26,11 @@ const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Connections accepted in a row before the accept loop lets other tasks run.
 const ACCEPT_BURST: u32 = 8;
+/// Connections the kernel completes and queues while the sidecar is busy. tokio (mio) listens
+/// with 128, like std: a burst of callers beyond that (a flood, a client pool opening at once)
+/// had its SYNs dropped and waited a second for the retransmission. The kernel caps it at
+/// `net.core.somaxconn` (4096 since Linux 5.4), as it does for nginx (511), HAProxy and Go.
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// What one listener does with the connections its accept loop takes.
 pub(crate) trait Door {
@@ -142,7 +148,7 @@ async fn bound_or_retry(
     let mut backoff = Backoff::new(BIND_RETRY_MIN, BIND_RETRY_MAX);
     let mut throttle = LogThrottle::new(LOG_REPEAT);
     loop {
-        match TcpListener::bind(addr).await {
+        match bind(addr) {
             Ok(listener) => {
                 announce(&listener, slot, kind, None);
                 return Some(listener);
@@ -166,6 +172,17 @@ async fn bound_or_retry(
             }
         }
     }
+}
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`], set up as tokio's own `bind` does
+/// (`SO_REUSEADDR`, non-blocking). Must run inside the runtime.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Marks `listener` bound and logs the line tests and operators wait for.

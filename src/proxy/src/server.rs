@@ -122,7 +122,7 @@ impl FirstBinds {
     async fn bind(config: &SidecarConfig) -> Self {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            listeners.push(TcpListener::bind(listener.bind).await.ok());
+            listeners.push(accept::bind(listener.bind).ok());
         }
         let ports = config
             .listeners
@@ -137,7 +137,7 @@ impl FirstBinds {
             .collect();
         let mut egress = Vec::with_capacity(config.egress.len());
         for e in &config.egress {
-            egress.push(TcpListener::bind(e.bind).await.ok());
+            egress.push(accept::bind(e.bind).ok());
         }
         FirstBinds {
             listeners,
@@ -264,7 +264,7 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
             proxy,
             shared: shared.clone(),
         };
-        let first = TcpListener::bind(p.bind).await.ok();
+        let first = accept::bind(p.bind).ok();
         if let Some(bound) = first.as_ref().and_then(|l| l.local_addr().ok()) {
             let _ = slot.set(bound);
             info!(
@@ -651,7 +651,7 @@ async fn spawn_admin(
     switches: &Switches,
 ) -> Option<JoinHandle<()>> {
     let addr = config.admin?;
-    let first = TcpListener::bind(addr).await.ok();
+    let first = accept::bind(addr).ok();
     if let Some(bound) = &first {
         announce(bound, admin_addr, "admin", None);
     }

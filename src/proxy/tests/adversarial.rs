@@ -1754,6 +1754,48 @@ async fn during_an_idle_connection_flood_of_five_times_the_slots_every_fresh_cal
     sidecar.assert_running();
 }
 
+/// Callers in one burst while the sidecar cannot accept (stopped here; busy, in life).
+const CONNECT_BURST: usize = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_600_connects_while_the_sidecar_cannot_accept_waits_in_the_kernel_and_none_is_dropped()
+ {
+    let _heavy = HEAVY.lock().await;
+    let app = echo_app().await;
+    let (sidecar, ports, _dir) = sidecar_for(
+        app,
+        &["", "    mode: http\n"],
+        "limits:\n  max_connections: 2000\n",
+    )
+    .await;
+    // Every listener of every mode takes the burst: the admin endpoint too.
+    let targets = [ports[0], ports[1], sidecar.admin.port()];
+    for port in targets {
+        sidecar.process.signal("STOP");
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..CONNECT_BURST {
+            // A SYN the kernel drops (listen queue full) is sent again after 1 s: a caller that
+            // has no connection after 800 ms was dropped.
+            connects.spawn(timeout(
+                Duration::from_millis(800),
+                TcpStream::connect(loopback(port)),
+            ));
+        }
+        let results = connects.join_all().await;
+        sidecar.process.signal("CONT");
+        let waited = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        drop(results);
+        assert_eq!(
+            waited, CONNECT_BURST,
+            "port {port}: only {waited} of {CONNECT_BURST} connects completed while the sidecar \
+             could not accept; the rest were dropped by a full listen queue"
+        );
+    }
+    // The queued connections were the sidecar's to close; it serves the next caller.
+    echo_once(ports[0], tls_client(&[], None)).await.unwrap();
+    sidecar.assert_running();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn established_connections_are_never_shed_a_listener_full_of_them_refuses_newcomers_instead()
 {
