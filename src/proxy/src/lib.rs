@@ -32,6 +32,7 @@ mod gate;
 #[doc(hidden)]
 pub mod http;
 pub mod identity;
+mod key_schedule;
 pub mod logging;
 mod memory;
 pub mod metrics;

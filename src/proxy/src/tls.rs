@@ -36,8 +36,11 @@ const SESSION_CACHE_SIZE: usize = 1024;
 const TLS13_TICKETS: usize = 1;
 
 /// The only crypto provider in the graph, passed explicitly (docs/DESIGN.md).
+/// Its TLS 1.3 suites compute HMAC pads once per key ([`crate::key_schedule`]).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    crate::key_schedule::precompute_hmac_pads(&mut provider);
+    Arc::new(provider)
 }
 
 #[derive(Debug)]
