@@ -119,7 +119,7 @@ struct FirstBinds {
 }
 
 impl FirstBinds {
-    async fn bind(config: &SidecarConfig) -> Self {
+    fn bind(config: &SidecarConfig) -> Self {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             listeners.push(accept::bind(listener.bind).ok());
@@ -185,7 +185,7 @@ pub async fn serve(plan: Plan) -> Result<Running, StartError> {
     let provider = tls::provider();
     let (derived, instance_cert) = initial_identity(&config, &provider)?;
     let switches = Switches::new();
-    let firsts = FirstBinds::bind(&config).await;
+    let firsts = FirstBinds::bind(&config);
     let metrics = Arc::new(
         Metrics::with_request_rules(
             firsts
