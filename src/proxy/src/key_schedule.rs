@@ -14,11 +14,11 @@
 
 use aws_lc_rs::hmac;
 use rustls::crypto::CryptoProvider;
-use rustls::crypto::aws_lc_rs::cipher_suite;
+use rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES;
 use rustls::crypto::hash::HashAlgorithm;
 use rustls::crypto::hmac::{Hmac, Key, Tag};
 use rustls::crypto::tls13::{Hkdf, HkdfUsingHmac};
-use rustls::{CipherSuite, CipherSuiteCommon, SupportedCipherSuite, Tls13CipherSuite};
+use rustls::{CipherSuiteCommon, SupportedCipherSuite, Tls13CipherSuite};
 use std::sync::LazyLock;
 
 /// HMAC through an aws-lc-rs key: the pads are hashed when the key is made, and each signature
@@ -82,36 +82,21 @@ fn with_precomputed_hkdf(base: &'static Tls13CipherSuite) -> Tls13CipherSuite {
     }
 }
 
-/// Built once: a `ServerConfig` holds `&'static` suites.
-type Rebuilt = LazyLock<Option<Tls13CipherSuite>>;
-
-static AES_256_GCM_SHA384: Rebuilt = LazyLock::new(|| {
-    cipher_suite::TLS13_AES_256_GCM_SHA384
-        .tls13()
+/// Every TLS 1.3 suite of the provider, rebuilt once: a `ServerConfig` holds `&'static` suites.
+static REBUILT: LazyLock<Vec<Tls13CipherSuite>> = LazyLock::new(|| {
+    ALL_CIPHER_SUITES
+        .iter()
+        .filter_map(SupportedCipherSuite::tls13)
         .map(with_precomputed_hkdf)
-});
-static AES_128_GCM_SHA256: Rebuilt = LazyLock::new(|| {
-    cipher_suite::TLS13_AES_128_GCM_SHA256
-        .tls13()
-        .map(with_precomputed_hkdf)
-});
-static CHACHA20_POLY1305_SHA256: Rebuilt = LazyLock::new(|| {
-    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256
-        .tls13()
-        .map(with_precomputed_hkdf)
+        .collect()
 });
 
 /// Replaces the provider's TLS 1.3 suites by the same suites with the precomputing HKDF, in the
 /// same order. TLS 1.2 suites are left as they are (their PRF is not HKDF).
 pub(crate) fn precompute_hmac_pads(provider: &mut CryptoProvider) {
+    let rebuilt: &'static [Tls13CipherSuite] = &REBUILT;
     for suite in &mut provider.cipher_suites {
-        let rebuilt: &'static Rebuilt = match suite.suite() {
-            CipherSuite::TLS13_AES_256_GCM_SHA384 => &AES_256_GCM_SHA384,
-            CipherSuite::TLS13_AES_128_GCM_SHA256 => &AES_128_GCM_SHA256,
-            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => &CHACHA20_POLY1305_SHA256,
-            _ => continue,
-        };
-        if let Some(replacement) = LazyLock::force(rebuilt) {
+        if let Some(replacement) = rebuilt.iter().find(|r| r.common.suite == suite.suite()) {
             *suite = SupportedCipherSuite::Tls13(replacement);
         }
     }
@@ -120,6 +105,8 @@ pub(crate) fn precompute_hmac_pads(provider: &mut CryptoProvider) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::CipherSuite;
+    use rustls::crypto::aws_lc_rs::cipher_suite;
     use rustls::crypto::tls13::OkmBlock;
 
     const TLS13_SUITES: [SupportedCipherSuite; 3] = [
