@@ -25,6 +25,7 @@
 mod app;
 mod body;
 mod conn;
+mod corked;
 mod framing;
 pub(crate) mod headers;
 mod observed;
@@ -36,6 +37,7 @@ use crate::identity::{CfIdentity, Denial, RequestPolicy};
 use crate::logging::millis;
 use crate::metrics::ListenerMetrics;
 use conn::{Conn, Counter};
+use corked::Flushing;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -326,7 +328,6 @@ impl HttpService {
         // twice for the life of the connection.
         let h2 = caller.h2;
         drop(caller);
-        let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), !h2)));
         let for_service = conn.clone();
         // HTTP/2: this connection's own bound on requests toward the app. SETTINGS_MAX_CONCURRENT_STREAMS
         // alone does not hold it: h2 applies our setting only once the client acknowledges it,
@@ -374,10 +375,15 @@ impl HttpService {
             close_all: &mut close_all,
         };
         let ended = if h2 {
-            let connection = self.shared.h2.serve_connection(io, service);
-            let graceful_shutdown = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+            let (io, cork) = corked::corked(io);
+            let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), false)));
+            let connection = Flushing::new(self.shared.h2.serve_connection(io, service), cork);
+            let graceful_shutdown = |c: Pin<&mut Flushing<_, _>>| {
+                http2::Connection::graceful_shutdown(c.connection());
+            };
             drive(connection, graceful_shutdown, watched).await
         } else {
+            let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), true)));
             let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
             let graceful_shutdown =
                 |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
