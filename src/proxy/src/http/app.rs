@@ -82,7 +82,9 @@ where
         loop {
             let (mut sender, reused) = match self.take() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: a new connection is the rare case, and unboxed its futures (connect,
+                // timer, hyper's handshake) would be carried by every request's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

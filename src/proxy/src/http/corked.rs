@@ -57,6 +57,17 @@ fn lock<IO>(shared: &Mutex<Shared<IO>>) -> MutexGuard<'_, Shared<IO>> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl<IO> Shared<IO> {
+    /// Appends `bytes`, the buffer being made once per turn at its bound's size: grown a
+    /// response at a time, it would be copied again at every doubling.
+    fn hold(&mut self, bytes: &[u8]) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(HELD.max(bytes.len()));
+        }
+        self.out.extend_from_slice(bytes);
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> Shared<IO> {
     /// Writes out the buffer, then flushes the stream.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -125,7 +136,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Corked<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut shared = lock(&self.0);
         std::task::ready!(shared.poll_room(cx))?;
-        shared.out.extend_from_slice(buf);
+        shared.hold(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -138,7 +149,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Corked<IO> {
         std::task::ready!(shared.poll_room(cx))?;
         let mut n = 0;
         for buf in bufs {
-            shared.out.extend_from_slice(buf);
+            shared.hold(buf);
             n += buf.len();
         }
         Poll::Ready(Ok(n))

@@ -340,7 +340,7 @@ impl HttpService {
                     .clamp(1, Semaphore::MAX_PERMITS),
             ))
         });
-        let service = service_fn(move |req: http::Request<Incoming>| {
+        let call = move |req: http::Request<Incoming>| {
             let conn = for_service.clone();
             let streams = streams.clone();
             async move {
@@ -365,7 +365,7 @@ impl HttpService {
                 let response = request::handle(conn, req).await;
                 Ok::<_, Infallible>(response.map(|body| body.holding(slot, stream)))
             }
-        });
+        };
 
         let idle = self.shared.settings.idle_timeout;
         let watched = Watch {
@@ -377,6 +377,9 @@ impl HttpService {
         let ended = if h2 {
             let (io, cork) = corked::corked(io);
             let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), false)));
+            // Boxed: hyper moves each stream's future several times on its way into a task of
+            // its own, and unboxed that is a copy of a few KiB each time.
+            let service = service_fn(move |req| Box::pin(call(req)));
             let connection = Flushing::new(self.shared.h2.serve_connection(io, service), cork);
             let graceful_shutdown = |c: Pin<&mut Flushing<_, _>>| {
                 http2::Connection::graceful_shutdown(c.connection());
@@ -384,6 +387,7 @@ impl HttpService {
             drive(connection, graceful_shutdown, watched).await
         } else {
             let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), true)));
+            let service = service_fn(call);
             let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
             let graceful_shutdown =
                 |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
