@@ -216,6 +216,17 @@ impl Sidecar {
         );
     }
 
+    /// The process's resident memory (VmRSS), in KiB.
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The value of one `/metrics` series, 0 when absent.
     async fn metric(&self, series: &str) -> u64 {
         metric(self.admin, series)
@@ -1962,12 +1973,9 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// The client preface with `SETTINGS_INITIAL_WINDOW_SIZE = 0`, and `streams` GETs of `path`
-/// (HPACK literals without Huffman coding: nothing to get wrong).
-fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+/// `streams` GETs of `path` on streams 1, 3, 5, … (HPACK literals without Huffman coding:
+/// nothing to get wrong).
+fn h2_gets(path: &str, streams: u32) -> Vec<u8> {
     let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
     block.push(0x04); // :path, literal value without indexing
     block.push(path.len() as u8);
@@ -1975,11 +1983,87 @@ fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
     block.push(0x01); // :authority
     block.push(1);
     block.push(b'a');
+    let mut out = Vec::new();
     for i in 0..streams {
         // END_STREAM | END_HEADERS
         out.extend(h2_frame(0x1, 0x5, 1 + 2 * i, &block));
     }
     out
+}
+
+/// The client preface with `SETTINGS_INITIAL_WINDOW_SIZE = 0`, and `streams` GETs of `path`.
+fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    out.extend(h2_gets(path, streams));
+    out
+}
+
+/// The client preface with the largest windows HTTP/2 allows (stream and connection), and
+/// `streams` GETs of `path`: nothing in HTTP/2 holds the sidecar's output back, only the socket.
+fn h2_open_window_requests(path: &str, streams: u32) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 2^31 - 1.
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    // WINDOW_UPDATE (0x8) on the connection up to 2^31 - 1.
+    out.extend(h2_frame(
+        0x8,
+        0,
+        0,
+        &(0x7fff_ffff_u32 - 65_535).to_be_bytes(),
+    ));
+    out.extend(h2_gets(path, streams));
+    out
+}
+
+/// The HTTP/2 output the sidecar gathers per turn (`http/corked.rs`) must stay bounded for a
+/// client whose windows let everything through but whose socket takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_with_open_windows_that_stops_reading_holds_little_memory_and_is_cut_at_the_idle_timeout()
+ {
+    let _heavy = HEAVY.lock().await;
+    let app = BusyApp::start(Answer::Big(100 << 20)).await;
+    let (sidecar, ports, _dir) = sidecar_for(
+        app.addr,
+        &["    mode: http\n"],
+        "limits:\n  idle_timeout: 1s\n",
+    )
+    .await;
+    let port = ports[0];
+    let idle_rss = sidecar.rss_kb();
+    let mut tls = tls_connect(port, tls_client(&["h2"], None)).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(&h2_open_window_requests("/big", 8))
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    eventually("the requests to reach the app", || async {
+        app.most_open.load(SeqCst) > 0
+    })
+    .await;
+    let peak_rss = std::sync::atomic::AtomicU64::new(0);
+    eventually("the sidecar to release every app connection", || async {
+        peak_rss.fetch_max(sidecar.rss_kb(), SeqCst);
+        app.open() == 0
+    })
+    .await;
+    let released = sent.elapsed();
+    let grew_mb = peak_rss.load(SeqCst).saturating_sub(idle_rss) / 1024;
+    // 8 × 100 MB owed: what is held is hyper's per-stream send buffers and the cork's 16 KiB,
+    // not what the app sends.
+    assert!(
+        grew_mb < 64,
+        "RSS grew by {grew_mb} MB for a client that reads nothing"
+    );
+    assert!(
+        released < Duration::from_secs(3),
+        "app connections released after {released:?} (idle_timeout 1s)"
+    );
+    sidecar
+        .until_metric(&series("connections_stalled_total", port), 1)
+        .await;
+    drop(tls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
