@@ -32,6 +32,55 @@ async fn forwards_bytes_both_ways_and_passes_the_clients_half_close_to_the_app()
     running.shutdown().await;
 }
 
+/// The app's bytes go through a buffer that starts small, grows once a read fills it, and is
+/// given back whenever the app pauses: every byte must arrive once and in order across those
+/// switches, whatever the app's write sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_from_the_app_arrives_intact_across_pauses_and_bulk_reads() {
+    // A pattern no shifted or repeated window of itself matches.
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sizes = [1, 100, 8 * 1024, 8 * 1024 + 1, 70_000, 3, 256 * 1024];
+    let sent = data.clone();
+    let app = app(move |mut stream| {
+        let sent = sent.clone();
+        async move {
+            let (mut at, mut turn) = (0, 0);
+            while at < sent.len() {
+                let end = (at + sizes[turn % sizes.len()]).min(sent.len());
+                stream.write_all(&sent[at..end]).await.unwrap();
+                at = end;
+                turn += 1;
+                if turn % 3 == 0 {
+                    // A pause: the sidecar's read finds the socket empty and gives its buffer
+                    // back before the next write.
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            stream.shutdown().await.unwrap();
+        }
+    })
+    .await;
+    let creds = Creds::with(&Pki::shared().leaf(2048));
+    let running = tls_sidecar::start(sidecar_config(&creds, app))
+        .await
+        .unwrap();
+    let addrs = addrs(&running);
+    until_ready(addrs.admin).await;
+
+    let mut tls = connect(addrs.tls).await.unwrap();
+    let mut received = Vec::new();
+    tls.read_to_end(&mut received).await.unwrap();
+    assert_eq!(received.len(), data.len());
+    assert!(
+        received == data,
+        "the bytes arrived altered or out of order"
+    );
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_apps_half_close_to_the_client_which_can_still_send() {
     let (app, mut received) = greet_then_listen_app().await;

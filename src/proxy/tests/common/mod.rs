@@ -385,7 +385,8 @@ pub async fn dead_app() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn app<F, Fut>(handle: F) -> SocketAddr
+/// An app on port 0 that runs `handle` on each connection it accepts.
+pub async fn app<F, Fut>(handle: F) -> SocketAddr
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
