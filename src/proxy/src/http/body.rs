@@ -230,12 +230,13 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     pub(crate) fn start(conn: Arc<Conn>, method: &Method, uri: &Uri) -> Self {
-        conn.request_started();
+        let started = Instant::now();
+        conn.request_started(started);
         RequestLog {
             conn,
             method: method.clone(),
             uri: uri.clone(),
-            started: Instant::now(),
+            started,
             status: 0,
             bytes: 0,
             denied: None,
@@ -260,9 +261,10 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         let conn = &self.conn;
-        conn.request_ended();
+        conn.request_ended(now);
         let metrics = &conn.shared.metrics;
         metrics.requests.fetch_add(1, Relaxed);
         metrics.latency.observe(elapsed);
