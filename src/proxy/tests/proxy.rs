@@ -15,12 +15,7 @@ use tokio::net::TcpStream;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_bytes_both_ways_and_passes_the_clients_half_close_to_the_app() {
     let app = answer_after_eof_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |_| {}).await;
 
     let mut tls = connect(addrs.tls).await.unwrap();
     tls.write_all(b"ping").await.unwrap();
@@ -63,12 +58,7 @@ async fn a_stream_from_the_app_arrives_intact_across_pauses_and_bulk_reads() {
         }
     })
     .await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |_| {}).await;
 
     let mut tls = connect(addrs.tls).await.unwrap();
     let mut received = Vec::new();
@@ -84,12 +74,7 @@ async fn a_stream_from_the_app_arrives_intact_across_pauses_and_bulk_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_apps_half_close_to_the_client_which_can_still_send() {
     let (app, mut received) = greet_then_listen_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |_| {}).await;
 
     let mut tls = connect(addrs.tls).await.unwrap();
     let mut greeting = Vec::new();
@@ -108,12 +93,7 @@ async fn passes_the_apps_half_close_to_the_client_which_can_still_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negotiates_tls_1_3_and_tls_1_2() {
     let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |_| {}).await;
 
     for (versions, expected) in [
         (TLS13, ProtocolVersion::TLSv1_3),
@@ -259,12 +239,7 @@ async fn keeps_running_without_certificate_files_and_becomes_ready_when_they_app
 async fn closes_the_tls_connection_when_the_app_is_down_and_keeps_serving() {
     capture_logs();
     let app = dead_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |_| {}).await;
 
     for _ in 0..2 {
         let mut tls = connect(addrs.tls).await.unwrap();
@@ -278,12 +253,7 @@ async fn closes_the_tls_connection_when_the_app_is_down_and_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_connections_beyond_max_connections_at_once() {
     let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let mut config = sidecar_config(&creds, app);
-    config.limits.max_connections = 1;
-    let running = tls_sidecar::start(config).await.unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |config| config.limits.max_connections = 1).await;
 
     let mut first = connect(addrs.tls).await.unwrap();
     assert_eq!(echo(&mut first, b"1").await, b"1");
@@ -308,12 +278,10 @@ async fn closes_connections_beyond_max_connections_at_once() {
 async fn closes_a_connection_after_the_idle_timeout() {
     capture_logs();
     let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let mut config = sidecar_config(&creds, app);
-    config.limits.idle_timeout = Duration::from_millis(300);
-    let running = tls_sidecar::start(config).await.unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |config| {
+        config.limits.idle_timeout = Duration::from_millis(300)
+    })
+    .await;
 
     // No traffic at all (an exchange could itself outlast 300 ms on a busy machine).
     let mut tls = connect(addrs.tls).await.unwrap();
@@ -335,12 +303,8 @@ async fn closes_a_connection_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drains_in_flight_connections_and_refuses_new_ones_on_shutdown() {
     let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let mut config = sidecar_config(&creds, app);
-    config.limits.drain_timeout = DEADLINE;
-    let running = tls_sidecar::start(config).await.unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) =
+        front(app, |config| config.limits.drain_timeout = DEADLINE).await;
 
     let mut in_flight = connect(addrs.tls).await.unwrap();
     assert_eq!(echo(&mut in_flight, b"before").await, b"before");
@@ -373,12 +337,10 @@ async fn drains_in_flight_connections_and_refuses_new_ones_on_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_connections_still_open_when_the_drain_timeout_ends() {
     let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let mut config = sidecar_config(&creds, app);
-    config.limits.drain_timeout = Duration::from_millis(300);
-    let running = tls_sidecar::start(config).await.unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |config| {
+        config.limits.drain_timeout = Duration::from_millis(300)
+    })
+    .await;
 
     let mut lingering = connect(addrs.tls).await.unwrap();
     assert_eq!(echo(&mut lingering, b"x").await, b"x");
@@ -394,12 +356,7 @@ async fn closes_connections_still_open_when_the_drain_timeout_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_live_and_ready_and_404_for_unknown_paths_on_the_admin_port() {
     let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(app, |_| {}).await;
 
     assert_eq!(
         get(addrs.admin, "/live").await.unwrap(),

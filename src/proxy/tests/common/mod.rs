@@ -140,6 +140,22 @@ pub fn addrs(running: &tls_sidecar::Running) -> Addrs {
     }
 }
 
+/// A ready sidecar with a fresh 2048-bit identity in front of `app`, with [`sidecar_config`]'s
+/// settings after `adjust` has changed what a test needs. Keep the credentials: their files
+/// are deleted when they are dropped.
+pub async fn front(
+    app: SocketAddr,
+    adjust: impl FnOnce(&mut SidecarConfig),
+) -> (tls_sidecar::Running, Addrs, Creds) {
+    let creds = Creds::with(&Pki::shared().leaf(2048));
+    let mut config = sidecar_config(&creds, app);
+    adjust(&mut config);
+    let running = tls_sidecar::start(config).await.unwrap();
+    let addrs = addrs(&running);
+    until_ready(addrs.admin).await;
+    (running, addrs, creds)
+}
+
 /// Waits for `GET /ready` to answer 200.
 pub async fn until_ready(admin: SocketAddr) {
     eventually("/ready to answer 200", || async {
