@@ -16,6 +16,7 @@ use tls_sidecar_integration::http::request;
 use tls_sidecar_integration::sidecar::{self, TLS_PORT, connect_tls_on};
 use tls_sidecar_integration::util::{Deadline, poll};
 use tls_sidecar_integration::{AppInfo, Instance, LaunchOptions};
+use tls_sidecar_testkit::{fds, rss};
 
 /// How long the load runs, in seconds.
 const SECONDS_ENV: &str = "TLS_SIDECAR_SOAK_SECONDS";
@@ -44,23 +45,6 @@ fn soak_seconds() -> u64 {
                 .unwrap_or_else(|_| panic!("{SECONDS_ENV}={s:?} is not a number of seconds"))
         })
         .unwrap_or(DEFAULT_SECONDS)
-}
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// The sidecar's open descriptors, split: idle connections its http listener pools to the app

@@ -81,26 +81,10 @@ pub fn nofile_of(pid: u32) -> u64 {
 /// One flood at a time in this process: two would need twice the descriptors.
 pub static ONE_FLOOD: Mutex<()> = Mutex::new(());
 
-/// A number from `/proc/<pid>/status` (kB fields are returned in bytes).
-pub fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
-
-pub fn rss(pid: u32) -> u64 {
-    proc_status(pid, "VmRSS:")
-}
-
-pub fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
+// What `/proc` says of the sidecar: one reader for every test crate. Not every test binary
+// that includes this module uses both.
+#[allow(unused_imports)]
+pub use tls_sidecar_testkit::{fds, rss};
 
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))

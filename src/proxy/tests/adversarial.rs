@@ -216,15 +216,9 @@ impl Sidecar {
         );
     }
 
-    /// The process's resident memory (VmRSS), in KiB.
-    fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+    /// The process's resident memory (VmRSS), in bytes.
+    fn rss(&self) -> u64 {
+        tls_sidecar_testkit::rss(self.process.id())
     }
 
     /// The value of one `/metrics` series, 0 when absent.
@@ -1652,6 +1646,14 @@ async fn sidecar_for(app: SocketAddr, extras: &[&str], rest: &str) -> (Sidecar, 
     (sidecar, ports, dir)
 }
 
+/// One http listener with a 1 s idle_timeout in front of `app`, for the tests of readers and
+/// apps that stop: the sidecar, the listener's port, and the directory of its credentials.
+async fn http_with_1s_idle(app: SocketAddr) -> (Sidecar, u16, TempDir) {
+    let (sidecar, ports, dir) =
+        sidecar_for(app, &["    mode: http\n"], "limits:\n  idle_timeout: 1s\n").await;
+    (sidecar, ports[0], dir)
+}
+
 /// Keeps `held` TCP connections to `port` open that never send a byte, replacing each the
 /// sidecar closes (or the oldest, once `held` are open) as fast as it can, until `stop`.
 /// Returns how many it opened.
@@ -1899,13 +1901,7 @@ async fn an_http1_client_that_stops_reading_a_100_mb_response_is_cut_at_the_idle
  {
     let _heavy = HEAVY.lock().await;
     let app = BusyApp::start(Answer::Big(100 << 20)).await;
-    let (sidecar, ports, _dir) = sidecar_for(
-        app.addr,
-        &["    mode: http\n"],
-        "limits:\n  idle_timeout: 1s\n",
-    )
-    .await;
-    let port = ports[0];
+    let (sidecar, port, _dir) = http_with_1s_idle(app.addr).await;
     let mut tls = tls_connect(port, tls_client(&[], None)).await.unwrap();
     tls.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -1938,13 +1934,7 @@ async fn an_http1_client_that_stops_reading_a_100_mb_response_is_cut_at_the_idle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_app_trickling_its_body_to_a_reading_client_is_not_cut() {
     let app = BusyApp::start(Answer::Trickle(10, Duration::from_millis(300))).await;
-    let (sidecar, ports, _dir) = sidecar_for(
-        app.addr,
-        &["    mode: http\n"],
-        "limits:\n  idle_timeout: 1s\n",
-    )
-    .await;
-    let port = ports[0];
+    let (sidecar, port, _dir) = http_with_1s_idle(app.addr).await;
     let answer = http_exchange(
         port,
         tls_client(&[], None),
@@ -1991,11 +1981,18 @@ fn h2_gets(path: &str, streams: u32) -> Vec<u8> {
     out
 }
 
-/// The client preface with `SETTINGS_INITIAL_WINDOW_SIZE = 0`, and `streams` GETs of `path`.
-fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
+/// The client preface with SETTINGS_INITIAL_WINDOW_SIZE (0x4) = `stream_window`.
+fn h2_preface(stream_window: u32) -> Vec<u8> {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    let mut setting = vec![0, 4];
+    setting.extend(stream_window.to_be_bytes());
+    out.extend(h2_frame(0x4, 0, 0, &setting));
+    out
+}
+
+/// The client preface with stream windows of 0, and `streams` GETs of `path`.
+fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
+    let mut out = h2_preface(0);
     out.extend(h2_gets(path, streams));
     out
 }
@@ -2003,9 +2000,7 @@ fn h2_zero_window_requests(path: &str, streams: u32) -> Vec<u8> {
 /// The client preface with the largest windows HTTP/2 allows (stream and connection), and
 /// `streams` GETs of `path`: nothing in HTTP/2 holds the sidecar's output back, only the socket.
 fn h2_open_window_requests(path: &str, streams: u32) -> Vec<u8> {
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 2^31 - 1.
-    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    let mut out = h2_preface(0x7fff_ffff);
     // WINDOW_UPDATE (0x8) on the connection up to 2^31 - 1.
     out.extend(h2_frame(
         0x8,
@@ -2024,14 +2019,8 @@ async fn an_http2_client_with_open_windows_that_stops_reading_holds_little_memor
  {
     let _heavy = HEAVY.lock().await;
     let app = BusyApp::start(Answer::Big(100 << 20)).await;
-    let (sidecar, ports, _dir) = sidecar_for(
-        app.addr,
-        &["    mode: http\n"],
-        "limits:\n  idle_timeout: 1s\n",
-    )
-    .await;
-    let port = ports[0];
-    let idle_rss = sidecar.rss_kb();
+    let (sidecar, port, _dir) = http_with_1s_idle(app.addr).await;
+    let idle_rss = sidecar.rss();
     let mut tls = tls_connect(port, tls_client(&["h2"], None)).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     tls.write_all(&h2_open_window_requests("/big", 8))
@@ -2044,12 +2033,12 @@ async fn an_http2_client_with_open_windows_that_stops_reading_holds_little_memor
     .await;
     let peak_rss = std::sync::atomic::AtomicU64::new(0);
     eventually("the sidecar to release every app connection", || async {
-        peak_rss.fetch_max(sidecar.rss_kb(), SeqCst);
+        peak_rss.fetch_max(sidecar.rss(), SeqCst);
         app.open() == 0
     })
     .await;
     let released = sent.elapsed();
-    let grew_mb = peak_rss.load(SeqCst).saturating_sub(idle_rss) / 1024;
+    let grew_mb = peak_rss.load(SeqCst).saturating_sub(idle_rss) >> 20;
     // 8 × 100 MB owed: what is held is hyper's per-stream send buffers and the cork's 16 KiB,
     // not what the app sends.
     assert!(

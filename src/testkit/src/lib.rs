@@ -10,7 +10,8 @@
 //! - [`Creds`]: the credential directory, replaced the way the executor does it (write both
 //!   `.tmp` files, rename the key first, then the certificate).
 //!
-//! And the sidecar binary as a child process: [`sidecar_command`], [`Process`], [`free_port`].
+//! And the sidecar binary as a child process: [`sidecar_command`], [`Process`], [`free_port`],
+//! and what `/proc` says of it: [`rss`], [`fds`].
 //!
 //! No `openssl` command: keys come from aws-lc-rs (the graph's one crypto provider, which can
 //! make RSA keys), CAs from rcgen, and leaves are written field by field with yasna because
@@ -31,5 +32,5 @@ pub use creds::{Creds, free_port};
 pub use keys::{ED448_PKCS8_PEM, KeyKind, pem};
 pub use name::{Attr, Name};
 pub use pki::{CaKey, EXPIRED, Identity, Leaf, LeafSpec, NOT_YET_VALID, Pki, TestCa, Validity};
-pub use process::{Process, sidecar_command};
+pub use process::{Process, fds, rss, sidecar_command};
 pub use util::{new_guid, random_bytes, unix_now};

@@ -118,3 +118,31 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// A number from `/proc/<pid>/status`, such as `VmRSS:` (kB fields are returned in bytes).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable {line:?} in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// The process's resident memory (VmRSS), in bytes.
+pub fn rss(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS:")
+}
+
+/// The process's open file descriptors.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/fd: {e}"))
+        .count()
+}
