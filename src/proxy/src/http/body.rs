@@ -1,11 +1,11 @@
 //! Response bodies, and the per-request log line written when one ends.
 
-use super::app::Lease;
+use super::app::ListenerBody;
 use super::conn::Conn;
 use crate::logging::millis;
 use bytes::Bytes;
 use http::{Method, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// What a response carries: the app's body (with the app connection it arrives on, returned
-/// when the body has ended), or a short one of ours.
+/// What a response carries: the app's body (read from the app connection it arrives on, which
+/// goes back to the pool when the body has ended), or a short one of ours.
 pub(crate) enum Payload {
-    App(Incoming, Option<Lease>),
+    App(ListenerBody),
     Local(Option<Bytes>),
 }
 
@@ -50,7 +50,7 @@ pub(crate) struct ResponseBody {
 impl ResponseBody {
     pub(crate) fn new(payload: Payload, log: RequestLog) -> Self {
         let owed = match &payload {
-            Payload::App(body, _) if !body.is_end_stream() => {
+            Payload::App(body) if !body.is_end_stream() => {
                 log.conn.bodies_owed.fetch_add(1, Relaxed);
                 Some(log.conn.clone())
             }
@@ -83,24 +83,11 @@ impl ResponseBody {
         self._app_slot = None;
         self._stream_slot = None;
     }
-
-    /// Once the app's body has ended (`ended`: it said so; or it knows it is empty), its
-    /// connection can serve another request. Dropped instead, with a body not read to its end,
-    /// hyper closes the connection.
-    fn release_app_connection(&mut self, ended: bool) {
-        if let Payload::App(body, lease) = &mut self.payload
-            && (ended || body.is_end_stream())
-            && let Some(lease) = lease.take()
-        {
-            lease.release();
-        }
-    }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // An empty body (204, HEAD, `content-length: 0`) may never be polled.
-        self.release_app_connection(false);
+        // An app body dropped before its end closes its connection (`app::AppBody`).
         self.settle();
         if !self.is_end_stream()
             && let Some(log) = &mut self.log
@@ -160,15 +147,15 @@ pub(crate) fn saturated(
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.payload {
-            Payload::App(body, _) => Pin::new(body).poll_frame(cx),
+            Payload::App(body) => Pin::new(body).poll_frame(cx),
             Payload::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -185,7 +172,6 @@ impl Body for ResponseBody {
                 }
             }
             Poll::Ready(None) => {
-                this.release_app_connection(true);
                 this.settle();
                 drop(this.log.take());
             }
@@ -196,14 +182,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.payload {
-            Payload::App(body, _) => body.is_end_stream(),
+            Payload::App(body) => body.is_end_stream(),
             Payload::Local(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.payload {
-            Payload::App(body, _) => body.size_hint(),
+            Payload::App(body) => body.size_hint(),
             Payload::Local(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -4,7 +4,7 @@ use super::app::AppError;
 use super::body::{Payload, RequestLog, ResponseBody};
 use super::conn::{Conn, DENIED_BODY};
 use super::trailers::RequestBody;
-use super::{error_chain, headers, splice, turned_true};
+use super::{headers, splice, turned_true};
 use crate::logging::millis;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
@@ -100,27 +100,26 @@ async fn respond(
     // A hung app must not hold the client, a max_connections slot and an app connection
     // forever: the response head has to start within limits.idle_timeout.
     let idle = conn.shared.settings.idle_timeout;
-    let (mut response, lease) =
-        match tokio::time::timeout(idle, conn.shared.app.send(request)).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                let (status, text) = app_error(conn, &e);
-                log.fail(text.clone());
-                return local(status, format!("tls-sidecar: {text}\n"));
-            }
-            Err(_) => {
-                let text = format!(
-                    "the app on {} did not answer within {} ms (limits.idle_timeout)",
-                    conn.shared.settings.upstream,
-                    millis(idle)
-                );
-                log.fail(text.clone());
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("tls-sidecar: {text}\n"),
-                );
-            }
-        };
+    let mut response = match tokio::time::timeout(idle, conn.shared.app.send(request)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            let (status, text) = app_error(conn, &e);
+            log.fail(text.clone());
+            return local(status, format!("tls-sidecar: {text}\n"));
+        }
+        Err(_) => {
+            let text = format!(
+                "the app on {} did not answer within {} ms (limits.idle_timeout)",
+                conn.shared.settings.upstream,
+                millis(idle)
+            );
+            log.fail(text.clone());
+            return local(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("tls-sidecar: {text}\n"),
+            );
+        }
+    };
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -132,20 +131,24 @@ async fn respond(
                  not ask to upgrade\n",
             );
         };
-        let app_upgrade = hyper::upgrade::on(&mut response);
+        // The app's side is its connection, as it stands after the 101.
+        let Some(app_side) = response.body_mut().upgraded() else {
+            log.fail("the app's upgraded connection was gone");
+            return local(StatusCode::BAD_GATEWAY, "tls-sidecar: the upgrade failed\n");
+        };
         let idle = conn.shared.settings.idle_timeout;
-        conn.set_tunnel(splice::tunnel(client_upgrade, app_upgrade, idle));
+        conn.set_tunnel(splice::tunnel(client_upgrade, app_side, idle));
     }
     let (mut parts, body) = response.into_parts();
     headers::to_client(&mut parts.headers, switching);
     parts.version = Version::HTTP_11;
     // Nothing of the app-side connection (its address, hyper's bookkeeping) goes to the client.
     parts.extensions = http::Extensions::new();
-    // An upgraded app connection is the tunnel's now: its lease is dropped, never returned.
+    // An upgraded app connection is the tunnel's now, never returned to the pool.
     let payload = if switching {
         Payload::empty()
     } else {
-        Payload::App(body, Some(lease))
+        Payload::App(body)
     };
     Response::from_parts(parts, payload)
 }
@@ -211,9 +214,7 @@ fn app_error(conn: &Conn, e: &AppError) -> (StatusCode, Cow<'static, str>) {
             };
             format!("the app is not reachable on {upstream} ({cause})")
         }
-        AppError::Exchange(e) => {
-            format!("the app on {upstream} did not answer ({})", error_chain(e))
-        }
+        AppError::Exchange(e) => format!("the app on {upstream} did not answer ({e})"),
     };
     (StatusCode::BAD_GATEWAY, text.into())
 }

@@ -1,6 +1,7 @@
 //! Upgraded connections (websockets and friends): once the app has answered `101`, the client
 //! and the app talk directly, byte for byte, through the sidecar.
 
+use super::app::AppStream;
 use super::later;
 use super::observed::{Observed, Observer};
 use crate::logging::millis;
@@ -18,13 +19,14 @@ use tokio::time::{Instant, sleep_until};
 /// byte moved for the idle limit.
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-pub(crate) fn tunnel(client: OnUpgrade, app: OnUpgrade, idle: Duration) -> Tunnel {
+/// The tunnel between the client's side of an upgraded request (once hyper hands it over) and
+/// the app's.
+pub(crate) fn tunnel(client: OnUpgrade, app: AppStream, idle: Duration) -> Tunnel {
     Box::pin(async move {
-        let (client, app) = tokio::try_join!(client, app)
-            .map_err(|e| format!("the upgrade did not complete: {e}"))?;
-        splice(TokioIo::new(client), TokioIo::new(app), idle)
+        let client = client
             .await
-            .map(drop)
+            .map_err(|e| format!("the upgrade did not complete: {e}"))?;
+        splice(TokioIo::new(client), app, idle).await.map(drop)
     })
 }
 
