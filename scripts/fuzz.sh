@@ -27,7 +27,7 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-readonly ALL_TARGETS=(config_file config_env selector archive manifest xfcc xfcc_grammar http_head proxy_v2 request_path)
+readonly ALL_TARGETS=(config_file config_env selector archive manifest xfcc xfcc_grammar http_head app_answer proxy_v2 request_path)
 
 die() {
   echo "       **ERROR** $*" >&2

@@ -66,6 +66,12 @@ pub mod fuzzing {
     pub fn framing_verdict(buf: &[u8], pieces: &[usize]) -> Option<u64> {
         crate::http::framing_verdict(buf, pieces)
     }
+
+    /// The http mode's client reading an app's answer to a GET from `stream`, in reads of
+    /// `piece` bytes: status, body and how many trailer fields, or why it refuses the answer.
+    pub fn app_answer(stream: &[u8], piece: usize) -> Result<(u16, Vec<u8>, usize), String> {
+        crate::http::app_answer(stream, piece)
+    }
 }
 
 pub use cli::{Cli, Command};

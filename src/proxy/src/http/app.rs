@@ -551,19 +551,12 @@ where
                 return Poll::Ready(Err(text));
             }
             while !self.buf.is_empty() {
-                match parse_head(&self.buf, method)? {
-                    Some((head, len)) => {
-                        self.buf.advance(len);
-                        if let Some(head) = head {
-                            return Poll::Ready(Ok(head));
-                        }
-                    }
+                match parse_head(&mut self.buf, method)? {
+                    Some(Some(head)) => return Poll::Ready(Ok(head)),
+                    // An interim head, gone: the final one may be right behind it.
+                    Some(None) => {}
                     None => break,
                 }
-            }
-            if self.buf.len() >= MAX_RESPONSE_HEAD {
-                let text = format!("its response head is larger than {MAX_RESPONSE_HEAD} bytes");
-                return Poll::Ready(Err(text));
             }
             match ready!(self.poll_read_more(cx)) {
                 Ok(0) => {
@@ -577,14 +570,17 @@ where
     }
 }
 
-/// Parses the response head at the start of `buf`: `None` until it is complete; then its
-/// length, with `None` for an interim (1xx) head to skip.
-#[allow(clippy::type_complexity)]
-fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(Option<Head>, usize)>, String> {
+/// Parses the response head at the start of `buf` and takes it out once complete: `None`
+/// until then; then the head, or `None` for an interim (1xx) head, which is skipped.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Option<Head>>, String> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
+    // The same limit whether the head came in one read or many.
+    let too_large = || format!("its response head is larger than {MAX_RESPONSE_HEAD} bytes");
     let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => return Err(too_large()),
         Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => return Err(too_large()),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("its response head is not HTTP/1.1: {e}")),
     };
@@ -598,16 +594,36 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(Option<Head>, usize
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| "its response has no valid status".to_owned())?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Some((None, len)));
+        buf.advance(len);
+        return Ok(Some(None));
     }
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Where each field is in the head, so that the values can be slices of it rather than
+    // copies, each its own allocation (as hyper's client does it).
+    let base = buf.as_ptr() as usize;
+    let offset = |part: &[u8]| (part.as_ptr() as usize) - base;
+    let mut at = [(0, 0, 0, 0); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (slot, field) in at.iter_mut().zip(parsed.headers.iter()) {
+        let name = offset(field.name.as_bytes());
+        let value = offset(field.value);
+        *slot = (
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
     // What the fields say about framing is noted on the way: looking the names up again in
     // the map costs a hash each.
     let mut framing = FramingFields::default();
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| format!("its response has an invalid header name {:?}", field.name))?;
-        let value = HeaderValue::from_bytes(field.value)
+    for &(name_from, name_to, value_from, value_to) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[name_from..name_to]).map_err(|_| {
+            let name = String::from_utf8_lossy(&head[name_from..name_to]);
+            format!("its response has an invalid header name {name:?}")
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))
             .map_err(|_| format!("its response header {name} has an invalid value"))?;
         framing.note(&name, &value);
         headers.append(name, value);
@@ -623,14 +639,45 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(Option<Head>, usize
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
-    Ok(Some((
-        Some(Head {
-            response,
-            body,
-            keep_alive,
-        }),
-        len,
-    )))
+    Ok(Some(Some(Head {
+        response,
+        body,
+        keep_alive,
+    })))
+}
+
+/// The answer `stream` carries to a GET, read the way a connection reads it but in pieces of
+/// `piece` bytes: its status, body and trailer count, or why it cannot be relayed. See
+/// [`crate::fuzzing::app_answer`].
+pub(crate) fn read_answer(stream: &[u8], piece: usize) -> Result<(u16, Vec<u8>, usize), String> {
+    let mut buf = BytesMut::new();
+    let mut pieces = stream.chunks(piece.max(1));
+    let head = loop {
+        match parse_head(&mut buf, &Method::GET)? {
+            Some(Some(head)) => break head,
+            Some(None) => {}
+            None => match pieces.next() {
+                Some(more) => buf.extend_from_slice(more),
+                None => return Err("the head is incomplete".to_owned()),
+            },
+        }
+    };
+    let (mut decoder, mut body) = (head.body, Vec::new());
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::Trailers(trailers) => {
+                return Ok((head.response.status().as_u16(), body, trailers.len()));
+            }
+            Decoded::End => break,
+            Decoded::More => match pieces.next() {
+                Some(more) => buf.extend_from_slice(more),
+                None if decoder == Decoder::UntilClose => break,
+                None => return Err("the body is incomplete".to_owned()),
+            },
+        }
+    }
+    Ok((head.response.status().as_u16(), body, 0))
 }
 
 /// What a response head's fields say about its framing.
@@ -902,6 +949,9 @@ fn chunk_step(state: Chunked, b: u8) -> Result<Chunked, String> {
 fn parse_trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, String> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let (len, parsed) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, _))) if len > MAX_RESPONSE_HEAD => {
+            return Err("its trailer section is too large".to_owned());
+        }
         Ok(httparse::Status::Complete(done)) => done,
         Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
         Ok(httparse::Status::Partial) => return Err("its trailer section is too large".to_owned()),

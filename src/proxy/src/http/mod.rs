@@ -639,6 +639,11 @@ fn later(at: Instant, by: Duration) -> Instant {
         .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365))
 }
 
+/// See [`crate::fuzzing::app_answer`].
+pub(crate) fn app_answer(stream: &[u8], piece: usize) -> Result<(u16, Vec<u8>, usize), String> {
+    app::read_answer(stream, piece)
+}
+
 /// See [`crate::fuzzing::framing_verdict`].
 pub(crate) fn framing_verdict(buf: &[u8], pieces: &[usize]) -> Option<u64> {
     let mut framing = framing::Framing::default();
