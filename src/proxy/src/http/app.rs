@@ -1192,9 +1192,9 @@ pub(crate) type ListenerBody = AppBody<RequestBody>;
 
 #[cfg(test)]
 mod tests {
+    use super::super::trailers::tests::Frames;
     use super::*;
     use http_body_util::{BodyExt, Empty, Full};
-    use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -1258,21 +1258,6 @@ mod tests {
         let collected = response.into_body().collect().await.unwrap();
         let trailers = collected.trailers().cloned();
         (collected.to_bytes(), trailers)
-    }
-
-    /// These frames, last first; no size hint (so a POST goes chunked).
-    struct Frames(Vec<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.get_mut().0.pop().map(Ok))
-        }
     }
 
     #[tokio::test]

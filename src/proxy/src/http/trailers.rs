@@ -52,13 +52,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for RequestBody<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http::HeaderMap;
     use std::convert::Infallible;
 
-    /// These frames, last first.
-    struct Frames(Vec<Frame<Bytes>>);
+    /// A body of these frames, last first, with no size hint (so a POST to the app goes
+    /// chunked).
+    pub(in crate::http) struct Frames(pub(in crate::http) Vec<Frame<Bytes>>);
 
     impl Body for Frames {
         type Data = Bytes;
