@@ -15,6 +15,7 @@
 //! framing is checked as hyper's client checks it (the same rules, noted where they apply), and
 //! a connection whose framing is in any doubt is closed, never lent again.
 
+use super::headers::trailer_names;
 use super::trailers::RequestBody;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -72,16 +73,6 @@ pub(crate) enum AppError {
     Connect(Option<io::Error>),
     /// The connection broke, or the app's answer was not HTTP/1.1 we can relay.
     Exchange(String),
-}
-
-impl std::fmt::Display for AppError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AppError::Connect(Some(e)) => write!(f, "connect: {e}"),
-            AppError::Connect(None) => f.write_str("connect: timed out"),
-            AppError::Exchange(text) => f.write_str(text),
-        }
-    }
 }
 
 impl AppPool {
@@ -338,12 +329,8 @@ where
 
     fn with_trailers(mut self, headers: &HeaderMap) -> Self {
         if self.framing == Framing::Chunked {
-            self.trailers = headers
-                .get_all(header::TRAILER)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            self.trailers = trailer_names(headers)
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
                 .collect();
         }
         self
@@ -978,8 +965,6 @@ pub(crate) struct AppBody<B> {
     /// `None` once the body has ended. Boxed: the response is moved several times on its way
     /// through hyper, and the connection's state is most of its size.
     live: Option<Box<Live<B>>>,
-    /// Body bytes the response still owes under a Content-Length (for `size_hint`).
-    exact: Option<u64>,
 }
 
 struct Live<B> {
@@ -1006,10 +991,6 @@ where
             body: decoder,
             keep_alive,
         } = head;
-        let exact = match decoder {
-            Decoder::Length(n) => Some(n),
-            _ => None,
-        };
         let mut live = Live {
             exchange,
             decoder,
@@ -1026,7 +1007,7 @@ where
         } else {
             Some(Box::new(live))
         };
-        response.map(|()| AppBody { live, exact })
+        response.map(|()| AppBody { live })
     }
 
     /// An upgraded connection's app side, once: after a `101` the bytes are no longer HTTP.
@@ -1088,9 +1069,6 @@ where
             let _ = live.exchange.poll_upload(cx);
             match live.decoder.decode(&mut live.exchange.buf) {
                 Ok(Decoded::Data(data)) => {
-                    if let Some(exact) = &mut this.exact {
-                        *exact -= data.len() as u64;
-                    }
                     // The last bytes: the connection goes back before hyper writes them, and
                     // hyper sees the end without polling again.
                     if live.decoder == Decoder::Length(0) {
@@ -1145,10 +1123,12 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.live, self.exact) {
-            (None, _) => SizeHint::with_exact(0),
-            (Some(_), Some(n)) => SizeHint::with_exact(n),
-            (Some(_), None) => SizeHint::default(),
+        // What a Content-Length still owes is exact: hyper's server then frames the answer to
+        // the client with a Content-Length too.
+        match self.live.as_deref().map(|live| live.decoder) {
+            None => SizeHint::with_exact(0),
+            Some(Decoder::Length(left)) => SizeHint::with_exact(left),
+            Some(_) => SizeHint::default(),
         }
     }
 }
@@ -1294,7 +1274,7 @@ mod tests {
             let pool = pool.clone();
             requests.spawn(async move {
                 let request = request(Method::GET, Empty::<Bytes>::new());
-                pool.send(request).await.map_err(|e| e.to_string())
+                pool.send(request).await.map_err(|e| format!("{e:?}"))
             });
         }
         for response in requests.join_all().await {

@@ -180,13 +180,8 @@ fn strip_reserved_trailer_names(headers: &mut HeaderMap) {
     if !headers.contains_key(header::TRAILER) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::TRAILER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !name.is_empty() && !is_reserved(name))
+    let kept: Vec<String> = trailer_names(headers)
+        .filter(|name| !is_reserved(name))
         .map(str::to_owned)
         .collect();
     headers.remove(header::TRAILER);
@@ -195,6 +190,17 @@ fn strip_reserved_trailer_names(headers: &mut HeaderMap) {
     {
         headers.insert(header::TRAILER, value);
     }
+}
+
+/// The field names the `Trailer` fields announce, trimmed, empty ones skipped.
+pub(crate) fn trailer_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
 }
 
 /// Whether a header name is `X-Forwarded-Client-Cert` as some app server will read it (see
