@@ -2193,3 +2193,63 @@ async fn in_tcp_mode_a_client_that_keeps_sending_but_never_reads_is_cut_at_the_i
         ])
         .await;
 }
+
+/// An app that answers every request with `answer`, then, 100 ms later, with `unasked` as
+/// well, whatever the request was.
+async fn app_answering_twice(answer: &'static [u8], unasked: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        sleep(Duration::from_millis(100)).await;
+                        if socket.write_all(unasked).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_app_sends_unasked_never_reaches_the_next_caller() {
+    // A buggy or hostile app writes a second answer after the first, once the sidecar has put
+    // the connection back in its pool. The pool's connections carry many callers' requests in
+    // turn: that answer must not become the next caller's, so the connection is not lent again.
+    let app = app_answering_twice(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+    )
+    .await;
+    let (_sidecar, port, _dir) = http_with_1s_idle(app).await;
+    for caller in 0..4 {
+        let answer = http_exchange(
+            port,
+            tls_client(&[], None),
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nok"),
+            "caller {caller} got: {answer}"
+        );
+        // The unasked answer arrives while the connection sits in the pool.
+        sleep(Duration::from_millis(300)).await;
+    }
+}
