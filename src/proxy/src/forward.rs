@@ -10,7 +10,7 @@ use crate::logging::{millis, tls_version};
 use crate::metrics::HandshakeFailure;
 use crate::retry::LogThrottle;
 use crate::shared::{Listener, Shared};
-use crate::stop::stopped;
+use crate::stop::{Watched, stopped};
 use crate::{proxy_protocol, verifier};
 use bytes::BytesMut;
 use rustls::{HandshakeKind, ProtocolVersion};
@@ -197,11 +197,15 @@ pub(crate) async fn serve(
     metrics.active.fetch_add(1, Relaxed);
     let mut conn = Conn::default();
     let mut close_all = shared.close_all.clone();
+    // Looked at on every poll of the connection: see `Watched`.
+    let mut drained = Watched::new(close_all.clone(), stopped(&mut close_all));
     let http = listener.http.is_some();
     let result = tokio::select! {
+        // The connection first: no random pick of a branch on every poll.
+        biased;
         result = handle(tcp, peer, &listener, &shared, &mut conn, &mut admission) => result,
         () = async {
-            stopped(&mut close_all).await;
+            drained.fired().await;
             // The HTTP side watches the same switch and ends its connection on its own.
             if http {
                 sleep(HTTP_CLOSE_GRACE).await;

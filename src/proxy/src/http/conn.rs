@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tls_sidecar_config::Xfcc;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -59,8 +59,6 @@ pub(crate) struct Conn {
     last_activity_ms: AtomicU64,
     /// The splice of an upgraded request, run once hyper hands the connection over.
     tunnel: Mutex<Option<Tunnel>>,
-    /// Signalled (with a stored permit) whenever a request arrives.
-    pub(crate) request_arrived: Notify,
 }
 
 /// A refused caller: the reason for logs and the body every request gets.
@@ -107,7 +105,6 @@ impl Conn {
             opened: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             tunnel: Mutex::new(None),
-            request_arrived: Notify::new(),
         }
     }
 
@@ -120,7 +117,6 @@ impl Conn {
     pub(crate) fn request_started(&self, now: Instant) {
         self.in_flight.fetch_add(1, Relaxed);
         self.touch(now);
-        self.request_arrived.notify_one();
     }
 
     pub(crate) fn request_ended(&self, now: Instant) {

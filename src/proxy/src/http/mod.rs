@@ -36,6 +36,7 @@ mod trailers;
 use crate::identity::{CfIdentity, Denial, RequestPolicy};
 use crate::logging::millis;
 use crate::metrics::ListenerMetrics;
+use crate::stop::Watched;
 use conn::{Conn, Counter};
 use corked::Flushing;
 use hyper::body::Incoming;
@@ -51,6 +52,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 use tls_sidecar_config::{HostPort, Xfcc};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -512,35 +514,20 @@ where
     let mut progress = (conn.body_progress.load(Relaxed), Instant::now());
     // Made once and kept across iterations: a future made afresh in every iteration registers
     // with (and leaves) its notifier's waiter list each time the connection is polled, which
-    // cost ~4,000 instructions per keep-alive request.
-    let close_all = turned_true(close_all);
-    tokio::pin!(close_all);
-    let graceful = turned_true(graceful);
-    tokio::pin!(graceful);
-    let arrived = conn.request_arrived.notified();
-    tokio::pin!(arrived);
+    // cost ~4,000 instructions per keep-alive request. Polled only once its switch has moved.
+    let mut close_all = Watched::new(close_all.clone(), turned_true(close_all));
+    let mut graceful = Watched::new(graceful.clone(), turned_true(graceful));
+    // Requests are counted as they start; a new count is an arrival. Looked at, not woken for:
+    // an HTTP/1 request starts inside a poll of `connection`, and an HTTP/2 stream's response
+    // wakes this task to write it. Ahead of `connection`, so that the next wake-up sees an
+    // arrival before the connection goes on (an answer to the first request after the drain
+    // started then carries `Connection: close`).
+    let mut seen = conn.requests.load(Relaxed);
     loop {
         tokio::select! {
             biased;
-            () = close_all.as_mut() => return Ended::Drained,
-            result = connection.as_mut() => {
-                return match result {
-                    // Once we have said goodbye, a client that hangs up mid-goodbye is fine.
-                    Err(e) if phase != Phase::Serving && client_gone(&e) => Ended::Finished(Ok(())),
-                    result => Ended::Finished(result),
-                };
-            }
-            () = graceful.as_mut(), if phase == Phase::Serving => {
-                if conn.h2 || conn.requests.load(Relaxed) > 0 {
-                    phase = Phase::Draining;
-                    graceful_shutdown(connection.as_mut());
-                } else {
-                    phase = Phase::AwaitingFirst;
-                    timer.as_mut().reset(later(Instant::now(), FIRST_REQUEST_GRACE));
-                }
-            }
-            () = arrived.as_mut(), if matches!(phase, Phase::Serving | Phase::AwaitingFirst) => {
-                arrived.set(conn.request_arrived.notified());
+            () = close_all.fired() => return Ended::Drained,
+            () = arrival(conn, &mut seen), if matches!(phase, Phase::Serving | Phase::AwaitingFirst) => {
                 if phase == Phase::AwaitingFirst {
                     // Its answer carries `Connection: close`.
                     phase = Phase::Draining;
@@ -552,6 +539,22 @@ where
                     if timer.deadline() > soon {
                         timer.as_mut().reset(soon);
                     }
+                }
+            }
+            result = connection.as_mut() => {
+                return match result {
+                    // Once we have said goodbye, a client that hangs up mid-goodbye is fine.
+                    Err(e) if phase != Phase::Serving && client_gone(&e) => Ended::Finished(Ok(())),
+                    result => Ended::Finished(result),
+                };
+            }
+            () = graceful.fired(), if phase == Phase::Serving => {
+                if conn.h2 || conn.requests.load(Relaxed) > 0 {
+                    phase = Phase::Draining;
+                    graceful_shutdown(connection.as_mut());
+                } else {
+                    phase = Phase::AwaitingFirst;
+                    timer.as_mut().reset(later(Instant::now(), FIRST_REQUEST_GRACE));
                 }
             }
             () = timer.as_mut(), if phase != Phase::Draining => {
@@ -610,6 +613,19 @@ fn client_gone(e: &hyper::Error) -> bool {
         cause = c.source();
     }
     e.is_incomplete_message() || e.is_canceled()
+}
+
+/// Resolves when `conn` has counted a request since `seen`, which it updates. Registers no
+/// waker: see [`drive`].
+fn arrival<'a>(conn: &'a Conn, seen: &'a mut u64) -> impl Future<Output = ()> + 'a {
+    poll_fn(move |_| {
+        let now = conn.requests.load(Relaxed);
+        if now == *seen {
+            return Poll::Pending;
+        }
+        *seen = now;
+        Poll::Ready(())
+    })
 }
 
 /// Resolves once `switch` is true; never, if its sender is gone without turning it.
