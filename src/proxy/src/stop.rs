@@ -17,7 +17,8 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// times per request). Polling the future that waits on the switch takes its notifier's lock,
 /// so it is polled only when the switch's version has moved since the last look (an atomic
 /// load) or the switch's sender is gone. Once polled, that future stays registered with the
-/// switch, so a change still wakes the task.
+/// switch, so a change still wakes the task: the waker of its last poll, which is enough
+/// because one task polls it for its whole life (a tokio task's waker does not change).
 pub(crate) struct Watched<F> {
     /// A receiver of the switch `wait` waits on, only looked at.
     look: watch::Receiver<bool>,
