@@ -114,9 +114,11 @@ async fn accept_until_stopped(
                 match door.admit(&tcp) {
                     Some(slot) => door.serve(tcp, peer, slot),
                     None => {
+                        // Counted before it is closed: a caller that saw the close then
+                        // finds it in /metrics.
+                        door.refused(peer, refusals.allow("max_connections"));
                         // Closed at once: cheaper than any work for it.
                         drop(tcp);
-                        door.refused(peer, refusals.allow("max_connections"));
                     }
                 }
             }
