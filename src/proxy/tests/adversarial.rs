@@ -32,7 +32,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -2195,12 +2195,17 @@ async fn in_tcp_mode_a_client_that_keeps_sending_but_never_reads_is_cut_at_the_i
 }
 
 /// An app that answers every request with `answer`, then, 100 ms later, with `unasked` as
-/// well, whatever the request was.
-async fn app_answering_twice(answer: &'static [u8], unasked: &'static [u8]) -> SocketAddr {
+/// well, whatever the request was; each `unasked` written is reported on the receiver.
+async fn app_answering_twice(
+    answer: &'static [u8],
+    unasked: &'static [u8],
+) -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (written, reports) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let written = written.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -2218,12 +2223,13 @@ async fn app_answering_twice(answer: &'static [u8], unasked: &'static [u8]) -> S
                         if socket.write_all(unasked).await.is_err() {
                             return;
                         }
+                        let _ = written.send(());
                     }
                 }
             });
         }
     });
-    addr
+    (addr, reports)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2231,7 +2237,7 @@ async fn an_answer_the_app_sends_unasked_never_reaches_the_next_caller() {
     // A buggy or hostile app writes a second answer after the first, once the sidecar has put
     // the connection back in its pool. The pool's connections carry many callers' requests in
     // turn: that answer must not become the next caller's, so the connection is not lent again.
-    let app = app_answering_twice(
+    let (app, mut unasked_written) = app_answering_twice(
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
     )
@@ -2250,6 +2256,6 @@ async fn an_answer_the_app_sends_unasked_never_reaches_the_next_caller() {
             "caller {caller} got: {answer}"
         );
         // The unasked answer arrives while the connection sits in the pool.
-        sleep(Duration::from_millis(300)).await;
+        unasked_written.recv().await.unwrap();
     }
 }
