@@ -178,9 +178,15 @@ async fn bound_or_retry(
 
 /// A listening socket on `addr` with [`LISTEN_BACKLOG`], set up as tokio's own `bind` does
 /// (`SO_REUSEADDR`, non-blocking). Must run inside the runtime.
+///
+/// `TCP_NODELAY` is set here, once: Linux gives every accepted socket the listener's, which
+/// saves a system call per connection. Every connection accepted here carries small
+/// interactive writes (TLS records, request and response heads), which Nagle's delay would
+/// only hold back.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -206,5 +212,24 @@ pub(crate) fn announce(
             ),
             None => info!(listener = kind, "listening on {addr}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_accepted_on_a_bound_listener_has_nagle_off_without_asking() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY must come from the listening socket: the connection loops no longer set it"
+        );
+        drop(client);
     }
 }

@@ -382,7 +382,7 @@ async fn handle(
     limits: &Limits,
     conn: &mut Conn,
 ) -> Result<Ended, Failure> {
-    let _ = app.set_nodelay(true);
+    // `app` has TCP_NODELAY from the listening socket (`accept::bind`).
     let result = connect(
         &egress.target,
         egress.addrs.as_deref(),

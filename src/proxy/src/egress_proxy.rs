@@ -151,7 +151,7 @@ async fn serve(
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
-    let _ = app.set_nodelay(true);
+    // `app` has TCP_NODELAY from the listening socket (`accept::bind`).
     let slot = Arc::new(permit);
     let close_all = shared.close_all.clone();
     let service = service_fn(move |req| {

@@ -255,20 +255,15 @@ async fn handle(
     admission: &mut Admission,
 ) -> Result<(), ConnError> {
     let limits = &shared.limits;
-    // Both sockets carry small interactive writes (TLS records, request/response heads):
-    // Nagle's delay would only add latency.
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().unwrap_or(SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        listener.port,
-    ));
+    // TCP_NODELAY comes from the listening socket (`accept::bind`).
     let acceptor = listener.tls.acceptor();
     let shed = admission.shed();
     let handshake = async {
         // A client that has sent nothing yet is the first to be shed when the listener is
         // full; one byte (its ClientHello, normally) moves it behind every silent one. A
-        // connection readable only because it is closed (EOF) stays silent: it is dead.
-        if tcp.readable().await.is_ok() && has_sent(&tcp) {
+        // connection readable only because it is closed (EOF) stays silent: it is dead. One
+        // that had sent bytes when it was admitted is not looked at again.
+        if !admission.is_talking() && tcp.readable().await.is_ok() && has_sent(&tcp) {
             admission.talking();
         }
         // Boxed: the handshake's state (a whole rustls connection) is allocated only once the
@@ -402,7 +397,7 @@ async fn handle(
         let _ = timeout(CLOSE_GRACE, tls.shutdown()).await;
         return Err(ConnError::Denied(denial));
     }
-    Box::pin(forward(tls, peer, local, listener, shared, conn)).await
+    Box::pin(forward(tls, peer, listener, shared, conn)).await
 }
 
 /// The warning every refused caller gets, naming it by its CF identity.
@@ -422,7 +417,6 @@ fn log_denial(listener: &Listener, peer: SocketAddr, identity: &CfIdentity, deni
 async fn forward(
     mut tls: TlsStream<TcpStream>,
     peer: SocketAddr,
-    local: SocketAddr,
     listener: &Listener,
     shared: &Shared,
     conn: &mut Conn,
@@ -450,6 +444,12 @@ async fn forward(
     };
     let _ = app.set_nodelay(true);
     if listener.proxy_protocol {
+        // The address the client connected to; asked for here only, as nothing else needs it
+        // (a system call per connection).
+        let local = tls.get_ref().0.local_addr().unwrap_or(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listener.port,
+        ));
         // Before any client byte; small enough for one segment.
         let header = proxy_protocol::header(peer, local);
         app.write_all(&header).await.map_err(ConnError::Upstream)?;

@@ -126,6 +126,7 @@ impl Gate {
             id,
             shed: Some(rx),
             permit: None,
+            talking,
         };
         if shed {
             Admitted::Shed(admission)
@@ -158,15 +159,23 @@ pub(crate) struct Admission {
     id: u64,
     shed: Option<oneshot::Receiver<()>>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Known to have sent bytes (at admission or since).
+    talking: bool,
 }
 
 impl Admission {
     /// The client sent its first bytes: it is shed after every silent connection.
-    pub(crate) fn talking(&self) {
+    pub(crate) fn talking(&mut self) {
+        self.talking = true;
         let mut pending = self.gate.pending();
         if let Some(held) = pending.silent.remove(&self.id) {
             pending.talking.insert(self.id, held);
         }
+    }
+
+    /// Known to have sent bytes: [`Self::talking`] has nothing left to do.
+    pub(crate) fn is_talking(&self) -> bool {
+        self.talking
     }
 
     /// Resolves when a newer connection takes this one's slot before [`Self::established`].
@@ -205,5 +214,34 @@ impl Drop for Admission {
                 pending.talking.remove(&self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(gate: &Arc<Gate>, talking: bool) -> Admission {
+        match gate.admit(talking) {
+            Admitted::Free(admission) => admission,
+            _ => panic!("a gate with free slots must give a free one"),
+        }
+    }
+
+    #[test]
+    fn a_connection_admitted_with_bytes_waiting_is_known_to_talk_and_a_silent_one_once_told() {
+        let gate = Arc::new(Gate::new(4));
+        let talking = admitted(&gate, true);
+        assert!(talking.is_talking());
+        let mut silent = admitted(&gate, false);
+        assert!(!silent.is_talking());
+        silent.talking();
+        assert!(silent.is_talking());
+        assert_eq!(
+            gate.pending().talking.len(),
+            2,
+            "both wait among the talking"
+        );
+        assert!(gate.pending().silent.is_empty());
     }
 }

@@ -188,8 +188,7 @@ async fn serve(
 ) {
     let metrics = &route.metrics;
     metrics.active.fetch_add(1, Relaxed);
-    // Request and response heads are small writes: Nagle would only add latency.
-    let _ = tcp.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (`accept::bind`).
     // A client that sends nothing (or a partial preface) gets what a TLS client that never
     // finishes its handshake gets.
     let h2 = match timeout(shared.limits.handshake_timeout, starts_h2(&tcp)).await {
