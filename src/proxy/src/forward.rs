@@ -4,6 +4,7 @@
 
 use crate::accept::Door;
 use crate::gate::{Admission, Admitted, has_sent};
+use crate::held_back::HeldBack;
 use crate::http::{Caller, Drain};
 use crate::identity::{CfIdentity, Denial};
 use crate::logging::{millis, tls_version};
@@ -268,7 +269,9 @@ async fn handle(
         }
         // Boxed: the handshake's state (a whole rustls connection) is allocated only once the
         // caller has sent something, so a silent connection costs its task and socket alone.
-        Box::pin(acceptor.accept(tcp)).await
+        // Fallible: a failed handshake gives the stream back, with the alert that says why
+        // still held in it (held_back.rs).
+        Box::pin(acceptor.accept(HeldBack::new(tcp)).into_fallible()).await
     };
     let handshake = timeout(limits.handshake_timeout, handshake);
     let handshake = async {
@@ -286,7 +289,10 @@ async fn handle(
             listener.metrics.handshake_failed(HandshakeFailure::Timeout);
             return Err(ConnError::HandshakeTimeout(limits.handshake_timeout));
         }
-        Ok(Err(e)) => {
+        Ok(Err((e, mut io))) => {
+            // The alert, so that the client learns why rather than seeing the connection drop.
+            let _ = timeout(CLOSE_GRACE, io.release()).await;
+            drop(io);
             let (why, reason) = verifier::classify(&e, shared.store.is_loaded(), verdict.as_ref());
             listener.metrics.handshake_failed(why);
             if let Some(verdict) = verdict {
@@ -301,6 +307,20 @@ async fn handle(
         }
         Ok(Ok(tls)) => tls,
     };
+    // TLS 1.3: the session ticket waits for the first bytes we send (held_back.rs). TLS 1.2
+    // ends with our Finished, which the client waits for.
+    let (io, session) = tls.get_mut();
+    io.handshake_done();
+    if session.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+        match timeout(limits.handshake_timeout, io.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ConnError::Client(e)),
+            Err(_) => {
+                listener.metrics.handshake_failed(HandshakeFailure::Timeout);
+                return Err(ConnError::HandshakeTimeout(limits.handshake_timeout));
+            }
+        }
+    }
     if !admission.established() {
         // Shed as the handshake finished: its slot is already another connection's.
         return Err(ConnError::Shed);
@@ -415,7 +435,7 @@ fn log_denial(listener: &Listener, peer: SocketAddr, identity: &CfIdentity, deni
 
 /// tcp mode: connect to the app, send the PROXY header if asked, copy both ways.
 async fn forward(
-    mut tls: TlsStream<TcpStream>,
+    mut tls: TlsStream<HeldBack<TcpStream>>,
     peer: SocketAddr,
     listener: &Listener,
     shared: &Shared,
@@ -446,10 +466,15 @@ async fn forward(
     if listener.proxy_protocol {
         // The address the client connected to; asked for here only, as nothing else needs it
         // (a system call per connection).
-        let local = tls.get_ref().0.local_addr().unwrap_or(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            listener.port,
-        ));
+        let local = tls
+            .get_ref()
+            .0
+            .get_ref()
+            .local_addr()
+            .unwrap_or(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                listener.port,
+            ));
         // Before any client byte; small enough for one segment.
         let header = proxy_protocol::header(peer, local);
         app.write_all(&header).await.map_err(ConnError::Upstream)?;

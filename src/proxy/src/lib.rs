@@ -29,6 +29,7 @@ mod egress_proxy;
 mod errors;
 mod forward;
 mod gate;
+mod held_back;
 #[doc(hidden)]
 pub mod http;
 pub mod identity;
