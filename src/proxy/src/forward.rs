@@ -307,11 +307,15 @@ async fn handle(
         }
         Ok(Ok(tls)) => tls,
     };
-    // TLS 1.3: the session ticket waits for the first bytes we send (held_back.rs). TLS 1.2
-    // ends with our Finished, which the client waits for.
+    // TLS 1.3: when the client's first bytes came in behind its Finished, the session ticket
+    // waits for the first bytes we send (held_back.rs): an answer is on its way. A client that
+    // sent nothing yet may stay quiet for long, and a ticket that carries a client certificate
+    // is a few KiB: it gets the ticket now. TLS 1.2 ends with our Finished, which the client
+    // waits for.
     let (io, session) = tls.get_mut();
     io.handshake_done();
-    if session.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+    let answer_coming = !session.wants_read();
+    if session.protocol_version() != Some(ProtocolVersion::TLSv1_3) || !answer_coming {
         match timeout(limits.handshake_timeout, io.release()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(ConnError::Client(e)),

@@ -12,8 +12,10 @@
 //! waits for the client: at the next read, or at [`HeldBack::release`]. Nothing the client
 //! waits for is ever held across a wait, so the handshake's round trips are what they were.
 //! Once [`HeldBack::handshake_done`], what is still kept (the ticket) goes out in front of the
-//! next write or at shutdown; no write after it is held. TLS 1.2 has no such ticket: its last
-//! flight (the server's Finished) is what the client waits for, so the caller releases it.
+//! next write or at shutdown; no write after it is held. The caller releases it at once when no
+//! answer is on its way: for a client that has sent nothing behind its Finished (it may stay
+//! idle, and a ticket that carries a client certificate is a few KiB), and for TLS 1.2, whose
+//! last flight (the server's Finished) is what the client waits for.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -419,6 +419,40 @@ async fn resumes_tls_1_3_sessions_across_a_certificate_rotation() {
     running.shutdown().await;
 }
 
+/// The session ticket waits for the sidecar's first bytes only when an answer is on its way
+/// (held_back.rs). A client that goes quiet after its handshake gets it at once: a quiet
+/// connection does not hold it (a few KiB with a client certificate), and the client can
+/// resume while the first connection is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_nothing_after_its_handshake_gets_its_session_ticket_at_once() {
+    let app = echo_app().await;
+    let creds = Creds::with(&Pki::shared().leaf(2048));
+    let running = tls_sidecar::start(sidecar_config(&creds, app))
+        .await
+        .unwrap();
+    let addrs = addrs(&running);
+    until_ready(addrs.admin).await;
+
+    let client = client_config(TLS13);
+    let mut quiet = connect_with(addrs.tls, client.clone()).await.unwrap();
+    // Nothing is sent either way, so only the ticket can come in while the client reads.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(500), quiet.read(&mut byte)).await;
+    assert!(
+        read.is_err(),
+        "no bytes are owed to a quiet client: {read:?}"
+    );
+
+    let resumed = connect_with(addrs.tls, client).await.unwrap();
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed),
+        "the quiet connection's ticket must have reached the client"
+    );
+    drop((quiet, resumed));
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_drains_and_returns_when_its_shutdown_future_completes() {
     let app = echo_app().await;
