@@ -425,13 +425,7 @@ async fn resumes_tls_1_3_sessions_across_a_certificate_rotation() {
 /// resume while the first connection is still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_nothing_after_its_handshake_gets_its_session_ticket_at_once() {
-    let app = echo_app().await;
-    let creds = Creds::with(&Pki::shared().leaf(2048));
-    let running = tls_sidecar::start(sidecar_config(&creds, app))
-        .await
-        .unwrap();
-    let addrs = addrs(&running);
-    until_ready(addrs.admin).await;
+    let (running, addrs, _creds) = front(echo_app().await, |_| {}).await;
 
     let client = client_config(TLS13);
     let mut quiet = connect_with(addrs.tls, client.clone()).await.unwrap();
