@@ -335,9 +335,9 @@ fn http2_streams_held_at_a_zero_window_are_capped_per_connection_and_released_by
     }
     let sent = Instant::now();
     let peak = Arc::new(AtomicU64::new(0));
-    // When the last app connection appeared: the fixture app (Python's http.server, listen
-    // backlog 5) takes a burst of connections over SYN retransmits, so the streams stall one
-    // after the other, and each has its own deadline from then.
+    // When the last app connection appeared: the fixture app (Python's http.server, whose
+    // handler threads share the GIL) answers a burst of requests one after the other, so the
+    // streams stall one after the other, and each has its own deadline from then.
     let last_new = Arc::new(Mutex::new((baseline, Instant::now())));
     let watch = |instance: &Instance| {
         let now = app_established(instance);
