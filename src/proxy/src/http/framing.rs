@@ -103,28 +103,30 @@ impl Framing {
                 }
                 _ => {}
             }
-            // Bytes that cannot change the state until the next `stop` byte are skipped in
-            // bulk too: the rest of a request line or of a field value, a field name that can
-            // no longer be one of ours. Byte by byte, a typical request head cost ~2,000
-            // instructions.
-            let stop: &[u8] = match self.state {
+            // Bytes that cannot change the state until the next line end (or colon) are
+            // skipped in bulk too: the rest of a request line or of a field value, a field name
+            // that can no longer be one of ours, found by memchr's vector search. A typical
+            // request head (callgrind): ~2,000 instructions byte by byte, ~1,150 with the skips
+            // as a byte loop, ~1,050 with memchr.
+            let skip = match self.state {
                 State::RequestLine { matched }
                     if matched == u8::MAX || usize::from(matched) == CONNECT.len() =>
                 {
-                    b"\n"
+                    Some(memchr::memchr(b'\n', bytes))
                 }
-                State::Value { name } if name != CONTENT_LENGTH => b"\n",
-                State::Name { alive: 0, .. } => b":\n",
+                State::Value { name } if name != CONTENT_LENGTH => {
+                    Some(memchr::memchr(b'\n', bytes))
+                }
+                State::Name { alive: 0, .. } => Some(memchr::memchr2(b':', b'\n', bytes)),
                 State::TrailerLine | State::ChunkDataEnd | State::ChunkSize { ext: true, .. } => {
-                    b"\n"
+                    Some(memchr::memchr(b'\n', bytes))
                 }
-                _ => b"",
+                _ => None,
             };
-            if !stop.is_empty() {
-                match bytes.iter().position(|b| stop.contains(b)) {
-                    Some(at) => bytes = &bytes[at..],
-                    None => return None,
-                }
+            match skip {
+                Some(Some(at)) => bytes = &bytes[at..],
+                Some(None) => return None,
+                None => {}
             }
             let b = bytes[0];
             bytes = &bytes[1..];
