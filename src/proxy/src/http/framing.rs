@@ -121,12 +121,12 @@ impl Framing {
                 State::TrailerLine | State::ChunkDataEnd | State::ChunkSize { ext: true, .. } => {
                     Some(memchr::memchr(b'\n', bytes))
                 }
+                // Every byte counts here.
                 _ => None,
             };
-            match skip {
-                Some(Some(at)) => bytes = &bytes[at..],
-                Some(None) => return None,
-                None => {}
+            if let Some(next) = skip {
+                // None: nothing in the rest of these bytes can change the state.
+                bytes = &bytes[next?..];
             }
             let b = bytes[0];
             bytes = &bytes[1..];
