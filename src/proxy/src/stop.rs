@@ -39,6 +39,11 @@ impl<F: Future<Output = ()>> Watched<F> {
         }
     }
 
+    /// The switch is on (looked at, not waited for).
+    pub(crate) fn is_on(&self) -> bool {
+        self.done || *self.look.borrow()
+    }
+
     /// Resolves when `wait` does, and at once ever after.
     pub(crate) fn fired(&mut self) -> impl Future<Output = ()> + '_ {
         poll_fn(|cx| {

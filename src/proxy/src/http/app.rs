@@ -103,9 +103,35 @@ impl AppPool {
         let (mut parts, body) = request.into_parts();
         let framing = request_framing(&parts.method, &mut parts.headers, &body);
         let head = encode_head(&parts);
-        let mut upload =
-            Upload::new(head.clone(), Some(body), framing).with_trailers(&parts.headers);
-        let method = parts.method;
+        let upload = Upload::new(head, Some(body), framing).with_trailers(&parts.headers);
+        self.exchange(upload, &parts.method).await
+    }
+
+    /// [`AppPool::send`] for a request without a body whose head is written for the app
+    /// already (see `super::h1`).
+    pub(crate) async fn send_head<B>(
+        self: &Arc<Self>,
+        head: Bytes,
+        method: &Method,
+    ) -> Result<Response<AppBody<B>>, AppError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        self.exchange(Upload::new(head, None, Framing::Empty), method)
+            .await
+    }
+
+    async fn exchange<B>(
+        self: &Arc<Self>,
+        mut upload: Upload<B>,
+        method: &Method,
+    ) -> Result<Response<AppBody<B>>, AppError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let (head, framing) = (upload.head.clone(), upload.framing);
         loop {
             let (tcp, reused) = match self.take() {
                 Some(tcp) => (tcp, true),
@@ -114,7 +140,7 @@ impl AppPool {
                 None => (Box::pin(self.connect()).await?, false),
             };
             let mut exchange = Exchange::new(tcp, upload);
-            match poll_fn(|cx| exchange.poll_head(cx, &method)).await {
+            match poll_fn(|cx| exchange.poll_head(cx, method)).await {
                 Ok(head) => return Ok(AppBody::start(exchange, head, self.clone())),
                 Err(failure) => {
                     // A kept connection the app closed (its idle timer) as the request went
@@ -124,7 +150,7 @@ impl AppPool {
                     let retry = reused
                         && !exchange.received
                         && framing == Framing::Empty
-                        && idempotent(&method);
+                        && idempotent(method);
                     if !retry {
                         return Err(AppError::Exchange(failure));
                     }

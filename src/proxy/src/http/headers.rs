@@ -1,6 +1,7 @@
 //! Header rewriting between the client and the app.
 
 use super::conn::Conn;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const X_FORWARDED_CLIENT_CERT: HeaderName =
@@ -171,6 +172,60 @@ pub(crate) fn to_app(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     // The TCP peer only: a caller's own X-Forwarded-For is a claim nobody checked.
     headers.insert(X_FORWARDED_FOR, conn.peer_ip.clone());
+}
+
+/// [`to_app`] for a head the fast HTTP/1.1 server side parsed itself ([`super::h1`]): writes
+/// `fields` as the app should get them into `out`, each line ending in CRLF, names lower-cased
+/// as hyper passes them on. Only a plain head comes here (see [`super::h1::parse`]): exactly
+/// one `Host`, no `Trailer`, and nothing hop-by-hop but `Connection: keep-alive` or `close`,
+/// which stays behind. Fields keep the client's order (a `HeaderMap` groups each name's
+/// fields at its first place; nothing in HTTP reads meaning into the order across names).
+pub(crate) fn write_to_app(out: &mut BytesMut, fields: &[httparse::Header<'_>], conn: &Conn) {
+    let forwarding = conn.shared.settings.forwarding;
+    let reserved = if forwarding == super::Forwarding::Tls {
+        is_reserved
+    } else {
+        is_reserved_on_route
+    };
+    for field in fields {
+        if reserved(field.name) || field.name.eq_ignore_ascii_case(header::CONNECTION.as_str()) {
+            continue;
+        }
+        write_field(out, field.name.as_bytes(), field.value);
+    }
+    match forwarding {
+        super::Forwarding::Tls => {
+            if let Some(xfcc) = &conn.xfcc {
+                write_field(out, X_FORWARDED_CLIENT_CERT.as_ref(), xfcc.as_bytes());
+            }
+            write_field(out, X_FORWARDED_PROTO.as_ref(), b"https");
+            write_field(out, X_FORWARDED_FOR.as_ref(), conn.peer_ip.as_bytes());
+        }
+        // The route port: see [`is_reserved_on_route`]; Envoy's X-Forwarded-Client-Cert goes
+        // last, as `to_app` appends it.
+        super::Forwarding::RouteKeepingXfccFrom(envoy)
+            if conn.peer.ip().to_canonical() == envoy =>
+        {
+            for field in fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case(IDENTITY))
+            {
+                write_field(out, IDENTITY.as_bytes(), field.value);
+            }
+        }
+        super::Forwarding::Route | super::Forwarding::RouteKeepingXfccFrom(_) => {}
+    }
+}
+
+/// `name: value` and CRLF, the name in lower case.
+fn write_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    let start = out.len();
+    out.extend_from_slice(name);
+    out[start..].make_ascii_lowercase();
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Drops reserved names from the `Trailer` fields, and the fields if nothing is left. hyper's

@@ -27,6 +27,7 @@ mod body;
 mod conn;
 mod corked;
 mod framing;
+mod h1;
 pub(crate) mod headers;
 mod observed;
 mod request;
@@ -390,12 +391,29 @@ impl HttpService {
             };
             drive(connection, graceful_shutdown, watched).await
         } else {
-            let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), true)));
-            let service = service_fn(call);
-            let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
-            let graceful_shutdown =
-                |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            drive(connection, graceful_shutdown, watched).await
+            let io = Observed::new(io, Counter::new(conn.clone(), true));
+            let Watch {
+                graceful,
+                close_all,
+                ..
+            } = watched;
+            match h1::serve(&conn, io, idle, graceful, close_all).await {
+                h1::Served::Ended(ended) => ended,
+                h1::Served::HandOff(io) => {
+                    let io = TokioIo::new(io);
+                    let service = service_fn(call);
+                    let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
+                    let graceful_shutdown =
+                        |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+                    let watched = Watch {
+                        conn: &conn,
+                        idle,
+                        graceful,
+                        close_all,
+                    };
+                    drive(connection, graceful_shutdown, watched).await
+                }
+            }
         };
         // Always taken out: a tunnel left in `conn` could hold the client stream, which holds
         // `conn`, and neither would ever be dropped.
@@ -409,13 +427,13 @@ impl HttpService {
                     millis(idle)
                 ))
             }
-            (Ended::Finished(Err(e)), _) => Some(error_chain(&e)),
+            (Ended::Failed(e), _) => Some(e),
             // The connection was upgraded: it lives on as a tunnel.
-            (Ended::Finished(Ok(())), Some(tunnel)) => tokio::select! {
+            (Ended::Finished, Some(tunnel)) => tokio::select! {
                 result = tunnel => result.err(),
                 () = turned_true(&mut close_all) => Some(DRAINED.to_owned()),
             },
-            (Ended::Finished(Ok(())), None) => None,
+            (Ended::Finished, None) => None,
         };
         ConnOutcome {
             requests: conn.requests.load(Relaxed),
@@ -446,7 +464,10 @@ fn upstream_authority(upstream: &HostPort) -> http::uri::Authority {
 const DRAINED: &str = "closed at the end of the drain";
 
 enum Ended {
-    Finished(hyper::Result<()>),
+    /// A clean end.
+    Finished,
+    /// The connection failed: why.
+    Failed(String),
     Drained,
     /// Response data was owed and none of it moved for the idle limit.
     Stalled,
@@ -543,9 +564,10 @@ where
             }
             result = connection.as_mut() => {
                 return match result {
+                    Ok(()) => Ended::Finished,
                     // Once we have said goodbye, a client that hangs up mid-goodbye is fine.
-                    Err(e) if phase != Phase::Serving && client_gone(&e) => Ended::Finished(Ok(())),
-                    result => Ended::Finished(result),
+                    Err(e) if phase != Phase::Serving && client_gone(&e) => Ended::Finished,
+                    Err(e) => Ended::Failed(error_chain(&e)),
                 };
             }
             () = graceful.fired(), if phase == Phase::Serving => {
@@ -559,7 +581,7 @@ where
             }
             () = timer.as_mut(), if phase != Phase::Draining => {
                 match phase {
-                    Phase::IdleClosing => return Ended::Finished(Ok(())),
+                    Phase::IdleClosing => return Ended::Finished,
                     Phase::AwaitingFirst => {
                         phase = Phase::Draining;
                         graceful_shutdown(connection.as_mut());

@@ -1,6 +1,6 @@
 //! One request: refuse it, or forward it to the app and relay the answer.
 
-use super::app::AppError;
+use super::app::{AppError, ListenerBody};
 use super::body::{Payload, RequestLog, ResponseBody};
 use super::conn::{Conn, DENIED_BODY};
 use super::trailers::RequestBody;
@@ -11,6 +11,7 @@ use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -34,6 +35,25 @@ pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<
     } else {
         respond(&conn, req, index, &mut log).await
     };
+    finish(response, log)
+}
+
+/// Answers one request the fast HTTP/1.1 server side took apart itself ([`super::h1`]): a
+/// `GET` without a body, on a listener without denial or request rules, whose head for the app
+/// is `head` (origin-form `uri`, headers already rewritten).
+pub(crate) async fn handle_plain(
+    conn: Arc<Conn>,
+    uri: &Uri,
+    head: Bytes,
+) -> Response<ResponseBody> {
+    conn.requests.fetch_add(1, Relaxed);
+    let mut log = RequestLog::start(conn.clone(), &Method::GET, uri);
+    let send = conn.shared.app.send_head(head, &Method::GET);
+    let response = relay(&conn, send, None, &mut log).await;
+    finish(response, log)
+}
+
+fn finish(response: Response<Payload>, mut log: RequestLog) -> Response<ResponseBody> {
     log.status = response.status().as_u16();
     response.map(|payload| ResponseBody::new(payload, log))
 }
@@ -96,11 +116,22 @@ async fn respond(
     // A proxy sends its own HTTP version (RFC 9110 §6.2); the app speaks HTTP/1.1 to us.
     parts.version = Version::HTTP_11;
     let request = Request::from_parts(parts, RequestBody::new(body));
+    relay(conn, conn.shared.app.send(request), client_upgrade, log).await
+}
 
+/// Waits for the app's answer to the request `send` sends and makes it the client's
+/// (`client_upgrade`: the client's side of a requested upgrade), or answers for the app when
+/// it gave none.
+async fn relay(
+    conn: &Arc<Conn>,
+    send: impl Future<Output = Result<Response<ListenerBody>, AppError>>,
+    client_upgrade: Option<OnUpgrade>,
+    log: &mut RequestLog,
+) -> Response<Payload> {
     // A hung app must not hold the client, a max_connections slot and an app connection
     // forever: the response head has to start within limits.idle_timeout.
     let idle = conn.shared.settings.idle_timeout;
-    let mut response = match tokio::time::timeout(idle, conn.shared.app.send(request)).await {
+    let mut response = match tokio::time::timeout(idle, send).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             let (status, text) = app_error(conn, &e);

@@ -1,0 +1,586 @@
+//! The HTTP/1.1 server side for the plain request, without hyper: a `GET` with no body and
+//! nothing hop-by-hop but `Connection: keep-alive` or `close`, its head whole in what one read
+//! brought, on a listener that neither denies the caller nor has request rules. Its head is
+//! parsed as hyper parses it (httparse, the same limits), written for the app straight from
+//! the parsed fields ([`headers::write_to_app`]), and the app's answer is framed for the
+//! client as hyper frames it ([`encode_head`]). The first request that is anything else (a
+//! body, `Expect`, an upgrade, a head split over reads or pipelined past the end of a read, a
+//! head that does not parse) hands the connection to hyper, which serves it from that request
+//! on, starting with the bytes read so far ([`Prefixed`]).
+//!
+//! Why: hyper's server builds a `Request` (a `HeaderMap`, a `Uri`, extensions) that the proxy
+//! then rewrites and encodes again for the app, and dispatches it through a service and its
+//! body through a channel-like state machine. In callgrind, one keep-alive `GET /1k` with a
+//! client certificate cost 32,600 user-space instructions inside the connection's task, of
+//! which hyper's dispatch, the `http` types, their allocations and the moves between them were
+//! about 40 %. The request here keeps its fields as slices of the read buffer.
+//!
+//! What stays shared with the hyper path, so that the two cannot drift: the connection's
+//! state and counters ([`Conn`]), the request's log line and response body ([`ResponseBody`]),
+//! the listener's slots toward the app, the app client ([`super::app`]), and the answer the app
+//! gave or the one given for it ([`request::handle_plain`]).
+
+use super::body::{self, ResponseBody, Saturated};
+use super::conn::Conn;
+use super::{Ended, IDLE_CLOSE_GRACE, app_slot, headers, later, request, turned_true};
+use crate::stop::Watched;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+use hyper::body::Body;
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// What one read of the client stream may bring: a request head that does not fit goes to
+/// hyper, whose buffer grows to the head limit.
+const READ_BUF: usize = 8 * 1024;
+/// hyper's limit on a request's header fields: a head with more goes to hyper (`431`).
+const MAX_FIELDS: usize = 100;
+/// Response data up to this size is copied behind the head (one write for both); a larger
+/// frame is written on its own.
+const COPY_MAX: usize = 16 * 1024;
+
+/// How [`serve`] left the connection.
+pub(super) enum Served<IO> {
+    Ended(Ended),
+    /// hyper serves the rest of the connection, from the bytes read but not served.
+    HandOff(Prefixed<IO>),
+}
+
+/// Serves plain requests until the connection ends or one comes that is not plain.
+/// `graceful` and `close_all` are the drain's switches, as in [`super::drive`].
+pub(super) async fn serve<IO>(
+    conn: &Arc<Conn>,
+    mut io: IO,
+    idle: Duration,
+    graceful: &mut watch::Receiver<bool>,
+    close_all: &mut watch::Receiver<bool>,
+) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = &conn.shared.settings;
+    if conn.denial.is_some() || !settings.rules.is_empty() {
+        return Served::HandOff(Prefixed::new(Bytes::new(), io));
+    }
+    // Made once: see `drive`.
+    let mut close_all = Watched::new(close_all.clone(), turned_true(close_all));
+    let mut graceful = Watched::new(graceful.clone(), turned_true(graceful));
+    let timer = sleep_until(conn.idle_deadline(idle));
+    tokio::pin!(timer);
+    let mut buf = BytesMut::new();
+    // The app's request heads and the client's response heads, one at a time: their room is
+    // reused once the previous one is gone.
+    let mut app_head = BytesMut::new();
+    let mut out = BytesMut::new();
+    loop {
+        if buf.is_empty() {
+            timer.as_mut().reset(conn.idle_deadline(idle));
+            buf.reserve(READ_BUF);
+            let read = tokio::select! {
+                biased;
+                () = close_all.fired() => return Served::Ended(Ended::Drained),
+                read = io.read_buf(&mut buf) => Some(read),
+                () = graceful.fired() => None,
+                () = timer.as_mut() => None,
+            };
+            match read {
+                Some(Ok(0)) => return Served::Ended(close(io).await),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Served::Ended(Ended::Failed(format!("connection error: {e}")));
+                }
+                // A connection that has had a request closes now (idle, or the drain). One
+                // that has had none gets hyper's handling, with the first-request grace of
+                // a drain (see `drive`).
+                None if conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
+                    return Served::Ended(close(io).await);
+                }
+                None => return Served::HandOff(Prefixed::new(Bytes::new(), io)),
+            }
+        }
+        let Some(plain) = parse(&mut buf, conn, &mut app_head) else {
+            return Served::HandOff(Prefixed::new(buf.freeze(), io));
+        };
+        let answer = async {
+            match app_slot(&conn.shared.app_slots).await {
+                Some(slot) => request::handle_plain(conn.clone(), &plain.uri, plain.app_head)
+                    .await
+                    .map(|body| body.holding(slot, None)),
+                None => body::saturated(conn, &Method::GET, &plain.uri, Saturated::App),
+            }
+        };
+        let response = tokio::select! {
+            biased;
+            () = close_all.fired() => return Served::Ended(Ended::Drained),
+            response = answer => response,
+        };
+        let last = plain.close || graceful.is_on();
+        let mut sending = Sending {
+            io: &mut io,
+            limit: Limit {
+                idle,
+                close_all: &mut close_all,
+                timer: timer.as_mut(),
+            },
+        };
+        if let Err(ended) = sending.respond(response, last, &mut out).await {
+            return Served::Ended(ended);
+        }
+        if last {
+            return Served::Ended(close(io).await);
+        }
+    }
+}
+
+/// The clean end of a connection: TLS close_notify and FIN, as hyper ends one.
+async fn close<IO: AsyncWrite + Unpin>(mut io: IO) -> Ended {
+    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, io.shutdown()).await;
+    Ended::Finished
+}
+
+/// A plain request, its head taken out of the read buffer.
+struct Plain {
+    /// The origin-form target, a slice of the head.
+    uri: Uri,
+    /// The head to send the app.
+    app_head: Bytes,
+    /// The client asked to close after this answer (`Connection: close`).
+    close: bool,
+}
+
+/// The plain request at the start of `buf`, taken out of it, its head for the app written
+/// with `app_head`'s room; `None` (and `buf` untouched) if the start of `buf` is not a whole
+/// plain request head.
+fn parse(buf: &mut BytesMut, conn: &Conn, app_head: &mut BytesMut) -> Option<Plain> {
+    // Uninitialised, as hyper and `app::parse_head` do it: zeroing 100 slots costs more than
+    // parsing a typical head.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let httparse::Status::Complete(len) = config
+        .parse_request_with_uninit_headers(&mut req, buf, &mut fields)
+        .ok()?
+    else {
+        return None;
+    };
+    let target = req.path?;
+    if req.method != Some("GET") || req.version != Some(1) || !target.starts_with('/') {
+        return None;
+    }
+    let (mut hosts, mut close) = (0, false);
+    for field in req.headers.iter() {
+        match Field::of(field.name) {
+            Field::Host => hosts += 1,
+            Field::Connection if field.value.eq_ignore_ascii_case(b"close") => close = true,
+            Field::Connection if field.value.eq_ignore_ascii_case(b"keep-alive") => {}
+            Field::Connection | Field::NotPlain => return None,
+            Field::Other => {}
+        }
+    }
+    // No Host, or several (`400` from hyper's path): hyper's path decides.
+    if hosts != 1 {
+        return None;
+    }
+    app_head.reserve(len + 256);
+    app_head.extend_from_slice(b"GET ");
+    app_head.extend_from_slice(target.as_bytes());
+    app_head.extend_from_slice(b" HTTP/1.1\r\n");
+    headers::write_to_app(app_head, req.headers, conn);
+    app_head.extend_from_slice(b"\r\n");
+
+    let base = buf.as_ptr() as usize;
+    let from = target.as_ptr() as usize - base;
+    let to = from + target.len();
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(from..to)) else {
+        // hyper refuses it (`400`): put the head back for hyper to see.
+        let rest = buf.split();
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(&rest);
+        app_head.clear();
+        return None;
+    };
+    Some(Plain {
+        uri,
+        app_head: app_head.split().freeze(),
+        close,
+    })
+}
+
+/// What a request field means to [`parse`].
+enum Field {
+    Host,
+    Connection,
+    /// A field that only hyper's path handles: a body's framing, `Expect`, an upgrade, or a
+    /// hop-by-hop field with rules of its own.
+    NotPlain,
+    Other,
+}
+
+impl Field {
+    fn of(name: &str) -> Field {
+        const NOT_PLAIN: [&str; 8] = [
+            "content-length",
+            "transfer-encoding",
+            "expect",
+            "upgrade",
+            "te",
+            "trailer",
+            "keep-alive",
+            "proxy-connection",
+        ];
+        if name.eq_ignore_ascii_case("host") {
+            Field::Host
+        } else if name.eq_ignore_ascii_case("connection") {
+            Field::Connection
+        } else if NOT_PLAIN.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            Field::NotPlain
+        } else {
+            Field::Other
+        }
+    }
+}
+
+/// Writing one answer to the client: every step must move within `idle` (a client that stopped
+/// reading, or an app that stopped sending mid-body, is cut off as in [`super::drive`]), and the
+/// end of the drain cuts it at once.
+struct Sending<'a, IO, F> {
+    io: &'a mut IO,
+    limit: Limit<'a, F>,
+}
+
+struct Limit<'a, F> {
+    idle: Duration,
+    close_all: &'a mut Watched<F>,
+    timer: Pin<&'a mut Sleep>,
+}
+
+impl<IO, F> Sending<'_, IO, F>
+where
+    IO: AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    async fn respond(
+        &mut self,
+        response: Response<ResponseBody>,
+        close: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        let (parts, mut body) = response.into_parts();
+        let framing = encode_head(out, &parts, &body, close)?;
+        if framing == Framing::Nothing {
+            drop(body);
+            return self.write_out(out).await;
+        }
+        loop {
+            // What is there now goes behind the head (or the data before it) in one write;
+            // a wait for more sends what is gathered first.
+            let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let frame = match polled {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.write_out(out).await?;
+                    let next = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                    self.limit.step(next).await?
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    // Trailers go only to a client that asked for them (`TE: trailers`), and
+                    // a plain request did not.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    framing.data(out, &data);
+                    if data.len() > COPY_MAX {
+                        self.write_out(out).await?;
+                        self.write(&data).await?;
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                    if framing == Framing::Chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                Some(Err(e)) => {
+                    // As hyper does: the client sees the connection end short of the body.
+                    return Err(Ended::Failed(format!("error from user's Body stream: {e}")));
+                }
+                None => {
+                    if framing == Framing::Chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    return self.write_out(out).await;
+                }
+            }
+        }
+    }
+
+    /// Writes and empties `out`, then flushes.
+    async fn write_out(&mut self, out: &mut BytesMut) -> Result<(), Ended> {
+        if !out.is_empty() {
+            let (bytes, io) = (&out[..], &mut *self.io);
+            let written = async move {
+                io.write_all(bytes).await?;
+                io.flush().await
+            };
+            self.limit.step(written).await?.map_err(write_failed)?;
+            out.clear();
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), Ended> {
+        self.limit
+            .step(self.io.write_all(data))
+            .await?
+            .map_err(write_failed)
+    }
+}
+
+impl<F: Future<Output = ()>> Limit<'_, F> {
+    /// `step`, unless the drain ends or it takes longer than `idle`.
+    async fn step<T>(&mut self, step: impl Future<Output = T>) -> Result<T, Ended> {
+        self.timer.as_mut().reset(later(Instant::now(), self.idle));
+        tokio::select! {
+            biased;
+            () = self.close_all.fired() => Err(Ended::Drained),
+            done = step => Ok(done),
+            () = self.timer.as_mut() => Err(Ended::Stalled),
+        }
+    }
+}
+
+fn write_failed(e: io::Error) -> Ended {
+    Ended::Failed(format!("connection error: {e}"))
+}
+
+/// How the response body goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// As it comes: a `Content-Length` says where it ends.
+    Length,
+    Chunked,
+    /// No body may follow this head (`204`, `304`).
+    Nothing,
+}
+
+impl Framing {
+    /// What goes before a data frame of this size.
+    fn data(self, out: &mut BytesMut, data: &[u8]) {
+        if self == Framing::Chunked && !data.is_empty() {
+            use std::fmt::Write;
+            // Cannot fail: BytesMut grows.
+            let _ = write!(out, "{:X}\r\n", data.len());
+        }
+    }
+}
+
+/// The response head as hyper's server writes it for a `GET` from an HTTP/1.1 client (hyper
+/// 1.x, `proto::h1::role`): the status line with the canonical reason, the fields in the
+/// map's order with lower-case names, `Content-Length` from the body when it is known and
+/// `Transfer-Encoding: chunked` when not, none of either on `204`/`304`, `Connection: close`
+/// when this is the connection's last answer, and `Date` if the app sent none.
+fn encode_head(
+    out: &mut BytesMut,
+    parts: &http::response::Parts,
+    body: &ResponseBody,
+    close: bool,
+) -> Result<Framing, Ended> {
+    let status = parts.status;
+    out.reserve(128 + parts.headers.len() * 32);
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_body = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    // `None`: the body has ended already; `Some(None)`: its length is not known.
+    let length = (!body.is_end_stream()).then(|| body.size_hint().exact());
+    let (mut wrote_len, mut wrote_date, mut wrote_trailer, mut chunked) =
+        (false, false, false, false);
+    for (name, value) in &parts.headers {
+        match *name {
+            header::CONTENT_LENGTH => match length {
+                // hyper writes the first value and trusts it to match the body.
+                Some(Some(_)) if !wrote_len => {
+                    line(out, name.as_str(), value.as_bytes());
+                    wrote_len = true;
+                }
+                Some(Some(_)) => {}
+                Some(None) => {
+                    let Some(n) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) else {
+                        return Err(Ended::Failed(
+                            "error from user's Body stream: illegal Content-Length".to_owned(),
+                        ));
+                    };
+                    if !wrote_len {
+                        line(out, name.as_str(), n.to_string().as_bytes());
+                        wrote_len = true;
+                    }
+                }
+                // No body left: hyper leaves the field out (and adds `0` below).
+                None => {}
+            },
+            // Hop-by-hop: taken out by `headers::to_client` already, and framed here.
+            header::TRANSFER_ENCODING | header::CONNECTION => {}
+            header::TRAILER if no_body => {}
+            // hyper joins this name's values on one line.
+            header::TRAILER if !wrote_trailer => {
+                wrote_trailer = true;
+                let all: Vec<&[u8]> = parts
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .map(HeaderValue::as_bytes)
+                    .collect();
+                line(out, name.as_str(), &all.join(&b", "[..]));
+            }
+            header::TRAILER => {}
+            _ => {
+                wrote_date |= *name == header::DATE;
+                line(out, name.as_str(), value.as_bytes());
+            }
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !wrote_len && !no_body {
+        match length {
+            Some(None) => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+            None => out.extend_from_slice(b"content-length: 0\r\n"),
+            Some(Some(n)) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        DATE.with(|date| date.borrow_mut().write(out));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(if no_body {
+        Framing::Nothing
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        Framing::Length
+    })
+}
+
+fn line(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `Date` value, formatted once a second per thread, as hyper caches it.
+    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: 0, text: [0; 29] }) };
+}
+
+struct CachedDate {
+    /// Seconds since the epoch `text` is for.
+    second: u64,
+    text: [u8; 29],
+}
+
+impl CachedDate {
+    fn write(&mut self, out: &mut BytesMut) {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second || self.text[0] == 0 {
+            let text = httpdate::fmt_http_date(now);
+            if let Some(text) = text.as_bytes().get(..29) {
+                self.text.copy_from_slice(text);
+            }
+            self.second = second;
+        }
+        out.extend_from_slice(&self.text);
+    }
+}
+
+/// The client stream with bytes already read from it in front: how hyper gets a connection
+/// [`serve`] has started reading. The bytes were counted (and watched for framing) when they
+/// were read.
+pub(super) struct Prefixed<IO> {
+    rest: Bytes,
+    io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    fn new(rest: Bytes, io: IO) -> Self {
+        Prefixed { rest, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.rest.len().min(buf.remaining());
+        buf.put_slice(&this.rest[..n]);
+        this.rest.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
