@@ -823,6 +823,66 @@ async fn content_length_with_transfer_encoding_gets_400_and_nothing_reaches_the_
 }
 
 #[tokio::test]
+async fn an_ambiguous_request_pipelined_behind_plain_gets_is_still_refused_with_400() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    // Two plain GETs (served without hyper), then, in the same bytes, the ambiguous head that
+    // hands the connection to hyper: the smuggling check must still tie it to its request.
+    let stream = "GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n\
+                  POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let answer = raw_exchange(&mut conn, stream.into()).await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answer}");
+    assert!(answer.contains("\"target\":\"/one\""), "{answer}");
+    assert!(answer.contains("\"target\":\"/two\""), "{answer}");
+    assert!(
+        answer.contains("HTTP/1.1 400 Bad Request\r\n")
+            && answer.contains("Content-Length and Transfer-Encoding"),
+        "{answer}"
+    );
+    assert!(!answer.contains("smuggled"), "{answer}");
+    conn.outcome().await;
+    assert_eq!(
+        app.requests.load(Relaxed),
+        2,
+        "only the two GETs reach the app"
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_split_after_a_plain_one_is_served_whole() {
+    let app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    let mut io = conn.io();
+    // The first read brings a whole GET and the start of the next head, which hyper then
+    // serves from the bytes already read plus the rest.
+    io.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /tw")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("\"/one\"") {
+        let mut piece = [0; 4096];
+        let n = within("the first answer", io.read(&mut piece))
+            .await
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&piece[..n]);
+    }
+    io.write_all(b"o HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    within("the second answer", io.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answer}");
+    assert!(answer.contains("\"target\":\"/two\""), "{answer}");
+    assert_eq!(conn.outcome().await.requests, 2);
+}
+
+#[tokio::test]
 async fn a_100_kb_request_header_gets_431_and_nothing_reaches_the_app() {
     let app = App::start().await;
     let sidecar = Sidecar::to(&app);

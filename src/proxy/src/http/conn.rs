@@ -194,19 +194,31 @@ fn xfcc_value(mode: Xfcc, leaf: &[u8], peer: SocketAddr) -> Option<HeaderValue> 
     }
 }
 
-/// The client stream's observer: counts plaintext bytes both ways and (HTTP/1) watches request
-/// heads for ambiguous framing.
+/// The client stream's observer: counts plaintext bytes both ways and, once hyper serves an
+/// HTTP/1 connection, watches its request heads for ambiguous framing.
 pub(crate) struct Counter {
     conn: Arc<Conn>,
     framing: Option<Framing>,
 }
 
 impl Counter {
-    pub(crate) fn new(conn: Arc<Conn>, http1: bool) -> Self {
+    /// Counts bytes; watches framing only once [`Counter::watch_from_next_request`] says so.
+    pub(crate) fn new(conn: Arc<Conn>) -> Self {
         Counter {
             conn,
-            framing: http1.then(Framing::default),
+            framing: None,
         }
+    }
+
+    /// Starts the framing watch at the start of the connection's next request, whose first
+    /// bytes (`read`) were read before: the fast HTTP/1.1 side hands the connection to hyper
+    /// at a request boundary, and what it served itself carried no body to follow.
+    pub(crate) fn watch_from_next_request(&mut self, read: &[u8]) {
+        let mut framing = Framing::from_request(self.conn.requests.load(Relaxed));
+        if let Some(index) = framing.feed(read) {
+            self.conn.ambiguous.store(index, Relaxed);
+        }
+        self.framing = (!framing.is_off()).then_some(framing);
     }
 }
 

@@ -76,6 +76,15 @@ struct Head {
 }
 
 impl Framing {
+    /// A watch that starts at the start of request `index` (the requests before it were read
+    /// by the fast HTTP/1.1 side, which takes only heads without a body).
+    pub(crate) fn from_request(index: u64) -> Self {
+        Framing {
+            index,
+            ..Framing::default()
+        }
+    }
+
     pub(crate) fn is_off(&self) -> bool {
         self.state == State::Off
     }

@@ -16,16 +16,17 @@
 //! about 40 %. The request here keeps its fields as slices of the read buffer.
 //!
 //! What stays shared with the hyper path, so that the two cannot drift: the connection's
-//! state and counters ([`Conn`]), the request's log line and response body ([`ResponseBody`]),
+//! state and counters ([`Conn`]), the request's log line and response body ([`super::body::ResponseBody`]),
 //! the listener's slots toward the app, the app client ([`super::app`]), and the answer the app
 //! gave or the one given for it ([`request::handle_plain`]).
 
-use super::body::{self, ResponseBody, Saturated};
+use super::body::{self, Saturated};
 use super::conn::Conn;
 use super::{Ended, IDLE_CLOSE_GRACE, app_slot, headers, later, request, turned_true};
 use crate::stop::Watched;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode, Uri};
 use hyper::body::Body;
 use std::cell::RefCell;
@@ -46,8 +47,8 @@ const READ_BUF: usize = 8 * 1024;
 /// hyper's limit on a request's header fields: a head with more goes to hyper (`431`).
 const MAX_FIELDS: usize = 100;
 /// Response data up to this size is copied behind the head (one write for both); a larger
-/// frame is written on its own.
-const COPY_MAX: usize = 16 * 1024;
+/// frame goes beside it in a vectored write, so the buffer stays small.
+const COPY_MAX: usize = 4 * 1024;
 
 /// How [`serve`] left the connection.
 pub(super) enum Served<IO> {
@@ -136,6 +137,10 @@ where
         if let Err(ended) = sending.respond(response, last, &mut out).await {
             return Served::Ended(ended);
         }
+        // An app's large head grew it: an idle connection keeps no more than hyper's would.
+        if out.capacity() > READ_BUF {
+            out = BytesMut::new();
+        }
         if last {
             return Served::Ended(close(io).await);
         }
@@ -210,6 +215,16 @@ fn parse(buf: &mut BytesMut, conn: &Conn, app_head: &mut BytesMut) -> Option<Pla
         app_head.clear();
         return None;
     };
+    // The app gets the target as hyper's path forwards it, from the `Uri`, which leaves out a
+    // fragment (`/a#b` is `/a`): written as received above, it is rewritten in that rare case.
+    let forwarded = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    if forwarded.as_bytes() != &head[from..to] {
+        let line_end = "GET ".len() + (to - from);
+        let fields = app_head.split_off(line_end);
+        app_head.truncate("GET ".len());
+        app_head.extend_from_slice(forwarded.as_bytes());
+        app_head.unsplit(fields);
+    }
     Some(Plain {
         uri,
         app_head: app_head.split().freeze(),
@@ -270,12 +285,16 @@ where
     IO: AsyncWrite + Unpin,
     F: Future<Output = ()>,
 {
-    async fn respond(
+    async fn respond<B>(
         &mut self,
-        response: Response<ResponseBody>,
+        response: Response<B>,
         close: bool,
         out: &mut BytesMut,
-    ) -> Result<(), Ended> {
+    ) -> Result<(), Ended>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (parts, mut body) = response.into_parts();
         let framing = encode_head(out, &parts, &body, close)?;
         if framing == Framing::Nothing {
@@ -298,13 +317,16 @@ where
                 Some(Ok(frame)) => {
                     // Trailers go only to a client that asked for them (`TE: trailers`), and
                     // a plain request did not.
+                    // An empty data frame would read as the last chunk.
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
+                    if data.is_empty() {
+                        continue;
+                    }
                     framing.data(out, &data);
                     if data.len() > COPY_MAX {
-                        self.write_out(out).await?;
-                        self.write(&data).await?;
+                        self.write_with(out, &data).await?;
                     } else {
                         out.extend_from_slice(&data);
                     }
@@ -340,11 +362,27 @@ where
         Ok(())
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), Ended> {
-        self.limit
-            .step(self.io.write_all(data))
-            .await?
-            .map_err(write_failed)
+    /// Writes `out`, then `data`, as one vectored write where the stream takes it (rustls
+    /// makes one record of both, a TCP stream one `writev`), and empties `out`.
+    async fn write_with(&mut self, out: &mut BytesMut, data: &[u8]) -> Result<(), Ended> {
+        let io = &mut *self.io;
+        let (mut first, mut then) = (&out[..], data);
+        let written = async move {
+            while !then.is_empty() {
+                let slices = [io::IoSlice::new(first), io::IoSlice::new(then)];
+                let n = io.write_vectored(&slices).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                let of_first = n.min(first.len());
+                first = &first[of_first..];
+                then = &then[n - of_first..];
+            }
+            Ok(())
+        };
+        self.limit.step(written).await?.map_err(write_failed)?;
+        out.clear();
+        Ok(())
     }
 }
 
@@ -378,7 +416,7 @@ enum Framing {
 impl Framing {
     /// What goes before a data frame of this size.
     fn data(self, out: &mut BytesMut, data: &[u8]) {
-        if self == Framing::Chunked && !data.is_empty() {
+        if self == Framing::Chunked {
             use std::fmt::Write;
             // Cannot fail: BytesMut grows.
             let _ = write!(out, "{:X}\r\n", data.len());
@@ -391,10 +429,10 @@ impl Framing {
 /// map's order with lower-case names, `Content-Length` from the body when it is known and
 /// `Transfer-Encoding: chunked` when not, none of either on `204`/`304`, `Connection: close`
 /// when this is the connection's last answer, and `Date` if the app sent none.
-fn encode_head(
+fn encode_head<B: Body>(
     out: &mut BytesMut,
     parts: &http::response::Parts,
-    body: &ResponseBody,
+    body: &B,
     close: bool,
 ) -> Result<Framing, Ended> {
     let status = parts.status;
@@ -536,6 +574,11 @@ impl<IO> Prefixed<IO> {
     fn new(rest: Bytes, io: IO) -> Self {
         Prefixed { rest, io }
     }
+
+    /// The stream, and the bytes read from it that hyper reads first.
+    pub(super) fn parts_mut(&mut self) -> (&mut IO, &[u8]) {
+        (&mut self.io, &self.rest)
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
@@ -582,5 +625,373 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A connection of a TLS listener (XFCC in Envoy's form) to `127.0.0.1:8080`, from
+/// `10.1.2.3` without a client certificate: for the tests and the fuzz target.
+fn sample_conn(forwarding: super::Forwarding) -> Conn {
+    let settings = super::HttpSettings {
+        upstream: tls_sidecar_config::HostPort {
+            host: "127.0.0.1".into(),
+            port: 8080,
+        },
+        xfcc: tls_sidecar_config::Xfcc::Envoy,
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        forwarding,
+        rules: Default::default(),
+    };
+    let metrics = Arc::new(crate::metrics::ListenerMetrics::with_request_rules(8443, 0));
+    let service = super::HttpService::new(settings, metrics);
+    let caller = super::Caller {
+        addr: std::net::SocketAddr::from(([10, 1, 2, 3], 50000)),
+        h2: false,
+        leaf: None,
+        identity: None,
+        denial: None,
+    };
+    Conn::new(service.shared.clone(), &caller, watch::channel(false).1)
+}
+
+/// [`parse`] on `stream` (a [`sample_conn`] caller), checked against what hyper's path and the
+/// app rely on; `Err` names the broken promise. See `crate::fuzzing::plain_head`.
+pub(super) fn check_parse(stream: &[u8]) -> Result<(), String> {
+    static CONN: std::sync::OnceLock<Conn> = std::sync::OnceLock::new();
+    let conn = CONN.get_or_init(|| sample_conn(super::Forwarding::Tls));
+    let mut buf = BytesMut::from(stream);
+    let mut app_head = BytesMut::new();
+    let Some(plain) = parse(&mut buf, conn, &mut app_head) else {
+        return if buf[..] == *stream {
+            Ok(())
+        } else {
+            Err("a head left for hyper lost bytes".to_owned())
+        };
+    };
+    let used = stream.len() - buf.len();
+    if super::framing::Framing::default()
+        .feed(&stream[..used])
+        .is_some()
+    {
+        return Err("a plain request carried a body's framing".to_owned());
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS + 3];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(&plain.app_head) {
+        Ok(httparse::Status::Complete(n)) if n == plain.app_head.len() => {}
+        other => return Err(format!("the app's head is not one whole head: {other:?}")),
+    }
+    let target = plain.uri.to_string();
+    if req.method != Some("GET") || req.path != Some(target.as_str()) {
+        return Err(format!("the app got {:?} {:?}", req.method, req.path));
+    }
+    let owned: Vec<&str> = req
+        .headers
+        .iter()
+        .map(|f| f.name)
+        .filter(|name| headers::is_reserved(name))
+        .collect();
+    if owned != ["x-forwarded-proto", "x-forwarded-for"] {
+        return Err(format!("the app got these owned fields: {owned:?}"));
+    }
+    if req
+        .headers
+        .iter()
+        .any(|f| f.name.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        return Err("a field name reached the app in upper case".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Forwarding;
+    use super::*;
+    use http_body_util::{Empty, Full};
+    use hyper::body::Frame;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    fn conn(forwarding: Forwarding) -> Conn {
+        sample_conn(forwarding)
+    }
+
+    fn parsed(conn: &Conn, stream: &str) -> (Option<(String, String, bool)>, String) {
+        let mut buf = BytesMut::from(stream);
+        let mut app_head = BytesMut::new();
+        let plain = parse(&mut buf, conn, &mut app_head).map(|plain| {
+            let head = String::from_utf8(plain.app_head.to_vec()).unwrap();
+            (plain.uri.to_string(), head, plain.close)
+        });
+        (plain, String::from_utf8(buf.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn a_plain_get_goes_to_the_app_with_the_callers_claims_replaced_by_the_sidecars_headers() {
+        let conn = conn(Forwarding::Tls);
+        let stream = "GET /p?q=1 HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                      x_forwarded_client_cert: forged\r\nX-Real-IP: 5.6.7.8\r\nAccept: */*\r\n\
+                      Connection: keep-alive\r\nX-Forwarded-Proto: http\r\n\r\n\
+                      GET /next HTTP/1.1\r\n";
+        let (plain, rest) = parsed(&conn, stream);
+        let (uri, head, close) = plain.expect("a plain request");
+        assert_eq!(uri, "/p?q=1");
+        assert_eq!(
+            head,
+            "GET /p?q=1 HTTP/1.1\r\nhost: a\r\naccept: */*\r\n\
+             x-forwarded-proto: https\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+        );
+        assert!(!close);
+        assert_eq!(rest, "GET /next HTTP/1.1\r\n", "the next request stays");
+    }
+
+    #[test]
+    fn a_fragment_in_the_target_does_not_reach_the_app_as_on_hypers_path() {
+        let conn = conn(Forwarding::Tls);
+        let (plain, _) = parsed(&conn, "GET /a?b=1#frag HTTP/1.1\r\nHost: a\r\n\r\n");
+        let (uri, head, _) = plain.expect("a plain request");
+        assert_eq!(uri, "/a?b=1");
+        assert!(
+            head.starts_with("GET /a?b=1 HTTP/1.1\r\nhost: a\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn connection_close_is_taken_as_the_last_request() {
+        let conn = conn(Forwarding::Tls);
+        let (plain, rest) = parsed(
+            &conn,
+            "GET / HTTP/1.1\r\nhost: a\r\nConnection: Close\r\n\r\n",
+        );
+        let (_, head, close) = plain.expect("a plain request");
+        assert!(close);
+        assert!(!head.contains("onnection"), "{head}");
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn on_the_route_port_only_the_identity_header_is_removed() {
+        let conn = conn(Forwarding::Route);
+        let stream = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                      X-Forwarded-Client-Cert: forged\r\nX-Forwarded-Proto: https\r\n\r\n";
+        let (_, head, _) = parsed(&conn, stream).0.expect("a plain request");
+        assert_eq!(
+            head,
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.2.3.4\r\nx-forwarded-proto: https\r\n\r\n"
+        );
+        // Diego's Envoy (the peer here) may vouch for it on an identity-aware domain.
+        let envoy = conn_from_envoy();
+        let (_, head, _) = parsed(&envoy, stream).0.expect("a plain request");
+        assert_eq!(
+            head,
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.2.3.4\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-client-cert: forged\r\n\r\n"
+        );
+    }
+
+    fn conn_from_envoy() -> Conn {
+        conn(Forwarding::RouteKeepingXfccFrom(
+            "10.1.2.3".parse().unwrap(),
+        ))
+    }
+
+    #[test]
+    fn anything_but_a_whole_plain_get_is_left_for_hyper_untouched() {
+        let conn = conn(Forwarding::Tls);
+        for stream in [
+            "POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nTrailer: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: timeout=5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ] {
+            let (plain, rest) = parsed(&conn, stream);
+            assert!(plain.is_none(), "{stream:?}");
+            assert_eq!(rest, stream, "the bytes stay for hyper");
+        }
+    }
+
+    /// A response for both writers, made twice.
+    type Make = fn() -> Response<TestBody>;
+    type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+    fn boxed<B>(body: B) -> TestBody
+    where
+        B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+    {
+        http_body_util::BodyExt::boxed_unsync(body)
+    }
+
+    fn with(status: u16, fields: &[(&str, &str)], body: TestBody) -> Response<TestBody> {
+        let mut response = Response::new(body);
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (name, value) in fields {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            response.headers_mut().append(name, value.parse().unwrap());
+        }
+        response
+    }
+
+    /// A body of these frames, of no known length.
+    fn frames(mut frames: Vec<Frame<Bytes>>) -> TestBody {
+        frames.reverse();
+        boxed(super::super::trailers::tests::Frames(frames))
+    }
+
+    fn cases() -> Vec<(&'static str, Make)> {
+        vec![
+            ("200, the app's Content-Length", || {
+                with(
+                    200,
+                    &[("content-type", "text/plain"), ("content-length", "5")],
+                    boxed(Full::new(Bytes::from("hello"))),
+                )
+            }),
+            ("200, length from the body", || {
+                with(
+                    200,
+                    &[("x-a", "1"), ("x-b", "2"), ("x-a", "3")],
+                    boxed(Full::new(Bytes::from("hello"))),
+                )
+            }),
+            ("404, empty body", || {
+                with(404, &[], boxed(Full::new(Bytes::new())))
+            }),
+            ("204", || with(204, &[("x-a", "1")], boxed(Empty::new()))),
+            ("304 with a Content-Length", || {
+                with(
+                    304,
+                    &[("content-length", "10"), ("etag", "\"x\"")],
+                    boxed(Empty::new()),
+                )
+            }),
+            ("599, no canonical reason", || {
+                with(599, &[], boxed(Full::new(Bytes::from("x"))))
+            }),
+            ("200, the app's Date", || {
+                with(
+                    200,
+                    &[("date", "Tue, 01 Dec 2026 00:00:00 GMT")],
+                    boxed(Full::new(Bytes::from("x"))),
+                )
+            }),
+            ("chunked with trailers nobody asked for", || {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-sum", "1".parse().unwrap());
+                with(
+                    200,
+                    &[("trailer", "x-sum"), ("trailer", "x-other")],
+                    frames(vec![
+                        Frame::data(Bytes::from("abc")),
+                        Frame::data(Bytes::new()),
+                        Frame::data(Bytes::from(vec![b'z'; 40_000])),
+                        Frame::trailers(trailers),
+                    ]),
+                )
+            }),
+            ("500, chunked, no data", || with(500, &[], frames(vec![]))),
+        ]
+    }
+
+    async fn hyper_writes(make: Make, close: bool) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        // A first answer, then a last one that closes the connection: the client reads to the
+        // end.
+        let answers = Mutex::new(vec![
+            with(200, &[], boxed(Full::new(Bytes::from("last")))),
+            make(),
+        ]);
+        let service = hyper::service::service_fn(move |_| {
+            let answer = answers.lock().unwrap().pop().unwrap();
+            async move { Ok::<_, Infallible>(answer) }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service),
+        );
+        let first = if close { "Connection: close\r\n" } else { "" };
+        let stream = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{first}\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        );
+        client.write_all(stream.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        if !close {
+            let last = answer
+                .windows(17)
+                .rposition(|w| w == b"HTTP/1.1 200 OK\r\n")
+                .unwrap();
+            answer.truncate(last);
+        }
+        answer
+    }
+
+    async fn ours_writes(make: Make, close: bool) -> Vec<u8> {
+        let (_on, rx) = watch::channel(false);
+        let mut close_all = Watched::new(rx, std::future::pending::<()>());
+        let timer = sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut io = Vec::new();
+        let mut sending = Sending {
+            io: &mut io,
+            limit: Limit {
+                idle: Duration::from_secs(10),
+                close_all: &mut close_all,
+                timer: timer.as_mut(),
+            },
+        };
+        let mut out = BytesMut::new();
+        assert!(sending.respond(make(), close, &mut out).await.is_ok());
+        io
+    }
+
+    /// The `date:` value masked: both write the current time.
+    fn masked(bytes: &[u8]) -> String {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        match text.find("\r\ndate: ") {
+            Some(at) if !text[at..].starts_with("\r\ndate: Tue, 01 Dec 2026") => {
+                let from = at + "\r\ndate: ".len();
+                format!("{}<date>{}", &text[..from], &text[from + 29..])
+            }
+            _ => text,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_framed_byte_for_byte_as_hypers_server_frames_them() {
+        for (case, make) in cases() {
+            for close in [false, true] {
+                let hyper = masked(&hyper_writes(make, close).await);
+                let ours = masked(&ours_writes(make, close).await);
+                // Where they part, not the whole of a 40 KB body.
+                let at = ours
+                    .bytes()
+                    .zip(hyper.bytes())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(ours.len().min(hyper.len()));
+                let around =
+                    |text: &str| text[at.saturating_sub(80)..(at + 80).min(text.len())].to_owned();
+                assert!(
+                    ours == hyper,
+                    "{case}, close: {close}: at byte {at}\n ours: {:?}\nhyper: {:?}",
+                    around(&ours),
+                    around(&hyper)
+                );
+            }
+        }
     }
 }

@@ -381,7 +381,7 @@ impl HttpService {
         };
         let ended = if h2 {
             let (io, cork) = corked::corked(io);
-            let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone(), false)));
+            let io = TokioIo::new(Observed::new(io, Counter::new(conn.clone())));
             // Boxed: hyper moves each stream's future several times on its way into a task of
             // its own, and unboxed that is a copy of a few KiB each time.
             let service = service_fn(move |req| Box::pin(call(req)));
@@ -391,7 +391,8 @@ impl HttpService {
             };
             drive(connection, graceful_shutdown, watched).await
         } else {
-            let io = Observed::new(io, Counter::new(conn.clone(), true));
+            // The framing watch starts when hyper takes over (see `h1`).
+            let io = Observed::new(io, Counter::new(conn.clone()));
             let Watch {
                 graceful,
                 close_all,
@@ -399,7 +400,9 @@ impl HttpService {
             } = watched;
             match h1::serve(&conn, io, idle, graceful, close_all).await {
                 h1::Served::Ended(ended) => ended,
-                h1::Served::HandOff(io) => {
+                h1::Served::HandOff(mut io) => {
+                    let (observed, read) = io.parts_mut();
+                    observed.observer_mut().watch_from_next_request(read);
                     let io = TokioIo::new(io);
                     let service = service_fn(call);
                     let connection = self.shared.h1.serve_connection(io, service).with_upgrades();
@@ -682,6 +685,11 @@ fn later(at: Instant, by: Duration) -> Instant {
 /// See [`crate::fuzzing::app_answer`].
 pub(crate) fn app_answer(stream: &[u8], piece: usize) -> Result<(u16, Vec<u8>, usize), String> {
     app::read_answer(stream, piece)
+}
+
+/// See [`crate::fuzzing::plain_head`].
+pub(crate) fn plain_head(stream: &[u8]) -> Result<(), String> {
+    h1::check_parse(stream)
 }
 
 /// See [`crate::fuzzing::framing_verdict`].

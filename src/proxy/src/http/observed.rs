@@ -26,6 +26,10 @@ impl<IO, O> Observed<IO, O> {
     pub(crate) fn new(io: IO, observer: O) -> Self {
         Observed { io, observer }
     }
+
+    pub(crate) fn observer_mut(&mut self) -> &mut O {
+        &mut self.observer
+    }
 }
 
 impl<IO: AsyncRead + Unpin, O: Observer + Unpin> AsyncRead for Observed<IO, O> {
