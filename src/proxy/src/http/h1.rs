@@ -389,6 +389,12 @@ where
 impl<F: Future<Output = ()>> Limit<'_, F> {
     /// `step`, unless the drain ends or it takes longer than `idle`.
     async fn step<T>(&mut self, step: impl Future<Output = T>) -> Result<T, Ended> {
+        tokio::pin!(step);
+        // Most steps are done at once (a socket with room, data that came with the app's
+        // head): those need no clock reading and no timer.
+        if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await {
+            return Ok(done);
+        }
         self.timer.as_mut().reset(later(Instant::now(), self.idle));
         tokio::select! {
             biased;
