@@ -883,6 +883,28 @@ async fn a_request_head_split_after_a_plain_one_is_served_whole() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_while_its_answer_is_on_the_way_ends_the_request_without_waiting_for_the_app()
+ {
+    let mut app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    let mut io = conn.io();
+    io.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    app.slow_request_arrived().await;
+    // Gone before the app answers: neither its app connection nor its slot toward the app may
+    // wait for an answer nobody reads (the app never answers in this test).
+    io.shutdown().await.unwrap();
+    let outcome = conn.outcome().await;
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("connection closed before message completed")
+    );
+    assert_eq!(outcome.requests, 1);
+}
+
+#[tokio::test]
 async fn a_100_kb_request_header_gets_431_and_nothing_reaches_the_app() {
     let app = App::start().await;
     let sidecar = Sidecar::to(&app);
@@ -976,6 +998,29 @@ async fn a_websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
 
 // ---------------------------------------------------------------------------------------------
 // Drain and idle
+
+#[tokio::test]
+async fn a_graceful_drain_finishes_the_answer_in_progress_but_not_a_request_pipelined_behind_it() {
+    let mut app = App::start().await;
+    let sidecar = Sidecar::to(&app);
+    let mut conn = sidecar.connect(caller(false));
+    let mut io = conn.io();
+    io.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    app.slow_request_arrived().await;
+    conn.graceful.send(true).unwrap();
+    app.release_slow_requests();
+    let mut answer = Vec::new();
+    within("the answer and the close", io.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(answer.contains("slow done"), "{answer}");
+    assert_eq!(app.requests.load(Relaxed), 1, "/next never reaches the app");
+    assert_eq!(conn.outcome().await.requests, 1);
+}
 
 #[tokio::test]
 async fn a_graceful_drain_finishes_a_slow_request_and_closes_idle_connections() {

@@ -35,6 +35,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -49,6 +50,9 @@ const MAX_FIELDS: usize = 100;
 /// Response data up to this size is copied behind the head (one write for both); a larger
 /// frame goes beside it in a vectored write, so the buffer stays small.
 const COPY_MAX: usize = 4 * 1024;
+/// Response bytes gathered before they are written even though the body has more at once:
+/// hyper's bound on its write buffer (its `max_buf_size`, which is our request head limit).
+const OUT_MAX: usize = super::MAX_REQUEST_HEAD;
 
 /// How [`serve`] left the connection.
 pub(super) enum Served<IO> {
@@ -95,7 +99,7 @@ where
                 () = timer.as_mut() => None,
             };
             match read {
-                Some(Ok(0)) => return Served::Ended(close(io).await),
+                Some(Ok(0)) => return Served::Ended(close(io, &mut close_all).await),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     return Served::Ended(Ended::Failed(format!("connection error: {e}")));
@@ -103,11 +107,15 @@ where
                 // A connection that has had a request closes now (idle, or the drain). One
                 // that has had none gets hyper's handling, with the first-request grace of
                 // a drain (see `drive`).
-                None if conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
-                    return Served::Ended(close(io).await);
+                None if conn.requests.load(Relaxed) > 0 => {
+                    return Served::Ended(close(io, &mut close_all).await);
                 }
                 None => return Served::HandOff(Prefixed::new(Bytes::new(), io)),
             }
+        }
+        // A drain lets the answer in progress finish, not requests pipelined behind it.
+        if graceful.is_on() && conn.requests.load(Relaxed) > 0 {
+            return Served::Ended(close(io, &mut close_all).await);
         }
         let Some(plain) = parse(&mut buf, conn, &mut app_head) else {
             return Served::HandOff(Prefixed::new(buf.freeze(), io));
@@ -120,10 +128,22 @@ where
                 None => body::saturated(conn, &Method::GET, &plain.uri, Saturated::App),
             }
         };
-        let response = tokio::select! {
-            biased;
-            () = close_all.fired() => return Served::Ended(Ended::Drained),
-            response = answer => response,
+        tokio::pin!(answer);
+        // While the answer is on its way, a client that goes away ends the request as hyper
+        // ends it (it reads mid-message when nothing is buffered): its app connection and slot
+        // are not held for an answer nobody will read.
+        let mut watch_eof = buf.is_empty();
+        let response = loop {
+            tokio::select! {
+                biased;
+                () = close_all.fired() => return Served::Ended(Ended::Drained),
+                response = &mut answer => break response,
+                read = io.read_buf(&mut buf), if watch_eof => match read {
+                    Ok(0) => return Served::Ended(Ended::Failed(INCOMPLETE.to_owned())),
+                    Ok(_) => watch_eof = false,
+                    Err(e) => return Served::Ended(Ended::Failed(format!("connection error: {e}"))),
+                },
+            }
         };
         let last = plain.close || graceful.is_on();
         let mut sending = Sending {
@@ -142,16 +162,27 @@ where
             out = BytesMut::new();
         }
         if last {
-            return Served::Ended(close(io).await);
+            return Served::Ended(close(io, &mut close_all).await);
         }
     }
 }
 
-/// The clean end of a connection: TLS close_notify and FIN, as hyper ends one.
-async fn close<IO: AsyncWrite + Unpin>(mut io: IO) -> Ended {
-    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, io.shutdown()).await;
-    Ended::Finished
+/// The clean end of a connection: TLS close_notify and FIN, as hyper ends one; cut short by
+/// the end of the drain.
+async fn close<IO, F>(mut io: IO, close_all: &mut Watched<F>) -> Ended
+where
+    IO: AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    tokio::select! {
+        biased;
+        () = close_all.fired() => Ended::Drained,
+        _ = tokio::time::timeout(IDLE_CLOSE_GRACE, io.shutdown()) => Ended::Finished,
+    }
 }
+
+/// hyper's words for a client that closed with a request in flight.
+const INCOMPLETE: &str = "connection closed before message completed";
 
 /// A plain request, its head taken out of the read buffer.
 struct Plain {
@@ -192,7 +223,7 @@ fn parse(buf: &mut BytesMut, conn: &Conn, app_head: &mut BytesMut) -> Option<Pla
             Field::Other => {}
         }
     }
-    // No Host, or several (`400` from hyper's path): hyper's path decides.
+    // No Host (hyper's path sends the app's authority) or several (`400`): hyper's path.
     if hosts != 1 {
         return None;
     }
@@ -296,12 +327,14 @@ where
         B::Error: std::fmt::Display,
     {
         let (parts, mut body) = response.into_parts();
-        let framing = encode_head(out, &parts, &body, close)?;
-        if framing == Framing::Nothing {
-            drop(body);
-            return self.write_out(out).await;
-        }
+        let mut framing = encode_head(out, &parts, &body, close)?;
         loop {
+            if framing == Framing::Length(0) || framing == Framing::Nothing {
+                // All the head announced is out; anything more the body has is dropped, as
+                // hyper's length encoder drops it.
+                drop(body);
+                return self.write_out(out).await;
+            }
             // What is there now goes behind the head (or the data before it) in one write;
             // a wait for more sends what is gathered first.
             let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
@@ -317,12 +350,20 @@ where
                 Some(Ok(frame)) => {
                     // Trailers go only to a client that asked for them (`TE: trailers`), and
                     // a plain request did not.
-                    // An empty data frame would read as the last chunk.
-                    let Ok(data) = frame.into_data() else {
+                    let Ok(mut data) = frame.into_data() else {
                         continue;
                     };
+                    // An empty chunk would read as the last one.
                     if data.is_empty() {
                         continue;
+                    }
+                    if let Framing::Length(left) = &mut framing {
+                        // Never more than the Content-Length said (an app's answer framed
+                        // otherwise, carrying one anyway): the rest would be read as the
+                        // next response.
+                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                        data.truncate(take);
+                        *left -= take as u64;
                     }
                     framing.data(out, &data);
                     if data.len() > COPY_MAX {
@@ -333,6 +374,10 @@ where
                     if framing == Framing::Chunked {
                         out.extend_from_slice(b"\r\n");
                     }
+                    // What waits in `out` is bounded as hyper bounds its write buffer.
+                    if out.len() >= OUT_MAX {
+                        self.write_out(out).await?;
+                    }
                 }
                 Some(Err(e)) => {
                     // As hyper does: the client sees the connection end short of the body.
@@ -342,7 +387,15 @@ where
                     if framing == Framing::Chunked {
                         out.extend_from_slice(b"0\r\n\r\n");
                     }
-                    return self.write_out(out).await;
+                    self.write_out(out).await?;
+                    return match framing {
+                        // A body shorter than its Content-Length: the client must not take
+                        // the next response for the rest of it (hyper closes too).
+                        Framing::Length(left) if left > 0 => Err(Ended::Failed(format!(
+                            "the response body ended {left} bytes short of its Content-Length"
+                        ))),
+                        _ => Ok(()),
+                    };
                 }
             }
         }
@@ -378,7 +431,8 @@ where
                 first = &first[of_first..];
                 then = &then[n - of_first..];
             }
-            Ok(())
+            // rustls takes the bytes and may hold its records until a flush.
+            io.flush().await
         };
         self.limit.step(written).await?.map_err(write_failed)?;
         out.clear();
@@ -412,8 +466,8 @@ fn write_failed(e: io::Error) -> Ended {
 /// How the response body goes to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
-    /// As it comes: a `Content-Length` says where it ends.
-    Length,
+    /// As it comes, up to this many bytes more: a `Content-Length` says where it ends.
+    Length(u64),
     Chunked,
     /// No body may follow this head (`204`, `304`).
     Nothing,
@@ -455,8 +509,10 @@ fn encode_head<B: Body>(
     let no_body = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     // `None`: the body has ended already; `Some(None)`: its length is not known.
     let length = (!body.is_end_stream()).then(|| body.size_hint().exact());
-    let (mut wrote_len, mut wrote_date, mut wrote_trailer, mut chunked) =
-        (false, false, false, false);
+    let (mut wrote_len, mut wrote_date, mut wrote_trailer) = (false, false, false);
+    // How the body goes, as hyper's encoder frames it: by the body's exact size when it knows
+    // it, else by a Content-Length the fields carry, else chunked (set below).
+    let mut framing = Framing::Length(length.flatten().unwrap_or(0));
     for (name, value) in &parts.headers {
         match *name {
             header::CONTENT_LENGTH => match length {
@@ -466,22 +522,29 @@ fn encode_head<B: Body>(
                     wrote_len = true;
                 }
                 Some(Some(_)) => {}
+                // hyper parses each value (digits only), refuses differing ones, and writes
+                // the first as it came.
                 Some(None) => {
-                    let Some(n) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) else {
-                        return Err(Ended::Failed(
-                            "error from user's Body stream: illegal Content-Length".to_owned(),
-                        ));
+                    let Some(n) = digits(value.as_bytes()) else {
+                        return Err(invalid_length());
                     };
-                    if !wrote_len {
-                        line(out, name.as_str(), n.to_string().as_bytes());
-                        wrote_len = true;
+                    match framing {
+                        _ if !wrote_len => {
+                            line(out, name.as_str(), value.as_bytes());
+                            wrote_len = true;
+                            framing = Framing::Length(n);
+                        }
+                        Framing::Length(first) if first == n => {}
+                        _ => return Err(invalid_length()),
                     }
                 }
                 // No body left: hyper leaves the field out (and adds `0` below).
                 None => {}
             },
             // Hop-by-hop: taken out by `headers::to_client` already, and framed here.
-            header::TRANSFER_ENCODING | header::CONNECTION => {}
+            header::TRANSFER_ENCODING | header::CONNECTION => {
+                debug_assert!(false, "{name} reached the client side");
+            }
             header::TRAILER if no_body => {}
             // hyper joins this name's values on one line.
             header::TRAILER if !wrote_trailer => {
@@ -508,7 +571,7 @@ fn encode_head<B: Body>(
         match length {
             Some(None) => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                chunked = true;
+                framing = Framing::Chunked;
             }
             None => out.extend_from_slice(b"content-length: 0\r\n"),
             Some(Some(n)) => {
@@ -524,13 +587,22 @@ fn encode_head<B: Body>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(if no_body {
-        Framing::Nothing
-    } else if chunked {
-        Framing::Chunked
-    } else {
-        Framing::Length
+    Ok(if no_body { Framing::Nothing } else { framing })
+}
+
+/// A Content-Length value as hyper reads one: ASCII digits only.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
+}
+
+/// hyper refuses such an answer before writing a byte of it, and the connection ends.
+fn invalid_length() -> Ended {
+    Ended::Failed("the app's answer carries an invalid or conflicting Content-Length".to_owned())
 }
 
 fn line(out: &mut BytesMut, name: &str, value: &[u8]) {
@@ -910,6 +982,19 @@ mod tests {
                 )
             }),
             ("500, chunked, no data", || with(500, &[], frames(vec![]))),
+            (
+                "a Content-Length over a body of unknown length, which has more",
+                || {
+                    with(
+                        200,
+                        &[("content-length", "5")],
+                        frames(vec![Frame::data(Bytes::from("hello, and then some"))]),
+                    )
+                },
+            ),
+            ("a large frame of a known length", || {
+                with(200, &[], boxed(Full::new(Bytes::from(vec![b'k'; 20_000]))))
+            }),
         ]
     }
 
@@ -946,12 +1031,48 @@ mod tests {
         answer
     }
 
-    async fn ours_writes(make: Make, close: bool) -> Vec<u8> {
+    /// A stream that holds what is written until it is flushed, as rustls holds its records:
+    /// what a missing flush would leave unsent never shows in `sent`.
+    #[derive(Default)]
+    struct HeldUntilFlush {
+        held: Vec<u8>,
+        sent: Vec<u8>,
+        largest_write: usize,
+    }
+
+    impl AsyncWrite for HeldUntilFlush {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.largest_write = this.largest_write.max(buf.len());
+            this.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let held = std::mem::take(&mut this.held);
+            this.sent.extend_from_slice(&held);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn ours(
+        response: Response<TestBody>,
+        close: bool,
+    ) -> (Result<(), Ended>, HeldUntilFlush) {
         let (_on, rx) = watch::channel(false);
         let mut close_all = Watched::new(rx, std::future::pending::<()>());
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
-        let mut io = Vec::new();
+        let mut io = HeldUntilFlush::default();
         let mut sending = Sending {
             io: &mut io,
             limit: Limit {
@@ -961,8 +1082,63 @@ mod tests {
             },
         };
         let mut out = BytesMut::new();
-        assert!(sending.respond(make(), close, &mut out).await.is_ok());
-        io
+        let result = sending.respond(response, close, &mut out).await;
+        (result, io)
+    }
+
+    async fn ours_writes(make: Make, close: bool) -> Vec<u8> {
+        let (result, io) = ours(make(), close).await;
+        assert!(result.is_ok());
+        io.sent
+    }
+
+    #[tokio::test]
+    async fn a_body_short_of_its_content_length_ends_the_connection_after_what_came() {
+        let response = with(
+            200,
+            &[("content-length", "10")],
+            frames(vec![Frame::data(Bytes::from("abc"))]),
+        );
+        let (result, io) = ours(response, false).await;
+        assert!(matches!(result, Err(Ended::Failed(_))));
+        let sent = String::from_utf8(io.sent).unwrap();
+        assert!(
+            sent.contains("content-length: 10\r\n") && sent.ends_with("\r\n\r\nabc"),
+            "{sent}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_or_conflicting_content_length_is_refused_before_a_byte_is_written() {
+        for lengths in [
+            &[("content-length", "+5")][..],
+            &[("content-length", "5"), ("content-length", "6")],
+        ] {
+            let response = with(
+                200,
+                lengths,
+                frames(vec![Frame::data(Bytes::from("hello"))]),
+            );
+            let (result, io) = ours(response, false).await;
+            assert!(matches!(result, Err(Ended::Failed(_))), "{lengths:?}");
+            assert!(io.sent.is_empty() && io.held.is_empty(), "{lengths:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_small_frames_goes_out_in_bounded_writes() {
+        let chunks = (0..200)
+            .map(|_| Frame::data(Bytes::from(vec![b'x'; 1024])))
+            .collect();
+        let (result, io) = ours(with(200, &[], frames(chunks)), false).await;
+        assert!(result.is_ok());
+        assert!(
+            io.largest_write <= OUT_MAX + 2 * 1024,
+            "{}",
+            io.largest_write
+        );
+        assert!(io.sent.ends_with(b"\r\n0\r\n\r\n"));
+        assert_eq!(io.sent.iter().filter(|&&b| b == b'x').count(), 200 * 1024);
     }
 
     /// The `date:` value masked: both write the current time.
