@@ -16,6 +16,7 @@
 //! a connection whose framing is in any doubt is closed, never lent again.
 
 use super::headers::trailer_names;
+use super::prefixed::Prefixed;
 use super::trailers::RequestBody;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tls_sidecar_config::HostPort;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -1005,10 +1006,7 @@ struct Live<B> {
 }
 
 /// The app's side of an upgraded connection: what it sent after its `101`, then its socket.
-pub(crate) struct AppStream {
-    tcp: TcpStream,
-    early: BytesMut,
-}
+pub(crate) type AppStream = Prefixed<TcpStream>;
 
 impl<B> AppBody<B>
 where
@@ -1043,10 +1041,7 @@ where
     /// An upgraded connection's app side, once: after a `101` the bytes are no longer HTTP.
     pub(crate) fn upgraded(&mut self) -> Option<AppStream> {
         let live = self.live.take()?;
-        Some(AppStream {
-            tcp: live.exchange.tcp,
-            early: live.exchange.buf,
-        })
+        Some(Prefixed::new(live.exchange.buf.freeze(), live.exchange.tcp))
     }
 }
 
@@ -1160,40 +1155,6 @@ where
             Some(Decoder::Length(left)) => SizeHint::with_exact(left),
             Some(_) => SizeHint::default(),
         }
-    }
-}
-
-impl AsyncRead for AppStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.early.is_empty() {
-            let n = this.early.len().min(buf.remaining());
-            buf.put_slice(&this.early.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AppStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 

@@ -22,9 +22,10 @@
 
 use super::body::{self, Saturated};
 use super::conn::Conn;
+pub(super) use super::prefixed::Prefixed;
 use super::{Ended, IDLE_CLOSE_GRACE, app_slot, headers, later, request, turned_true};
 use crate::stop::Watched;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode, Uri};
@@ -36,9 +37,9 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -57,7 +58,8 @@ const OUT_MAX: usize = super::MAX_REQUEST_HEAD;
 /// How [`serve`] left the connection.
 pub(super) enum Served<IO> {
     Ended(Ended),
-    /// hyper serves the rest of the connection, from the bytes read but not served.
+    /// hyper serves the rest of the connection, from the bytes read but not served (the client
+    /// stream with them in front; they were counted when they were read).
     HandOff(Prefixed<IO>),
 }
 
@@ -640,72 +642,6 @@ impl CachedDate {
     }
 }
 
-/// The client stream with bytes already read from it in front: how hyper gets a connection
-/// [`serve`] has started reading. The bytes were counted (and watched for framing) when they
-/// were read.
-pub(super) struct Prefixed<IO> {
-    rest: Bytes,
-    io: IO,
-}
-
-impl<IO> Prefixed<IO> {
-    fn new(rest: Bytes, io: IO) -> Self {
-        Prefixed { rest, io }
-    }
-
-    /// The stream, and the bytes read from it that hyper reads first.
-    pub(super) fn parts_mut(&mut self) -> (&mut IO, &[u8]) {
-        (&mut self.io, &self.rest)
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.rest.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.rest.len().min(buf.remaining());
-        buf.put_slice(&this.rest[..n]);
-        this.rest.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 /// A connection of a TLS listener (XFCC in Envoy's form) to `127.0.0.1:8080`, from
 /// `10.1.2.3` without a client certificate: for the tests and the fuzz target.
 fn sample_conn(forwarding: super::Forwarding) -> Conn {
@@ -791,6 +727,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
     use std::sync::Mutex;
+    use std::task::Context;
 
     fn conn(forwarding: Forwarding) -> Conn {
         sample_conn(forwarding)

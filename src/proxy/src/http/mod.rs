@@ -30,6 +30,7 @@ mod framing;
 mod h1;
 pub(crate) mod headers;
 mod observed;
+mod prefixed;
 mod request;
 pub(crate) mod splice;
 mod trailers;
