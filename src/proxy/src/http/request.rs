@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tls_sidecar_config::normalize_path;
+use tokio::time::error::Elapsed;
 
 /// Answers one request; never fails (problems become `4xx`/`5xx` answers and log lines).
 pub(crate) async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -48,8 +49,8 @@ pub(crate) async fn handle_plain(
 ) -> Response<ResponseBody> {
     conn.requests.fetch_add(1, Relaxed);
     let mut log = RequestLog::start(conn.clone(), &Method::GET, uri);
-    let send = conn.shared.app.send_head(head, &Method::GET);
-    let response = relay(&conn, send, None, &mut log).await;
+    let answer = within_idle(&conn, conn.shared.app.send_head(head, &Method::GET)).await;
+    let response = relay(&conn, answer, None, &mut log);
     finish(response, log)
 }
 
@@ -116,22 +117,33 @@ async fn respond(
     // A proxy sends its own HTTP version (RFC 9110 §6.2); the app speaks HTTP/1.1 to us.
     parts.version = Version::HTTP_11;
     let request = Request::from_parts(parts, RequestBody::new(body));
-    relay(conn, conn.shared.app.send(request), client_upgrade, log).await
+    let answer = within_idle(conn, conn.shared.app.send(request)).await;
+    relay(conn, answer, client_upgrade, log)
 }
 
-/// Waits for the app's answer to the request `send` sends and makes it the client's
-/// (`client_upgrade`: the client's side of a requested upgrade), or answers for the app when
-/// it gave none.
-async fn relay(
-    conn: &Arc<Conn>,
+/// The app's answer to the request `send` sends, or `Err` when its head has not started within
+/// limits.idle_timeout: a hung app must not hold the client, a max_connections slot and an
+/// app connection forever.
+///
+/// Apart from [`relay`], which is not async, so that the futures of a request (which the
+/// connection's loop creates and moves for every request) carry only this wait.
+async fn within_idle(
+    conn: &Conn,
     send: impl Future<Output = Result<Response<ListenerBody>, AppError>>,
+) -> Result<Result<Response<ListenerBody>, AppError>, Elapsed> {
+    tokio::time::timeout(conn.shared.settings.idle_timeout, send).await
+}
+
+/// Makes the app's `answer` the client's (`client_upgrade`: the client's side of a requested
+/// upgrade), or answers for the app when it gave none.
+fn relay(
+    conn: &Arc<Conn>,
+    answer: Result<Result<Response<ListenerBody>, AppError>, Elapsed>,
     client_upgrade: Option<OnUpgrade>,
     log: &mut RequestLog,
 ) -> Response<Payload> {
-    // A hung app must not hold the client, a max_connections slot and an app connection
-    // forever: the response head has to start within limits.idle_timeout.
     let idle = conn.shared.settings.idle_timeout;
-    let mut response = match tokio::time::timeout(idle, send).await {
+    let mut response = match answer {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             let (status, text) = app_error(conn, &e);
