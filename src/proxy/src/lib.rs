@@ -35,6 +35,9 @@ pub mod http;
 pub mod identity;
 mod key_schedule;
 pub mod logging;
+// The static musl build's memcpy and memmove (see the module); elsewhere only its tests.
+#[cfg(all(target_arch = "x86_64", any(test, target_env = "musl")))]
+mod memcpy;
 mod memory;
 pub mod metrics;
 pub mod proxy_protocol;
