@@ -3,7 +3,7 @@
 //! (http mode); one log line.
 
 use crate::accept::Door;
-use crate::gate::{Admission, Admitted, has_sent};
+use crate::gate::{Admission, Admitted, has_sent, has_sent_fd, waiting};
 use crate::held_back::HeldBack;
 use crate::http::{Caller, Drain};
 use crate::identity::{CfIdentity, Denial};
@@ -19,13 +19,14 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep, timeout};
 use tokio_rustls::server::TlsStream;
@@ -259,13 +260,23 @@ async fn handle(
     // TCP_NODELAY comes from the listening socket (`accept::bind`).
     let acceptor = listener.tls.acceptor();
     let shed = admission.shed();
+    // The socket, for a look at it when the connection is shed: the handshake below owns it.
+    let fd = tcp.as_raw_fd();
     let handshake = async {
         // A client that has sent nothing yet is the first to be shed when the listener is
         // full; one byte (its ClientHello, normally) moves it behind every silent one. A
         // connection readable only because it is closed (EOF) stays silent: it is dead. One
         // that had sent bytes when it was admitted is not looked at again.
-        if !admission.is_talking() && tcp.readable().await.is_ok() && has_sent(&tcp) {
-            admission.talking();
+        // Readiness without bytes (a stale event) waits again: the handshake must not start
+        // reading a ClientHello that the gate was never told about, or the connection would
+        // be shed as silent halfway through it.
+        while !admission.is_talking() && tcp.readable().await.is_ok() {
+            match tcp.try_io(Interest::READABLE, || waiting(&tcp)) {
+                Ok(0) => break,
+                Ok(_) => admission.talking(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
         }
         // Boxed: the handshake's state (a whole rustls connection) is allocated only once the
         // caller has sent something, so a silent connection costs its task and socket alone.
@@ -275,9 +286,25 @@ async fn handle(
     };
     let handshake = timeout(limits.handshake_timeout, handshake);
     let handshake = async {
-        tokio::select! {
-            accepted = handshake => Some(accepted),
-            () = shed => None,
+        tokio::pin!(handshake);
+        let mut shed = shed;
+        loop {
+            tokio::select! {
+                accepted = &mut handshake => return Some(accepted),
+                () = &mut shed => {
+                    // Shed as silent, though it may have sent bytes: noticed since (the
+                    // handshake may have taken its ClientHello already), or come in but not
+                    // noticed yet. Then it takes a silent connection's slot instead (`appeal`).
+                    // SAFETY: `fd` is the socket `handshake` owns, pinned above and not
+                    // finished, so open.
+                    #[allow(unsafe_code)]
+                    let sent = admission.is_talking() || unsafe { has_sent_fd(fd) };
+                    match admission.appeal(sent) {
+                        Some(next) => shed = next,
+                        None => return None,
+                    }
+                }
+            }
         }
     };
     let (accepted, verdict) = verifier::with_verdict(handshake).await;
@@ -325,8 +352,12 @@ async fn handle(
             }
         }
     }
-    if !admission.established() {
-        // Shed as the handshake finished: its slot is already another connection's.
+    // Shed as the handshake finished: its slot is already another connection's. A client that
+    // finished a handshake has sent bytes, so it takes a silent connection's slot if one is
+    // left (`appeal`), as it would have had its ClientHello been noticed in time.
+    let kept =
+        admission.established() || (admission.appeal(true).is_some() && admission.established());
+    if !kept {
         return Err(ConnError::Shed);
     }
 

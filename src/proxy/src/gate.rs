@@ -3,7 +3,11 @@
 
 use crate::config::Limits;
 use std::collections::BTreeMap;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
@@ -30,9 +34,32 @@ fn listener_share(limits: &Limits, listeners: usize) -> u32 {
 /// leaves the accept queue; asking the socket now, rather than waiting for the runtime to
 /// deliver readiness, keeps it out of the silent connections a flood sheds first.
 pub(crate) fn has_sent(tcp: &tokio::net::TcpStream) -> bool {
+    peeked(socket2::SockRef::from(tcp))
+}
+
+/// How many bytes the client has sent and the socket holds, up to one, without taking them:
+/// 0 at EOF, `WouldBlock` when nothing has arrived.
+pub(crate) fn waiting(tcp: &tokio::net::TcpStream) -> std::io::Result<usize> {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    socket2::SockRef::from(tcp).peek(&mut byte)
+}
+
+/// [`has_sent`] for a socket known by its descriptor: the connection's own, which its
+/// handshake owns while the connection asks (see [`Admission::appeal`]).
+///
+/// # Safety
+/// `fd` is open for the length of the call.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn has_sent_fd(fd: RawFd) -> bool {
+    // SAFETY: the caller's contract; the borrow ends with this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    peeked(socket2::SockRef::from(&fd))
+}
+
+fn peeked(socket: socket2::SockRef<'_>) -> bool {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     // MSG_PEEK on a non-blocking socket: WouldBlock when nothing has arrived, never waits.
-    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(n) if n > 0)
+    matches!(socket.peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// One TLS listener's share of `max_connections`, and the connections of it that have not
@@ -126,7 +153,7 @@ impl Gate {
             id,
             shed: Some(rx),
             permit: None,
-            talking,
+            talking: AtomicBool::new(talking),
         };
         if shed {
             Admitted::Shed(admission)
@@ -160,13 +187,13 @@ pub(crate) struct Admission {
     shed: Option<oneshot::Receiver<()>>,
     permit: Option<OwnedSemaphorePermit>,
     /// Known to have sent bytes (at admission or since).
-    talking: bool,
+    talking: AtomicBool,
 }
 
 impl Admission {
     /// The client sent its first bytes: it is shed after every silent connection.
-    pub(crate) fn talking(&mut self) {
-        self.talking = true;
+    pub(crate) fn talking(&self) {
+        self.talking.store(true, Relaxed);
         let mut pending = self.gate.pending();
         if let Some(held) = pending.silent.remove(&self.id) {
             pending.talking.insert(self.id, held);
@@ -175,21 +202,37 @@ impl Admission {
 
     /// Known to have sent bytes: [`Self::talking`] has nothing left to do.
     pub(crate) fn is_talking(&self) -> bool {
-        self.talking
+        self.talking.load(Relaxed)
     }
 
     /// Resolves when a newer connection takes this one's slot before [`Self::established`].
-    /// Call once: the future owns the signal, so the admission stays usable beside it.
-    pub(crate) fn shed(&mut self) -> impl Future<Output = ()> + use<> {
-        let signal = self.shed.take();
-        async move {
-            match signal {
-                Some(signal) => {
-                    let _ = signal.await;
-                }
-                None => std::future::pending::<()>().await,
-            }
+    /// Call once: the signal is the future's, so the admission stays usable beside it.
+    pub(crate) fn shed(&mut self) -> Shed {
+        Shed(self.shed.take())
+    }
+
+    /// This connection was shed as silent, but its client has sent bytes by now (`has_sent`
+    /// true now). A flood can admit a listener's whole capacity of newer connections before
+    /// the runtime delivers one caller's readiness: the ClientHello was there, not yet
+    /// noticed. The connection takes the slot of the oldest connection that is still silent,
+    /// which is shed in its place, and waits among the talking ones: what it gets back is its
+    /// new shed signal. `None` when none is silent (then a talking one was shed fairly, oldest
+    /// first, and this one stays shed).
+    pub(crate) fn appeal(&self, has_sent: bool) -> Option<Shed> {
+        if !has_sent {
+            return None;
         }
+        let mut pending = self.gate.pending();
+        let (_, silent) = pending.silent.pop_first()?;
+        // Dropping its sender (the rest of `silent`) tells that connection it was shed.
+        let (tx, rx) = oneshot::channel();
+        let held = Held {
+            permit: silent.permit,
+            _shed: tx,
+        };
+        pending.talking.insert(self.id, held);
+        self.talking.store(true, Relaxed);
+        Some(Shed(Some(rx)))
     }
 
     /// The handshake finished: the slot is this connection's until it closes. `false` when it
@@ -203,6 +246,22 @@ impl Admission {
         drop(pending);
         self.permit = held.map(|h| h.permit);
         self.permit.is_some()
+    }
+}
+
+/// A pending connection's shed signal ([`Admission::shed`]): resolves when a newer connection
+/// took its slot; never, for one that has none.
+pub(crate) struct Shed(Option<oneshot::Receiver<()>>);
+
+impl Future for Shed {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            // Resolves (with an error) when the sender is dropped: that is the signal.
+            Some(signal) => Pin::new(signal).poll(cx).map(|_| ()),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -233,7 +292,7 @@ mod tests {
         let gate = Arc::new(Gate::new(4));
         let talking = admitted(&gate, true);
         assert!(talking.is_talking());
-        let mut silent = admitted(&gate, false);
+        let silent = admitted(&gate, false);
         assert!(!silent.is_talking());
         silent.talking();
         assert!(silent.is_talking());
@@ -243,5 +302,55 @@ mod tests {
             "both wait among the talking"
         );
         assert!(gate.pending().silent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_shed_as_silent_that_had_sent_bytes_takes_the_oldest_silent_slot_instead()
+    {
+        let gate = Arc::new(Gate::new(2));
+        let mut late = admitted(&gate, false);
+        let mut other = admitted(&gate, false);
+        let (mut late_shed, mut other_shed) = (late.shed(), other.shed());
+        // Full: the newcomer takes the oldest silent slot, `late`'s.
+        let Admitted::Shed(_newcomer) = gate.admit(true) else {
+            panic!("a full gate with silent connections sheds one");
+        };
+        (&mut late_shed).await;
+        // Its ClientHello had come in unnoticed: it appeals, and `other` goes in its place.
+        let mut again = late
+            .appeal(true)
+            .expect("a silent connection is left to shed");
+        (&mut other_shed).await;
+        assert!(late.is_talking());
+        assert!(
+            !other.established(),
+            "the one shed in its place lost its slot"
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            Pin::new(&mut again).poll(&mut cx).is_pending(),
+            "not shed again"
+        );
+        assert!(late.established(), "the slot is the appealing connection's");
+        assert_eq!(gate.open(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_appeal_without_bytes_sent_or_without_a_silent_connection_left_stays_shed() {
+        let gate = Arc::new(Gate::new(1));
+        let mut first = admitted(&gate, false);
+        let first_shed = first.shed();
+        let Admitted::Shed(second) = gate.admit(true) else {
+            panic!("a full gate with a silent connection sheds it");
+        };
+        first_shed.await;
+        assert!(
+            first.appeal(false).is_none(),
+            "it had sent nothing: shed rightly"
+        );
+        // The only other pending connection talks: nothing silent to shed in its place.
+        assert!(first.appeal(true).is_none());
+        assert!(!first.established());
+        drop(second);
     }
 }
