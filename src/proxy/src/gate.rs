@@ -34,14 +34,13 @@ fn listener_share(limits: &Limits, listeners: usize) -> u32 {
 /// leaves the accept queue; asking the socket now, rather than waiting for the runtime to
 /// deliver readiness, keeps it out of the silent connections a flood sheds first.
 pub(crate) fn has_sent(tcp: &tokio::net::TcpStream) -> bool {
-    peeked(socket2::SockRef::from(tcp))
+    matches!(waiting(tcp), Ok(n) if n > 0)
 }
 
 /// How many bytes the client has sent and the socket holds, up to one, without taking them:
 /// 0 at EOF, `WouldBlock` when nothing has arrived.
 pub(crate) fn waiting(tcp: &tokio::net::TcpStream) -> std::io::Result<usize> {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    socket2::SockRef::from(tcp).peek(&mut byte)
+    peek(socket2::SockRef::from(tcp))
 }
 
 /// [`has_sent`] for a socket known by its descriptor: the connection's own, which its
@@ -53,13 +52,13 @@ pub(crate) fn waiting(tcp: &tokio::net::TcpStream) -> std::io::Result<usize> {
 pub(crate) unsafe fn has_sent_fd(fd: RawFd) -> bool {
     // SAFETY: the caller's contract; the borrow ends with this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    peeked(socket2::SockRef::from(&fd))
+    matches!(peek(socket2::SockRef::from(&fd)), Ok(n) if n > 0)
 }
 
-fn peeked(socket: socket2::SockRef<'_>) -> bool {
+fn peek(socket: socket2::SockRef<'_>) -> std::io::Result<usize> {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     // MSG_PEEK on a non-blocking socket: WouldBlock when nothing has arrived, never waits.
-    matches!(socket.peek(&mut byte), Ok(n) if n > 0)
+    socket.peek(&mut byte)
 }
 
 /// One TLS listener's share of `max_connections`, and the connections of it that have not
