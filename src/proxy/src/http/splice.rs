@@ -1,7 +1,6 @@
 //! Upgraded connections (websockets and friends): once the app has answered `101`, the client
 //! and the app talk directly, byte for byte, through the sidecar.
 
-use super::app::AppStream;
 use super::later;
 use super::observed::{Observed, Observer};
 use crate::logging::millis;
@@ -20,8 +19,11 @@ use tokio::time::{Instant, sleep_until};
 pub(crate) type Tunnel = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// The tunnel between the client's side of an upgraded request (once hyper hands it over) and
-/// the app's.
-pub(crate) fn tunnel(client: OnUpgrade, app: AppStream, idle: Duration) -> Tunnel {
+/// the app's (generic so that this module needs nothing from the app's side).
+pub(crate) fn tunnel<S>(client: OnUpgrade, app: S, idle: Duration) -> Tunnel
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     Box::pin(async move {
         let client = client
             .await
