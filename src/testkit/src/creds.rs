@@ -1,6 +1,7 @@
 //! The credential directory, what Diego mounts at `/etc/cf-instance-credentials`.
 
 use crate::pki::Leaf;
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
@@ -97,16 +98,30 @@ impl Creds {
 
 /// A port that was free a moment ago (the binary's config cannot say "port 0"). Should another
 /// process grab it first, the sidecar retries binding and the test times out rather than lies.
+/// Never the same port twice in one test process: the kernel may hand a port it just freed
+/// straight back, and a listener and the admin endpoint on one port is a configuration error.
 pub fn free_port() -> u16 {
-    let listener = io(
-        "binding",
-        Path::new("127.0.0.1:0"),
-        std::net::TcpListener::bind("127.0.0.1:0"),
-    );
-    io(
-        "reading the address of",
-        Path::new("127.0.0.1:0"),
-        listener.local_addr(),
-    )
-    .port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    // Ports given before stay bound while we look, so the kernel offers another.
+    let mut held = Vec::new();
+    loop {
+        let listener = io(
+            "binding",
+            Path::new("127.0.0.1:0"),
+            std::net::TcpListener::bind("127.0.0.1:0"),
+        );
+        let port = io(
+            "reading the address of",
+            Path::new("127.0.0.1:0"),
+            listener.local_addr(),
+        )
+        .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
+            return port;
+        }
+        held.push(listener);
+    }
 }
