@@ -98,7 +98,7 @@ impl Drop for ResponseBody {
 }
 
 /// The `503` for a request that found the listener's requests in flight to the app at their
-/// cap for [`super::APP_SLOT_WAIT`].
+/// cap for [`super::settings::APP_SLOT_WAIT`].
 /// Which bound toward the app a request found full.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Saturated {

@@ -2,9 +2,12 @@
 //! wrapper around the client stream.
 
 use super::framing::Framing;
+use super::headers::CallerHeaders;
+use super::listener::Shared;
 use super::observed::Observer;
+use super::settings::{Caller, Forwarding};
 use super::splice::Tunnel;
-use super::{Caller, Shared, later};
+use super::wait::later;
 use crate::identity::CfIdentity;
 use crate::logging::millis;
 use crate::xfcc;
@@ -30,10 +33,8 @@ pub(crate) struct Conn {
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: SocketAddr,
     pub(crate) h2: bool,
-    /// The `X-Forwarded-Client-Cert` value for this caller, if one is sent.
-    pub(crate) xfcc: Option<HeaderValue>,
-    /// The peer's IP for `X-Forwarded-For`.
-    pub(crate) peer_ip: HeaderValue,
+    /// What the app is told about this caller.
+    pub(crate) to_app: CallerHeaders,
     /// The caller's CF identity, for request rules.
     pub(crate) identity: Option<CfIdentity>,
     /// The caller's CF identity, for log lines.
@@ -85,12 +86,21 @@ impl Conn {
             reason: d.to_string().into(),
             body: Bytes::from_static(DENIED_BODY),
         });
+        let forwarding = shared.settings.forwarding;
+        let from_envoy = matches!(forwarding,
+            Forwarding::RouteKeepingXfccFrom(envoy) if caller.addr.ip().to_canonical() == envoy);
+        let to_app = CallerHeaders {
+            forwarding,
+            xfcc,
+            peer_ip,
+            from_envoy,
+            default_host: shared.authority_header.clone(),
+        };
         Conn {
             shared,
             peer: caller.addr,
             h2: caller.h2,
-            xfcc,
-            peer_ip,
+            to_app,
             identity: caller.identity.clone(),
             caller: caller.identity.as_ref().map(|id| id.to_string().into()),
             denial,
@@ -242,4 +252,15 @@ impl Observer for Counter {
     fn wrote(&mut self, n: usize) {
         self.conn.bytes_out.fetch_add(n as u64, Relaxed);
     }
+}
+
+/// How serving one connection ended.
+pub(super) enum Ended {
+    /// A clean end.
+    Finished,
+    /// The connection failed: why.
+    Failed(String),
+    Drained,
+    /// Response data was owed and none of it moved for the idle limit.
+    Stalled,
 }

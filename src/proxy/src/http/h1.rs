@@ -21,9 +21,14 @@
 //! gave or the one given for it ([`request::handle_plain`]).
 
 use super::body::{self, Saturated};
-use super::conn::Conn;
+use super::conn::{Conn, Ended};
+use super::listener::Shared;
 pub(super) use super::prefixed::Prefixed;
-use super::{Ended, IDLE_CLOSE_GRACE, app_slot, headers, later, request, turned_true};
+use super::settings::{
+    Caller, Forwarding, HttpLimits, HttpSettings, IDLE_CLOSE_GRACE, MAX_REQUEST_HEAD,
+};
+use super::wait::{app_slot, later, turned_true};
+use super::{headers, request};
 use crate::stop::Watched;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -53,7 +58,7 @@ const MAX_FIELDS: usize = 100;
 const COPY_MAX: usize = 4 * 1024;
 /// Response bytes gathered before they are written even though the body has more at once:
 /// hyper's bound on its write buffer (its `max_buf_size`, which is our request head limit).
-const OUT_MAX: usize = super::MAX_REQUEST_HEAD;
+const OUT_MAX: usize = MAX_REQUEST_HEAD;
 
 /// How [`serve`] left the connection.
 pub(super) enum Served<IO> {
@@ -233,7 +238,7 @@ fn parse(buf: &mut BytesMut, conn: &Conn, app_head: &mut BytesMut) -> Option<Pla
     app_head.extend_from_slice(b"GET ");
     app_head.extend_from_slice(target.as_bytes());
     app_head.extend_from_slice(b" HTTP/1.1\r\n");
-    headers::write_to_app(app_head, req.headers, conn);
+    headers::write_to_app(app_head, req.headers, &conn.to_app);
     app_head.extend_from_slice(b"\r\n");
 
     let base = buf.as_ptr() as usize;
@@ -644,8 +649,8 @@ impl CachedDate {
 
 /// A connection of a TLS listener (XFCC in Envoy's form) to `127.0.0.1:8080`, from
 /// `10.1.2.3` without a client certificate: for the tests and the fuzz target.
-fn sample_conn(forwarding: super::Forwarding) -> Conn {
-    let settings = super::HttpSettings {
+fn sample_conn(forwarding: Forwarding) -> Conn {
+    let settings = HttpSettings {
         upstream: tls_sidecar_config::HostPort {
             host: "127.0.0.1".into(),
             port: 8080,
@@ -657,22 +662,22 @@ fn sample_conn(forwarding: super::Forwarding) -> Conn {
         rules: Default::default(),
     };
     let metrics = Arc::new(crate::metrics::ListenerMetrics::with_request_rules(8443, 0));
-    let service = super::HttpService::new(settings, metrics);
-    let caller = super::Caller {
+    let shared = Arc::new(Shared::new(settings, HttpLimits::default(), metrics));
+    let caller = Caller {
         addr: std::net::SocketAddr::from(([10, 1, 2, 3], 50000)),
         h2: false,
         leaf: None,
         identity: None,
         denial: None,
     };
-    Conn::new(service.shared.clone(), &caller, watch::channel(false).1)
+    Conn::new(shared, &caller, watch::channel(false).1)
 }
 
 /// [`parse`] on `stream` (a [`sample_conn`] caller), checked against what hyper's path and the
 /// app rely on; `Err` names the broken promise. See `crate::fuzzing::plain_head`.
 pub(super) fn check_parse(stream: &[u8]) -> Result<(), String> {
     static CONN: std::sync::OnceLock<Conn> = std::sync::OnceLock::new();
-    let conn = CONN.get_or_init(|| sample_conn(super::Forwarding::Tls));
+    let conn = CONN.get_or_init(|| sample_conn(Forwarding::Tls));
     let mut buf = BytesMut::from(stream);
     let mut app_head = BytesMut::new();
     let Some(plain) = parse(&mut buf, conn, &mut app_head) else {
@@ -720,7 +725,7 @@ pub(super) fn check_parse(stream: &[u8]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Forwarding;
+    use super::super::settings::Forwarding;
     use super::*;
     use http_body_util::{Empty, Full};
     use hyper::body::Frame;

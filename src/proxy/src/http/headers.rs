@@ -1,6 +1,6 @@
 //! Header rewriting between the client and the app.
 
-use super::conn::Conn;
+use super::settings::Forwarding;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -96,6 +96,21 @@ pub(crate) fn host_conflict(
     }
 }
 
+/// What the app is told about one connection's caller, worked out once when the connection
+/// starts.
+pub(crate) struct CallerHeaders {
+    pub(crate) forwarding: Forwarding,
+    /// The `X-Forwarded-Client-Cert` value for this caller, if one is sent.
+    pub(crate) xfcc: Option<HeaderValue>,
+    /// The peer's IP for `X-Forwarded-For`.
+    pub(crate) peer_ip: HeaderValue,
+    /// On the route port: the peer is Diego's Envoy, whose `X-Forwarded-Client-Cert` is kept
+    /// ([`Forwarding::RouteKeepingXfccFrom`]).
+    pub(crate) from_envoy: bool,
+    /// The `Host` of a request that names none: the app's address.
+    pub(crate) default_host: HeaderValue,
+}
+
 /// Rewrites a client request's headers for the app: hop-by-hop headers out (`Upgrade` and
 /// `Connection: upgrade` stay when `upgrade`), `Host` from the request target, then every
 /// reserved field out under any spelling (and out of `Trailer`, so no trailer can bring one
@@ -105,15 +120,16 @@ pub(crate) fn host_conflict(
 pub(crate) fn to_app(
     headers: &mut HeaderMap,
     authority: Option<&http::uri::Authority>,
-    conn: &Conn,
+    caller: &CallerHeaders,
+    h2: bool,
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
 
     // One look at the names decides which of the steps below have anything to do: most
     // requests carry none of the names they remove, and each lookup by name costs a hash.
-    let forwarding = conn.shared.settings.forwarding;
-    let reserved = if forwarding == super::Forwarding::Tls {
+    let forwarding = caller.forwarding;
+    let reserved = if forwarding == Forwarding::Tls {
         is_reserved
     } else {
         is_reserved_on_route
@@ -130,9 +146,9 @@ pub(crate) fn to_app(
     if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         headers.insert(header::HOST, value);
     } else if !has_host {
-        headers.insert(header::HOST, conn.shared.authority_header.clone());
+        headers.insert(header::HOST, caller.default_host.clone());
     }
-    if conn.h2 {
+    if h2 {
         join_cookies(headers);
     }
 
@@ -140,22 +156,19 @@ pub(crate) fn to_app(
     if has_trailer {
         strip_reserved_trailer_names(headers);
     }
-    if forwarding != super::Forwarding::Tls {
+    if forwarding != Forwarding::Tls {
         if !has_reserved {
             return;
         }
         // The route port: see [`is_reserved_on_route`].
-        let kept: Vec<HeaderValue> = match forwarding {
-            super::Forwarding::RouteKeepingXfccFrom(envoy)
-                if conn.peer.ip().to_canonical() == envoy =>
-            {
-                headers
-                    .get_all(X_FORWARDED_CLIENT_CERT)
-                    .iter()
-                    .cloned()
-                    .collect()
-            }
-            _ => Vec::new(),
+        let kept: Vec<HeaderValue> = if caller.from_envoy {
+            headers
+                .get_all(X_FORWARDED_CLIENT_CERT)
+                .iter()
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
         };
         strip_matching(headers, is_reserved_on_route);
         for value in kept {
@@ -166,12 +179,12 @@ pub(crate) fn to_app(
     if has_reserved {
         strip_reserved(headers);
     }
-    if let Some(xfcc) = &conn.xfcc {
+    if let Some(xfcc) = &caller.xfcc {
         headers.insert(X_FORWARDED_CLIENT_CERT, xfcc.clone());
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     // The TCP peer only: a caller's own X-Forwarded-For is a claim nobody checked.
-    headers.insert(X_FORWARDED_FOR, conn.peer_ip.clone());
+    headers.insert(X_FORWARDED_FOR, caller.peer_ip.clone());
 }
 
 /// [`to_app`] for a head the fast HTTP/1.1 server side parsed itself ([`super::h1`]): writes
@@ -180,9 +193,13 @@ pub(crate) fn to_app(
 /// one `Host`, no `Trailer`, and nothing hop-by-hop but `Connection: keep-alive` or `close`,
 /// which stays behind. Fields keep the client's order (a `HeaderMap` groups each name's
 /// fields at its first place; nothing in HTTP reads meaning into the order across names).
-pub(crate) fn write_to_app(out: &mut BytesMut, fields: &[httparse::Header<'_>], conn: &Conn) {
-    let forwarding = conn.shared.settings.forwarding;
-    let reserved = if forwarding == super::Forwarding::Tls {
+pub(crate) fn write_to_app(
+    out: &mut BytesMut,
+    fields: &[httparse::Header<'_>],
+    caller: &CallerHeaders,
+) {
+    let forwarding = caller.forwarding;
+    let reserved = if forwarding == Forwarding::Tls {
         is_reserved
     } else {
         is_reserved_on_route
@@ -194,18 +211,16 @@ pub(crate) fn write_to_app(out: &mut BytesMut, fields: &[httparse::Header<'_>], 
         write_field(out, field.name.as_bytes(), field.value);
     }
     match forwarding {
-        super::Forwarding::Tls => {
-            if let Some(xfcc) = &conn.xfcc {
+        Forwarding::Tls => {
+            if let Some(xfcc) = &caller.xfcc {
                 write_field(out, X_FORWARDED_CLIENT_CERT.as_ref(), xfcc.as_bytes());
             }
             write_field(out, X_FORWARDED_PROTO.as_ref(), b"https");
-            write_field(out, X_FORWARDED_FOR.as_ref(), conn.peer_ip.as_bytes());
+            write_field(out, X_FORWARDED_FOR.as_ref(), caller.peer_ip.as_bytes());
         }
         // The route port: see [`is_reserved_on_route`]; Envoy's X-Forwarded-Client-Cert goes
         // last, as `to_app` appends it.
-        super::Forwarding::RouteKeepingXfccFrom(envoy)
-            if conn.peer.ip().to_canonical() == envoy =>
-        {
+        Forwarding::RouteKeepingXfccFrom(_) if caller.from_envoy => {
             for field in fields
                 .iter()
                 .filter(|f| f.name.eq_ignore_ascii_case(IDENTITY))
@@ -213,7 +228,7 @@ pub(crate) fn write_to_app(out: &mut BytesMut, fields: &[httparse::Header<'_>], 
                 write_field(out, IDENTITY.as_bytes(), field.value);
             }
         }
-        super::Forwarding::Route | super::Forwarding::RouteKeepingXfccFrom(_) => {}
+        Forwarding::Route | Forwarding::RouteKeepingXfccFrom(_) => {}
     }
 }
 

@@ -29,45 +29,41 @@ mod corked;
 mod framing;
 mod h1;
 pub(crate) mod headers;
+mod listener;
 mod observed;
 mod prefixed;
 mod request;
+mod settings;
 pub(crate) mod splice;
 mod trailers;
+mod wait;
 
-use crate::identity::{CfIdentity, Denial, RequestPolicy};
 use crate::logging::millis;
 use crate::metrics::ListenerMetrics;
 use crate::stop::Watched;
-use conn::{Conn, Counter};
+use conn::{Conn, Counter, Ended};
 use corked::Flushing;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use listener::Shared;
 use observed::Observed;
-use rustls_pki_types::CertificateDer;
+use settings::IDLE_CLOSE_GRACE;
+pub use settings::{Caller, Forwarding, HttpLimits, HttpSettings};
 use std::convert::Infallible;
 use std::future::Future;
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Duration;
-use tls_sidecar_config::{HostPort, Xfcc};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep_until};
+use wait::{app_slot, later, turned_true};
 
-/// Largest request head (request line and headers; HTTP/2: the decoded header list) we accept;
-/// a bigger one gets `431`. Also hyper's HTTP/1 buffer limit, so it bounds what one connection
-/// can make us hold.
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
-/// How long a request waits for one of the listener's slots toward the app before it gets
-/// `503`: long enough to ride out a burst, short enough that a client is told quickly.
-pub(crate) const APP_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How often a connection that owes response data checks that it is moving, at most (a
 /// quarter of the idle limit when that is shorter): a stalled response is cut at most this
 /// long after its deadline. Movement counts from the check that saw it, so a client's kernel
@@ -77,73 +73,6 @@ const PROGRESS_CHECK: Duration = Duration::from_millis(250);
 /// How long a new HTTP/1 connection gets to send its first request once the drain has
 /// started; it is answered with `Connection: close`.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
-/// How long a client gets to finish an idle close (HTTP/2: acknowledge the GOAWAY's PING)
-/// before the connection is dropped.
-const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// What the TLS side resolved for one `mode: http` listener.
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    /// Resolved (127.0.0.1:$PORT by default).
-    pub upstream: HostPort,
-    pub xfcc: Xfcc,
-    pub connect_timeout: Duration,
-    /// Keep-alive idle limit per client connection.
-    pub idle_timeout: Duration,
-    /// What the app learns about the caller in headers.
-    pub forwarding: Forwarding,
-    /// Request rules; with any, paths are normalised before matching and forwarding.
-    pub rules: RequestPolicy,
-}
-
-/// Which headers about the caller the app gets. Identity headers the client sent
-/// (`X-Forwarded-Client-Cert` in every spelling) are removed either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarding {
-    /// A TLS listener: this caller's `X-Forwarded-Client-Cert` (per `xfcc`),
-    /// `X-Forwarded-Proto: https`, the peer appended to `X-Forwarded-For`.
-    Tls,
-    /// The route port (plaintext, behind Gorouter): no identity header is set, and the
-    /// `X-Forwarded-*` headers Gorouter wrote are left as they are (the peer here is Envoy).
-    Route,
-    /// [`Forwarding::Route`], but the canonical `X-Forwarded-Client-Cert` (any case) is kept
-    /// when the peer is this address (Diego's per-container Envoy, which carries Gorouter's
-    /// traffic): what Gorouter sets on an identity-aware domain (`route.trust_gorouter_xfcc`).
-    RouteKeepingXfccFrom(std::net::IpAddr),
-}
-
-/// How much one listener and one client connection may ask of the app at once.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
-    /// Requests in flight to the app (each holds an app connection) across the listener.
-    pub app_connections: usize,
-    /// HTTP/2 streams one client connection may have open at once.
-    pub streams_per_connection: u32,
-}
-
-impl Default for HttpLimits {
-    /// What the default 32 MB `sidecar.memory` stages to.
-    fn default() -> Self {
-        HttpLimits {
-            app_connections: 192,
-            streams_per_connection: 48,
-        }
-    }
-}
-
-/// Who is on the other end of one connection.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The TCP peer.
-    pub addr: SocketAddr,
-    /// ALPN negotiated "h2".
-    pub h2: bool,
-    /// The verified client leaf, if any.
-    pub leaf: Option<CertificateDer<'static>>,
-    pub identity: Option<CfIdentity>,
-    /// Some: answer every request `403` with this line.
-    pub denial: Option<Denial>,
-}
 
 /// The listener's drain, as two switches that only ever turn true. A sender that goes away
 /// without turning its switch counts as never turning it.
@@ -187,21 +116,6 @@ pub struct HttpService {
     shared: Arc<Shared>,
 }
 
-/// Everything built once per listener.
-pub(crate) struct Shared {
-    pub(crate) settings: HttpSettings,
-    pub(crate) limits: HttpLimits,
-    /// One permit per request in flight to the app.
-    app_slots: Arc<Semaphore>,
-    pub(crate) metrics: Arc<ListenerMetrics>,
-    /// Idle connections to the app.
-    pub(crate) app: Arc<app::AppPool>,
-    /// `127.0.0.1:8080` as a `Host` value, for requests that name no host.
-    pub(crate) authority_header: http::HeaderValue,
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
-}
-
 impl HttpService {
     pub fn new(settings: HttpSettings, metrics: Arc<ListenerMetrics>) -> Self {
         Self::with_limits(settings, HttpLimits::default(), metrics)
@@ -213,43 +127,8 @@ impl HttpService {
         limits: HttpLimits,
         metrics: Arc<ListenerMetrics>,
     ) -> Self {
-        // As many idle connections as may be busy at once (`limits.app_connections`): a
-        // smaller pool closes connections a busy moment needs again a moment later, and under
-        // steady keep-alive load from 64 clients a pool of 32 turned every ~16th request into
-        // a new connection to the app (connect, accept, close on both sides).
-        let app = app::AppPool::new(
-            settings.upstream.clone(),
-            settings.connect_timeout,
-            limits.app_connections,
-        );
-
-        let mut h1 = http1::Builder::new();
-        // Our own idle timer (see `drive`) bounds the wait for a request head too, and closes
-        // cleanly; hyper's header timer would end idle keep-alive connections as errors.
-        h1.header_read_timeout(None)
-            .max_buf_size(MAX_REQUEST_HEAD)
-            .max_header_size(MAX_REQUEST_HEAD);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.streams_per_connection);
-
-        let authority = upstream_authority(&settings.upstream);
-        let authority_header = http::HeaderValue::from_str(authority.as_str())
-            .unwrap_or_else(|_| http::HeaderValue::from_static("127.0.0.1"));
         HttpService {
-            shared: Arc::new(Shared {
-                settings,
-                limits,
-                app_slots: Arc::new(Semaphore::new(
-                    limits.app_connections.clamp(1, Semaphore::MAX_PERMITS),
-                )),
-                metrics,
-                app: Arc::new(app),
-                authority_header,
-                h1,
-                h2,
-            }),
+            shared: Arc::new(Shared::new(settings, limits, metrics)),
         }
     }
 
@@ -448,45 +327,7 @@ impl HttpService {
     }
 }
 
-/// `upstream` as a URI authority. A parsed `HostPort` always is one; one built by hand that is
-/// not falls back to loopback on its port, loudly.
-fn upstream_authority(upstream: &HostPort) -> http::uri::Authority {
-    match upstream.to_string().parse() {
-        Ok(authority) => authority,
-        Err(e) => {
-            tracing::error!(
-                upstream = %upstream, error = %e,
-                "the upstream is not a valid host:port; forwarding to 127.0.0.1:{} instead",
-                upstream.port
-            );
-            http::uri::Authority::from_maybe_shared(format!("127.0.0.1:{}", upstream.port))
-                .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"))
-        }
-    }
-}
-
 const DRAINED: &str = "closed at the end of the drain";
-
-enum Ended {
-    /// A clean end.
-    Finished,
-    /// The connection failed: why.
-    Failed(String),
-    Drained,
-    /// Response data was owed and none of it moved for the idle limit.
-    Stalled,
-}
-
-/// A slot toward the app: at once, or within [`APP_SLOT_WAIT`]; `None` if the cap held.
-async fn app_slot(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        return Some(slot);
-    }
-    match tokio::time::timeout(APP_SLOT_WAIT, slots.clone().acquire_owned()).await {
-        Ok(Ok(slot)) => Some(slot),
-        _ => None,
-    }
-}
 
 /// What [`drive`] watches besides the connection: its state, its idle limit, and the
 /// sidecar's two shutdown switches.
@@ -654,13 +495,6 @@ fn arrival<'a>(conn: &'a Conn, seen: &'a mut u64) -> impl Future<Output = ()> + 
     })
 }
 
-/// Resolves once `switch` is true; never, if its sender is gone without turning it.
-async fn turned_true(switch: &mut watch::Receiver<bool>) {
-    if switch.wait_for(|on| *on).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// `e` and its causes on one line.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
@@ -675,12 +509,6 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
-}
-
-/// `Instant` arithmetic that cannot overflow with `Duration::MAX`.
-fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by)
-        .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365))
 }
 
 /// See [`crate::fuzzing::app_answer`].

@@ -4,7 +4,8 @@ use super::app::{AppError, ListenerBody};
 use super::body::{Payload, RequestLog, ResponseBody};
 use super::conn::{Conn, DENIED_BODY};
 use super::trailers::RequestBody;
-use super::{headers, splice, turned_true};
+use super::wait::turned_true;
+use super::{headers, splice};
 use crate::logging::millis;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
@@ -112,7 +113,13 @@ async fn respond(
             "tls-sidecar: the request target cannot be forwarded\n",
         );
     };
-    headers::to_app(&mut parts.headers, parts.uri.authority(), conn, upgrade);
+    headers::to_app(
+        &mut parts.headers,
+        parts.uri.authority(),
+        &conn.to_app,
+        conn.h2,
+        upgrade,
+    );
     parts.uri = uri;
     // A proxy sends its own HTTP version (RFC 9110 §6.2); the app speaks HTTP/1.1 to us.
     parts.version = Version::HTTP_11;

@@ -1,8 +1,8 @@
 //! Upgraded connections (websockets and friends): once the app has answered `101`, the client
 //! and the app talk directly, byte for byte, through the sidecar.
 
-use super::later;
 use super::observed::{Observed, Observer};
+use super::wait::later;
 use crate::logging::millis;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
