@@ -34,7 +34,7 @@ fn listener_share(limits: &Limits, listeners: usize) -> u32 {
 /// leaves the accept queue; asking the socket now, rather than waiting for the runtime to
 /// deliver readiness, keeps it out of the silent connections a flood sheds first.
 pub(crate) fn has_sent(tcp: &tokio::net::TcpStream) -> bool {
-    matches!(waiting(tcp), Ok(n) if n > 0)
+    sent(socket2::SockRef::from(tcp))
 }
 
 /// How many bytes the client has sent and the socket holds, up to one, without taking them:
@@ -52,7 +52,11 @@ pub(crate) fn waiting(tcp: &tokio::net::TcpStream) -> std::io::Result<usize> {
 pub(crate) unsafe fn has_sent_fd(fd: RawFd) -> bool {
     // SAFETY: the caller's contract; the borrow ends with this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    matches!(peek(socket2::SockRef::from(&fd)), Ok(n) if n > 0)
+    sent(socket2::SockRef::from(&fd))
+}
+
+fn sent(socket: socket2::SockRef<'_>) -> bool {
+    matches!(peek(socket), Ok(n) if n > 0)
 }
 
 fn peek(socket: socket2::SockRef<'_>) -> std::io::Result<usize> {

@@ -13,7 +13,7 @@ use tls_sidecar_config::{HostPort, Xfcc};
 pub(super) const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// How long a request waits for one of the listener's slots toward the app before it gets
 /// `503`: long enough to ride out a burst, short enough that a client is told quickly.
-pub(crate) const APP_SLOT_WAIT: Duration = Duration::from_secs(1);
+pub(super) const APP_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// How long a client gets to finish an idle close (HTTP/2: acknowledge the GOAWAY's PING)
 /// before the connection is dropped.
 pub(super) const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
