@@ -78,7 +78,8 @@ impl Conn {
             .leaf
             .as_deref()
             .and_then(|leaf| xfcc_value(shared.settings.xfcc, leaf, caller.addr));
-        let peer_ip = HeaderValue::from_str(&caller.addr.ip().to_canonical().to_string())
+        let ip = caller.addr.ip().to_canonical();
+        let peer_ip = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         // The reason names the selectors that would have been let in: a map of who may call
         // is for the log line, not for the caller.
@@ -88,7 +89,7 @@ impl Conn {
         });
         let forwarding = shared.settings.forwarding;
         let from_envoy = matches!(forwarding,
-            Forwarding::RouteKeepingXfccFrom(envoy) if caller.addr.ip().to_canonical() == envoy);
+            Forwarding::RouteKeepingXfccFrom(envoy) if ip == envoy);
         let to_app = CallerHeaders {
             forwarding,
             xfcc,
